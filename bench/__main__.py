@@ -1,0 +1,78 @@
+"""``python -m bench [--quick] [--only NAME ...] [--json PATH]``: run every benchmark, print one table.
+
+The table gives median (min-max) over the repeats after warm-up, the baseline measured in the same run,
+their ratio and the target. JSON with the machine description goes to ``bench/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pkgutil
+import platform
+import sys
+import time
+from pathlib import Path
+
+import bench
+
+
+def machine() -> dict:
+    import torch
+
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+def fmt_time(t) -> str:
+    if t is None:
+        return "-"
+    scale, unit = (1e3, "ms") if t.median_s < 1 else (1.0, "s")
+    return f"{t.median_s * scale:.3g} ({t.min_s * scale:.3g}-{t.max_s * scale:.3g}) {unit}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (smoke run)")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these modules, e.g. sinkhorn mhc")
+    parser.add_argument("--json", type=Path, default=None, help="where to write the JSON results")
+    args = parser.parse_args(argv)
+
+    names = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_"))
+    if args.only:
+        names = [n for n in names if n.removeprefix("bench_") in args.only]
+    rows, started = [], time.time()
+    for name in names:
+        module = importlib.import_module(f"bench.{name}")
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        rows.extend(module.run(quick=args.quick))
+
+    header = f"{'benchmark':<58} {'median (min-max)':<28} {'baseline':<28} {'ratio':>6}  target  met"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
+        met = {True: "yes", False: "NO", None: "-"}[row.met]
+        extra = "  " + ", ".join(f"{k}={v}" for k, v in row.extra.items()) if row.extra else ""
+        print(f"{row.group + ': ' + row.name:<58} {fmt_time(row.timing):<28} {fmt_time(row.baseline):<28} "
+              f"{ratio:>6}  {row.target or '-'}  {met}{extra}")
+    result = {"machine": machine(), "seconds": round(time.time() - started, 1), "rows": [r.to_json() for r in rows]}
+    out = args.json or Path("bench/results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"\nmachine: {result['machine']}\nwrote {out} in {result['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
