@@ -1,0 +1,198 @@
+"""Figures of cells on a 2-D embedding, RNA velocity, and how the predicted shift Δz lines up with it.
+
+Inputs are plain arrays (the app and the CLI pull them from AnnData keys):
+    coords [N, 2]        a 2-D obsm (X_umap by default)
+    arrows [N, 2]        latent vectors already projected onto coords (``core.figures.arrows``)
+    cos [N], delta_norm [N], v_norm [N], cell_types [N]   per control cell, from the evaluation's predictions
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.figure_factory as ff
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from core.figures.arrows import grid_average
+from core.figures.style import (
+    GREY,
+    ROLE_COLOURS,
+    SEQUENTIAL,
+    apply_style,
+    category_colours,
+    message_figure,
+    subsample_index,
+)
+
+MAX_SCATTER_POINTS = 30_000
+
+
+def _is_categorical(values: pd.Series) -> bool:
+    return (isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object
+            or values.dtype == bool or (values.dtype.kind in "iu" and values.nunique() <= 20))
+
+
+def _axis_titles(fig: go.Figure, basis: str) -> None:
+    # Embedding coordinates have no physical unit; say so rather than leave the axes unlabelled.
+    fig.update_xaxes(title_text=f"{basis} 1 (a.u.)", showticklabels=False, ticks="")
+    fig.update_yaxes(title_text=f"{basis} 2 (a.u.)", showticklabels=False, ticks="", scaleanchor="x")
+
+
+def embedding_scatter(coords: np.ndarray, values, colour_name: str, basis: str = "UMAP",
+                      max_points: int = MAX_SCATTER_POINTS, seed: int = 0) -> go.Figure:
+    """Cells on a 2-D embedding coloured by one obs column (categories: Okabe-Ito; numbers: viridis)."""
+    coords = np.asarray(coords)
+    values = values.reset_index(drop=True) if isinstance(values, pd.Series) else pd.Series(np.asarray(values))
+    keep = subsample_index(len(coords), max_points, seed)
+    xy, shown = coords[keep], values.iloc[keep]
+    fig = go.Figure()
+    if _is_categorical(values):
+        colours = category_colours(values.astype(str).unique())
+        labels = shown.astype(str).to_numpy()
+        for category, colour in colours.items():
+            mask = labels == category
+            fig.add_trace(go.Scattergl(x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=category,
+                                       marker=dict(size=3, color=colour, opacity=0.7),
+                                       hovertemplate=category + "<extra></extra>"))
+        fig.update_layout(legend=dict(itemsizing="constant", title_text=colour_name))
+    else:
+        numbers = pd.to_numeric(shown, errors="coerce").to_numpy(dtype=float)
+        fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", name=colour_name,
+                                   marker=dict(size=3, color=numbers, colorscale=SEQUENTIAL, showscale=True,
+                                               colorbar=dict(title=dict(text=colour_name)))))
+    _axis_titles(fig, basis)
+    note = f" ({len(keep):,} of {len(coords):,} cells shown)" if len(keep) < len(coords) else ""
+    return apply_style(fig, title=f"{basis} coloured by {colour_name}{note}", height=560)
+
+
+def _background(fig: go.Figure, coords: np.ndarray, max_points: int, seed: int = 0) -> None:
+    keep = subsample_index(len(coords), max_points, seed)
+    fig.add_trace(go.Scattergl(x=coords[keep, 0], y=coords[keep, 1], mode="markers", name="cells",
+                               marker=dict(size=3, color=GREY, opacity=0.35), hoverinfo="skip",
+                               showlegend=False))
+
+
+def _quiver_trace(x, y, u, v, scale: float, colour: str, name: str) -> go.Scatter:
+    quiver = ff.create_quiver(x, y, u, v, scale=scale, arrow_scale=0.35)
+    trace = quiver.data[0]
+    trace.update(line=dict(color=colour, width=1.6), name=name, hoverinfo="skip", showlegend=True)
+    return trace
+
+
+def _display_scale(coords: np.ndarray, arrow_fields: dict, n_arrows: int) -> float:
+    """One length scale for all fields, so the longest typical arrow spans about one grid step."""
+    extent = float(np.ptp(coords, axis=0).max()) or 1.0
+    lengths = np.concatenate([np.linalg.norm(a, axis=-1).ravel() for a in arrow_fields.values()])
+    lengths = lengths[np.isfinite(lengths) & (lengths > 0)]
+    if not len(lengths):
+        return 1.0
+    return extent / np.sqrt(max(n_arrows, 1)) / float(np.percentile(lengths, 90))
+
+
+def arrows_figure(coords: np.ndarray, arrow_fields: dict[str, np.ndarray], mode: str = "grid",
+                  grid_size: int = 25, n_cells: int = 600, basis: str = "UMAP", title: str | None = None,
+                  seed: int = 0) -> go.Figure:
+    """Arrows of one or more projected fields (e.g. {"Δz": ..., "v_z": ...}) over grey cells.
+
+    ``mode="grid"`` averages arrows on a grid (readable at any cell count, the default); ``"cells"``
+    draws one arrow per cell for a random subsample of ``n_cells``.
+    """
+    coords = np.asarray(coords, dtype=float)
+    if not arrow_fields:
+        return message_figure("No vectors to draw.", title=title)
+    fig = go.Figure()
+    _background(fig, coords, MAX_SCATTER_POINTS, seed)
+    colours = [ROLE_COLOURS["delta_z"], ROLE_COLOURS["v_z"], "#009E73", "#CC79A7"]
+    if mode == "grid":
+        averaged = {name: grid_average(coords, a, grid_size) for name, a in arrow_fields.items()}
+        scale = _display_scale(coords, {n: np.stack([g[2], g[3]], -1) for n, g in averaged.items()},
+                               grid_size ** 2)
+        for (name, (xs, ys, u, v)), colour in zip(averaged.items(), colours):
+            gx, gy = np.meshgrid(xs, ys)
+            ok = np.isfinite(u) & np.isfinite(v) & ((u != 0) | (v != 0))
+            if ok.any():
+                fig.add_trace(_quiver_trace(gx[ok], gy[ok], u[ok], v[ok], scale, colour, name))
+        detail = f"grid-averaged on {grid_size}×{grid_size}"
+    else:
+        keep = subsample_index(len(coords), n_cells, seed)
+        scale = _display_scale(coords, {n: a[keep] for n, a in arrow_fields.items()}, len(keep))
+        for (name, a), colour in zip(arrow_fields.items(), colours):
+            a = np.asarray(a)[keep]
+            x, y = coords[keep, 0], coords[keep, 1]
+            fig.add_trace(_quiver_trace(x, y, a[:, 0], a[:, 1], scale, colour, name))
+        detail = f"one arrow per cell, {len(keep):,} of {len(coords):,} cells"
+    _axis_titles(fig, basis)
+    names = " and ".join(arrow_fields)
+    return apply_style(fig, title=title or f"{names} on the {basis} ({detail})", height=560)
+
+
+def confidence_histogram(confidence: np.ndarray, min_confidence: float | None = None) -> go.Figure:
+    confidence = np.asarray(confidence, dtype=float)
+    confidence = confidence[np.isfinite(confidence)]
+    if not len(confidence):
+        return message_figure("No velocity confidence available.", title="Velocity confidence")
+    fig = go.Figure(go.Histogram(x=confidence, nbinsx=50, marker_color=ROLE_COLOURS["v_z"], name="cells"))
+    if min_confidence is not None:
+        kept = float((confidence >= min_confidence).mean())
+        fig.add_vline(x=min_confidence, line=dict(color="black", dash="dash"),
+                      annotation_text=f"min confidence {min_confidence:g}: {kept:.0%} of cells kept",
+                      annotation_position="top right")
+    fig.update_xaxes(title_text="velocity confidence (coherence with neighbours, 0 to 1)")
+    fig.update_yaxes(title_text="cells (count)")
+    return apply_style(fig, title=f"Velocity confidence, median {np.median(confidence):.2f}", height=380)
+
+
+def cos_histograms(cos: np.ndarray, cell_types, bins: int = 40) -> go.Figure:
+    """Distribution of cos(Δz, v_z) in each cell type, one panel per type, median marked."""
+    cos = np.asarray(cos, dtype=float)
+    types = pd.Series(np.asarray(cell_types)).astype(str)
+    ok = np.isfinite(cos)
+    if not ok.any():
+        return message_figure("No cells with both Δz and a velocity.", title="cos(Δz, v_z) per cell type")
+    names = sorted(types[ok].unique())
+    colours = category_colours(names)
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=names, shared_xaxes=True,
+                        vertical_spacing=0.12 if rows > 1 else 0.1, horizontal_spacing=0.07)
+    for k, name in enumerate(names):
+        values = cos[ok & (types == name).to_numpy()]
+        r, c = k // cols + 1, k % cols + 1
+        fig.add_trace(go.Histogram(x=values, xbins=dict(start=-1, end=1, size=2 / bins), name=name,
+                                   marker_color=colours[name], showlegend=False), row=r, col=c)
+        median = float(np.median(values))
+        fig.add_vline(x=median, line=dict(color="black", width=1.5, dash="dash"), row=r, col=c)
+        fig.layout.annotations[k].text = f"{name} (n={len(values)}, median {median:+.2f})"
+    fig.update_xaxes(range=[-1, 1], dtick=0.5)
+    for c in range(1, cols + 1):
+        fig.update_xaxes(title_text="cos(Δz, v_z)", row=rows, col=c)
+    for r in range(1, rows + 1):
+        fig.update_yaxes(title_text="cells", row=r, col=1)
+    fig.update_annotations(font_size=12)
+    return apply_style(fig, title="Alignment of the predicted shift with velocity, per cell type",
+                       height=max(320, 240 * rows + 100))
+
+
+def norm_scatter(delta_norm: np.ndarray, v_norm: np.ndarray, cell_types,
+                 max_points: int = 5000, seed: int = 0) -> go.Figure:
+    """‖Δz‖ against ‖v_z‖ per control cell, log-log, with the line of equal length."""
+    delta_norm, v_norm = np.asarray(delta_norm, float), np.asarray(v_norm, float)
+    types = pd.Series(np.asarray(cell_types)).astype(str).to_numpy()
+    ok = np.isfinite(delta_norm) & np.isfinite(v_norm) & (delta_norm > 0) & (v_norm > 0)
+    if not ok.any():
+        return message_figure("No cells with both Δz and a velocity.", title="‖Δz‖ vs ‖v_z‖")
+    idx = np.flatnonzero(ok)[subsample_index(int(ok.sum()), max_points, seed)]
+    fig = go.Figure()
+    for name, colour in category_colours(types[idx]).items():
+        m = idx[types[idx] == name]
+        fig.add_trace(go.Scattergl(x=v_norm[m], y=delta_norm[m], mode="markers", name=name,
+                                   marker=dict(size=4, color=colour, opacity=0.6)))
+    lo = float(min(v_norm[ok].min(), delta_norm[ok].min()))
+    hi = float(max(v_norm[ok].max(), delta_norm[ok].max()))
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="‖Δz‖ = ‖v_z‖",
+                             line=dict(color="black", dash="dot", width=1)))
+    fig.update_xaxes(type="log", title_text="‖v_z‖ (latent units)")
+    fig.update_yaxes(type="log", title_text="‖Δz‖ (latent units)")
+    fig.update_layout(legend=dict(itemsizing="constant"))
+    return apply_style(fig, title="Length of the predicted shift against velocity length", height=480)
