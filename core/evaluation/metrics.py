@@ -149,7 +149,11 @@ def velocity_agreement(delta_z, v_z, confidence=None, min_confidence: float = 0.
         return empty
     ratio = stats["magnitude_st"] / stats["magnitude_v"] if stats["magnitude_v"] > 0 else math.nan
     cos = stats["cos_similarity"] if stats["n_direction_cells"] > 0 else math.nan
-    return {"cos_delta_v": float(cos), "magnitude_ratio": float(ratio), "n_velocity_cells": int(stats["n_cells"])}
+    return {
+        "cos_delta_v": float(cos),
+        "magnitude_ratio": float(ratio),
+        "n_velocity_cells": int(stats["n_cells"]),
+    }
 
 
 def group_metrics(
