@@ -97,8 +97,9 @@ def safe_run_name(name: str) -> str:
     return cleaned
 
 
-def _friendly_os_error(err: OSError, path: Path, doing: str) -> UserError | None:
-    """Turn a disk-full or permission error into one actionable line; other errors pass through."""
+def disk_error(err: OSError, path: Path, doing: str) -> UserError | None:
+    """The ``RunFolderError`` (one actionable line) for a disk-full or permission ``OSError`` met while
+    ``doing`` something to ``path``; None for any other error, which the caller re-raises."""
     if err.errno in _DISK_FULL:
         return RunFolderError(
             f"cannot {doing} {path}: the disk is full; free some space or point {RUNS_DIR_ENV} to a "
@@ -113,13 +114,15 @@ def _friendly_os_error(err: OSError, path: Path, doing: str) -> UserError | None
     return None
 
 
-def _mkdir_friendly(path: Path, parents: bool = True, exist_ok: bool = True) -> None:
+def ensure_dir(path: Path, parents: bool = True, exist_ok: bool = True) -> None:
+    """``path.mkdir`` that reports a full disk or an unwritable parent as ``RunFolderError``."""
+    path = Path(path)
     try:
         path.mkdir(parents=parents, exist_ok=exist_ok)
     except FileExistsError:
         raise
     except OSError as err:
-        friendly = _friendly_os_error(err, path, "create the folder")
+        friendly = disk_error(err, path, "create the folder")
         if friendly is None:
             raise
         raise friendly from err
@@ -133,11 +136,11 @@ def new_run_dir(root: Path, name: str) -> Path:
     """
     base = safe_run_name(name)
     root = Path(root).expanduser().resolve()
-    _mkdir_friendly(root)
+    ensure_dir(root)
     for index in range(1, 100_000):
         candidate = root / (base if index == 1 else f"{base}-{index}")
         try:
-            _mkdir_friendly(candidate, parents=False, exist_ok=False)
+            ensure_dir(candidate, parents=False, exist_ok=False)
         except FileExistsError:
             continue
         return candidate
@@ -206,7 +209,7 @@ def _atomic_write(path: Path, write_to) -> None:
             tmp.unlink()
         except OSError:
             pass
-        friendly = _friendly_os_error(err, path, "write")
+        friendly = disk_error(err, path, "write")
         if friendly is None:
             raise
         raise friendly from err
@@ -318,7 +321,7 @@ class RunWriter:
 
     def __init__(self, run_dir: str | os.PathLike, heartbeat_interval: float = HEARTBEAT_INTERVAL_S):
         self.run_dir = Path(run_dir).expanduser().resolve()
-        _mkdir_friendly(self.run_dir)
+        ensure_dir(self.run_dir)
         self.heartbeat_interval = float(heartbeat_interval)
         self._lock = threading.RLock()
         self._status = _read_json(self.run_dir / "status.json") or {}
@@ -398,7 +401,7 @@ class RunWriter:
                 self._metrics_handle.write(line)
                 self._metrics_handle.flush()
             except OSError as err:
-                friendly = _friendly_os_error(err, self.run_dir / "metrics.jsonl", "append to")
+                friendly = disk_error(err, self.run_dir / "metrics.jsonl", "append to")
                 if friendly is None:
                     raise
                 raise friendly from err
@@ -432,7 +435,7 @@ class RunWriter:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         folder = self.run_dir / "mhc"
-        _mkdir_friendly(folder)
+        ensure_dir(folder)
         path = folder / f"step_{int(step):07d}.npz"
         atomic_write_bytes(path, buffer.getvalue())
         return path
@@ -724,7 +727,7 @@ def launch_run(overrides: list[str], name: str, root: str | os.PathLike | None =
                 start_new_session=True,
             )
     except OSError as err:
-        friendly = _friendly_os_error(err, run_dir / "log.txt", "write")
+        friendly = disk_error(err, run_dir / "log.txt", "write")
         atomic_write_json(
             run_dir / "status.json",
             dict(writer_fields, state="failed", ended=time.time(), message=str(friendly or err)),

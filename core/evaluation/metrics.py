@@ -124,6 +124,8 @@ def velocity_agreement(delta_z, v_z, confidence=None, min_confidence: float = 0.
 
         cos_delta_v      = sum_i w_i cos(delta_z_i, v_z_i) / sum_i w_i
         magnitude_ratio  = (sum_i w_i ||delta_z_i||) / (sum_i w_i ||v_z_i||)
+
+    The cosine is NaN when every delta_z is zero (nothing moved, so there is no direction).
     """
     import torch
 
@@ -148,7 +150,10 @@ def velocity_agreement(delta_z, v_z, confidence=None, min_confidence: float = 0.
     if stats["n_cells"] == 0:
         return empty
     ratio = stats["magnitude_st"] / stats["magnitude_v"] if stats["magnitude_v"] > 0 else math.nan
-    cos = stats["cos_similarity"] if stats["n_direction_cells"] > 0 else math.nan
+    # A shift of exactly zero everywhere (the no-change baseline) has no direction: its cosine is
+    # undefined, not 0. A few zero shifts among others count as cosine 0, as in training.
+    moves = bool((np.abs(delta_z[keep]) > 0).any())
+    cos = stats["cos_similarity"] if stats["n_direction_cells"] > 0 and moves else math.nan
     return {
         "cos_delta_v": float(cos),
         "magnitude_ratio": float(ratio),

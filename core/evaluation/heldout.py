@@ -1,0 +1,310 @@
+"""Score predictions on held-out cells against the real perturbed cells and two baselines.
+
+Groups are (perturbation, cell type) pairs; for burn/sham there is one perturbation, so a group is a
+cell type. For each group, with the held-out split's cells:
+    z_control  the control cells that were predicted (each prediction's ``matched_control``)
+    z_pred     the model's prediction for each of them
+    z_real     the real perturbed cells of that perturbation and cell type
+Methods scored with ``metrics.group_metrics``:
+    model              z_pred as predicted
+    no_change          z_pred = z_control (delta_z = 0): a model that learned nothing
+    train_mean_shift   z_pred = z_control + (mean of the training split's perturbed cells minus mean of
+                       its control cells, for that group): a model that learned only the average effect
+``overall`` is the mean over groups (each cell type counts once); ``all_cells`` pools every held-out cell.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.errors import DataError
+from core.evaluation import metrics
+
+METHODS = ("model", "no_change", "train_mean_shift")
+# Which way is better, for the "does the model beat the baselines" summary.
+HIGHER_IS_BETTER = {
+    "energy_distance": False,
+    "pearson_delta": True,
+    "mae_mean": False,
+    "mse_mean": False,
+    "top_k_overlap": True,
+    "cos_delta_v": True,
+}
+METRIC_COLUMNS = (
+    "n_pred",
+    "n_real",
+    "n_control",
+    "energy_distance",
+    "pearson_delta",
+    "mae_mean",
+    "mse_mean",
+    "top_k_overlap",
+    "cos_delta_v",
+    "magnitude_ratio",
+    "n_velocity_cells",
+)
+
+
+@dataclass
+class DataKeys:
+    """Where things live in the AnnData (the run's ``data.kwargs``)."""
+
+    embed_key: str
+    pert_col: str
+    control_pert: str
+    cell_type_key: str
+    velocity_key: str | None = None
+    confidence_key: str | None = None
+
+
+@dataclass
+class PredictionKeys:
+    """Where ``core.infer.predict`` puts its results in the predictions AnnData."""
+
+    z_pred: str = "X_pred"
+    delta_z: str = "delta_z"
+    matched_control: str = "matched_control"
+
+
+@dataclass
+class Evaluation:
+    """Result of ``evaluate_predictions``: a JSON-ready summary and one row per (group, method)."""
+
+    summary: dict
+    per_group: object  # pandas.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def _row_index(adata, names, what: str) -> np.ndarray:
+    positions = adata.obs_names.get_indexer(names)
+    if (positions < 0).any():
+        missing = list(np.asarray(names)[positions < 0][:3])
+        raise DataError(
+            f"{what} names cells that are not in the data set (e.g. {missing}); evaluate with the data set "
+            "the run was trained on"
+        )
+    return positions
+
+
+def _macro_mean(rows: list[dict]) -> dict:
+    out = {}
+    for column in METRIC_COLUMNS:
+        values = np.array([row.get(column, math.nan) for row in rows], dtype=np.float64)
+        if column.startswith("n_"):
+            out[column] = int(np.nansum(values))
+        else:
+            finite = values[np.isfinite(values)]
+            out[column] = float(finite.mean()) if finite.size else math.nan
+    return out
+
+
+def _beats(summary_by_method: dict) -> dict:
+    """For each metric: does the model do better than each baseline (None when either is undefined)."""
+    model = summary_by_method["model"]
+    verdict = {}
+    for metric, higher in HIGHER_IS_BETTER.items():
+        verdict[metric] = {}
+        for baseline in METHODS[1:]:
+            a, b = model.get(metric, math.nan), summary_by_method[baseline].get(metric, math.nan)
+            if not (math.isfinite(a) and math.isfinite(b)):
+                verdict[metric][baseline] = None
+            else:
+                verdict[metric][baseline] = bool(a > b) if higher else bool(a < b)
+    return verdict
+
+
+def evaluate_predictions(
+    predictions,
+    adata,
+    split,
+    keys: DataKeys,
+    prediction_keys: PredictionKeys | None = None,
+    eval_split: str = "test",
+    min_confidence: float = 0.0,
+    top_k: int = metrics.DEFAULT_TOP_K,
+    max_cells: int | None = metrics.DEFAULT_MAX_CELLS,
+    seed: int = 0,
+) -> Evaluation:
+    """Score ``predictions`` (rows = predicted control cells) against the real perturbed cells of
+    ``adata`` in ``eval_split`` and against the two baselines.
+
+    ``split`` maps obs names to train/val/test (a pandas Series, e.g. the run's split.csv); cells of
+    ``adata`` missing from it are ignored. Velocity metrics are computed when ``keys.velocity_key`` is in
+    ``adata.obsm``, weighted by ``keys.confidence_key`` when that is in ``adata.obs``.
+    """
+    import pandas as pd
+
+    pk = prediction_keys or PredictionKeys()
+    if pk.z_pred not in predictions.obsm:
+        raise DataError(f"the predictions have no obsm['{pk.z_pred}']; make them with 'python -m core infer'")
+    if pk.matched_control not in predictions.obs:
+        raise DataError(
+            f"the predictions have no obs['{pk.matched_control}'] naming each prediction's control cell"
+        )
+    if keys.embed_key not in adata.obsm:
+        raise DataError(f"the data set has no obsm['{keys.embed_key}'], the embedding the run was trained on")
+    for column in (keys.pert_col, keys.cell_type_key):
+        if column not in adata.obs:
+            raise DataError(f"the data set has no obs column '{column}' (set in the run's data.kwargs)")
+
+    embedding = np.asarray(adata.obsm[keys.embed_key], dtype=np.float64)
+    z_pred_all = np.asarray(predictions.obsm[pk.z_pred], dtype=np.float64)
+    if z_pred_all.shape[1] != embedding.shape[1]:
+        raise DataError(
+            f"predictions have {z_pred_all.shape[1]} dims but obsm['{keys.embed_key}'] has "
+            f"{embedding.shape[1]}; evaluate with the embedding the run was trained on"
+        )
+    matched = predictions.obs[pk.matched_control].astype(str).to_numpy()
+    control_rows = _row_index(adata, matched, "matched_control")
+    z_control_all = embedding[control_rows]
+    delta_all = z_pred_all - z_control_all
+    if pk.delta_z in predictions.obsm:
+        stored = np.asarray(predictions.obsm[pk.delta_z], dtype=np.float64)
+        tolerance = 1e-3 * (1.0 + np.abs(z_pred_all).max(initial=0.0))
+        if stored.shape != delta_all.shape or np.abs(stored - delta_all).max(initial=0.0) > tolerance:
+            raise DataError(
+                f"obsm['{pk.delta_z}'] of the predictions is not z_pred - z_control of their matched control "
+                "cells; the predictions do not belong to this data set"
+            )
+
+    obs = adata.obs
+    pert = obs[keys.pert_col].astype(str).to_numpy()
+    cell_type = obs[keys.cell_type_key].astype(str).to_numpy()
+    cell_split = pd.Series(split).astype(str).reindex(adata.obs_names).fillna("").to_numpy()
+    is_control = pert == str(keys.control_pert)
+
+    # The perturbation each prediction stands for: a column of the predictions if they say so, else the
+    # only non-control perturbation of the data set.
+    perturbations = sorted(set(pert[~is_control]))
+    if keys.pert_col in predictions.obs:
+        pred_pert = predictions.obs[keys.pert_col].astype(str).to_numpy()
+        if set(pred_pert) <= {str(keys.control_pert)}:
+            pred_pert = None
+    else:
+        pred_pert = None
+    if pred_pert is None:
+        if len(perturbations) != 1:
+            raise DataError(
+                f"the predictions do not say which perturbation they predict (obs '{keys.pert_col}') and "
+                f"the data set has {len(perturbations)}; predict with the perturbation column set"
+            )
+        pred_pert = np.full(len(predictions), perturbations[0], dtype=object)
+    pred_type = cell_type[control_rows]
+
+    velocity = confidence = None
+    notes: list[str] = []
+    if keys.velocity_key and keys.velocity_key in adata.obsm:
+        velocity = np.asarray(adata.obsm[keys.velocity_key], dtype=np.float64)[control_rows]
+        if keys.confidence_key and keys.confidence_key in obs:
+            confidence = pd.to_numeric(obs[keys.confidence_key], errors="coerce").to_numpy(np.float64)
+            confidence = confidence[control_rows]
+        elif keys.confidence_key:
+            notes.append(f"no obs['{keys.confidence_key}']: velocity metrics are unweighted")
+    elif keys.velocity_key:
+        notes.append(f"no obsm['{keys.velocity_key}']: no velocity metrics")
+
+    def scores(z_pred, z_real, z_control, delta_z, rows):
+        return metrics.group_metrics(
+            z_pred,
+            z_real,
+            z_control,
+            delta_z=delta_z,
+            v_z=None if velocity is None else velocity[rows],
+            confidence=None if confidence is None else confidence[rows],
+            min_confidence=min_confidence,
+            top_k=top_k,
+            max_cells=max_cells,
+            seed=seed,
+        )
+
+    table = []
+    per_method: dict[str, list[dict]] = {method: [] for method in METHODS}
+    pooled = {method: {"z_pred": [], "delta": [], "rows": [], "real": []} for method in METHODS}
+    skipped = {}
+    groups = sorted(set(zip(pred_pert.tolist(), pred_type.tolist())))
+    for perturbation, kind in groups:
+        label = kind if len(perturbations) == 1 else f"{perturbation} / {kind}"
+        rows = np.flatnonzero((pred_pert == perturbation) & (pred_type == kind))
+        real = (pert == perturbation) & (cell_type == kind) & (cell_split == eval_split)
+        if not real.any():
+            skipped[label] = f"no real '{perturbation}' cells of this type in the {eval_split} split"
+            continue
+        z_real, z_control = embedding[real], z_control_all[rows]
+        train_treated = (pert == perturbation) & (cell_type == kind) & (cell_split == "train")
+        train_control = is_control & (cell_type == kind) & (cell_split == "train")
+        if train_treated.any() and train_control.any():
+            train_shift = embedding[train_treated].mean(0) - embedding[train_control].mean(0)
+        else:
+            train_shift = np.full(embedding.shape[1], np.nan)
+            notes.append(f"{label}: no training cells of both conditions, so no train_mean_shift baseline")
+        candidates = {
+            "model": (z_pred_all[rows], delta_all[rows]),
+            "no_change": (z_control, np.zeros_like(z_control)),
+            "train_mean_shift": (z_control + train_shift, np.broadcast_to(train_shift, z_control.shape)),
+        }
+        for method, (z_pred, delta_z) in candidates.items():
+            if not np.isfinite(z_pred).all():
+                result = {"n_pred": len(z_pred), "n_real": int(real.sum()), "n_control": len(z_control)}
+            else:
+                result = scores(z_pred, z_real, z_control, delta_z, rows)
+                pooled[method]["z_pred"].append(z_pred)
+                pooled[method]["delta"].append(delta_z)
+                pooled[method]["rows"].append(rows)
+                pooled[method]["real"].append(z_real)
+            per_method[method].append(result)
+            table.append({"perturbation": perturbation, "cell_type": kind, "method": method, **result})
+
+    if not table:
+        raise DataError(
+            f"no cell type has both predictions and real perturbed cells in the {eval_split} split; "
+            "check the split (split.csv) and the perturbation column"
+        )
+    overall = {method: _macro_mean(per_method[method]) for method in METHODS}
+    all_cells = {}
+    for method in METHODS:
+        if not pooled[method]["rows"]:
+            continue
+        rows = np.concatenate(pooled[method]["rows"])
+        all_cells[method] = scores(
+            np.concatenate(pooled[method]["z_pred"]),
+            np.concatenate(pooled[method]["real"]),
+            z_control_all[rows],
+            np.concatenate(pooled[method]["delta"]),
+            rows,
+        )
+    per_group = pd.DataFrame(table)
+    for column in METRIC_COLUMNS:
+        if column not in per_group:
+            per_group[column] = np.nan
+    per_group = per_group[["perturbation", "cell_type", "method", *METRIC_COLUMNS]]
+    summary = {
+        "split": eval_split,
+        "methods": {
+            "model": "the run's predictions",
+            "no_change": "z_pred = z_control (delta_z = 0)",
+            "train_mean_shift": "z_control + training split's mean shift (perturbed - control) per group",
+        },
+        "overall": overall,
+        "all_cells": all_cells,
+        "per_cell_type": {},
+        "model_beats_baseline": _beats(overall),
+        "skipped": skipped,
+        "settings": {
+            "top_k": int(top_k),
+            "energy_max_cells": max_cells,
+            "seed": int(seed),
+            "min_confidence": float(min_confidence),
+            "energy_distance": "E|X-Y| - 1/2 E|X-X'| - 1/2 E|Y-Y'| (geomloss 'energy', V-statistic)",
+            "overall": "mean over groups (each cell type counts once); all_cells pools every held-out cell",
+        },
+        "notes": notes,
+    }
+    for row in table:
+        name = row["cell_type"] if len(perturbations) == 1 else f"{row['perturbation']} / {row['cell_type']}"
+        summary["per_cell_type"].setdefault(name, {})[row["method"]] = {
+            key: value for key, value in row.items() if key not in ("perturbation", "cell_type", "method")
+        }
+    return Evaluation(summary=summary, per_group=per_group, notes=notes)

@@ -1,0 +1,61 @@
+"""Writing an evaluation into a run folder: eval/metrics.json, eval/per_cell_type.csv, predictions.h5ad.
+
+Every file is written atomically (``core.runs``), so the app never reads half an evaluation. In
+metrics.json an undefined value (NaN, e.g. the Pearson delta of the no-change baseline) is ``null``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from core.runs import atomic_write_json, atomic_write_text, disk_error, ensure_dir
+
+
+def json_ready(value):
+    """``value`` with NaN/inf floats as None and numpy scalars/arrays as Python values."""
+    if isinstance(value, dict):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def write_h5ad_atomic(adata, path: Path) -> None:
+    """``adata.write_h5ad`` to a temporary file next to ``path``, then rename over it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        friendly = disk_error(err, path, "write")
+        if friendly is None:
+            raise
+        raise friendly from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_evaluation(out_dir, summary: dict, per_group, predictions=None) -> dict[str, Path]:
+    """Write metrics.json (``summary``), per_cell_type.csv (``per_group``) and, when given, the
+    predictions AnnData into ``out_dir``; returns the paths written."""
+    out_dir = Path(out_dir)
+    ensure_dir(out_dir)
+    paths = {"metrics": out_dir / "metrics.json", "per_cell_type": out_dir / "per_cell_type.csv"}
+    atomic_write_text(paths["per_cell_type"], per_group.to_csv(index=False))
+    if predictions is not None:
+        paths["predictions"] = out_dir / "predictions.h5ad"
+        write_h5ad_atomic(predictions, paths["predictions"])
+    # metrics.json last: its presence says the evaluation is complete.
+    atomic_write_json(paths["metrics"], json_ready(summary))
+    return paths
