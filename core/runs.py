@@ -803,9 +803,10 @@ def cancel_run(run_dir: str | os.PathLike, grace_s: float = 2.0, kill_after_s: f
         alive = _trainer_alive(current)
         return alive is False or (alive is None and current["state"] == "interrupted")
 
+    signalled = False
     if not _wait_until(finished, grace_s):
-        current = read_status(run_dir)
-        if _signal_run(current, signal.SIGTERM) and not _wait_until(finished, kill_after_s):
+        signalled = _signal_run(read_status(run_dir), signal.SIGTERM)
+        if signalled and not _wait_until(finished, kill_after_s):
             _signal_run(read_status(run_dir), signal.SIGKILL)
             _wait_until(finished, 2.0)
     child = _CHILDREN.get(run_dir.resolve())
@@ -818,7 +819,8 @@ def cancel_run(run_dir: str | os.PathLike, grace_s: float = 2.0, kill_after_s: f
     if final["recorded_state"] not in TERMINAL_STATES:
         raw = _read_json(run_dir / "status.json") or {}
         now = time.time()
-        raw.update(state="cancelled", ended=now, heartbeat=now, message="cancelled (the process was stopped)")
+        how = "its process was stopped" if signalled else "its process was not running"
+        raw.update(state="cancelled", ended=now, heartbeat=now, message=f"cancelled: {how}")
         atomic_write_json(run_dir / "status.json", raw)
         final = read_status(run_dir)
     return final

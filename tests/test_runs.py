@@ -483,3 +483,30 @@ def test_a_sigkilled_trainer_reads_as_interrupted(fake_trainer):
     interrupted = _wait_for_state(run_dir, {"interrupted"})
     assert interrupted["recorded_state"] == "running"
     assert len(runs.read_metrics(run_dir)) >= 1
+
+
+# --- python -m core runs ------------------------------------------------------------------------------
+
+
+def test_runs_cli_lists_runs_and_cancels_an_interrupted_one(tmp_path, capsys):
+    from core.__main__ import main
+
+    done = runs.new_run_dir(tmp_path, "done")
+    RunWriter(done).write_status("completed", step=40, total_steps=40)
+    orphan = runs.new_run_dir(tmp_path, "orphan")
+    _write_status(orphan, state="running", pid=_dead_pid(), heartbeat=time.time(), step=7, progress=0.25)
+    assert main(["runs", "--root", str(tmp_path), "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    states = {line.split()[0]: line.split()[1:4] for line in lines[1:]}
+    assert states == {"done": ["completed", "100%", "40"], "orphan": ["interrupted", "25%", "7"]}
+    assert main(["runs", "--root", str(tmp_path), "cancel", "orphan"]) == 0
+    assert "cancelled: its process was not running" in capsys.readouterr().out
+    assert json.loads((orphan / "status.json").read_text())["state"] == "cancelled"
+
+
+def test_runs_cli_rejects_an_unsafe_name_with_exit_code_2(tmp_path, capsys):
+    from core.__main__ import main
+
+    assert main(["runs", "--root", str(tmp_path), "status", "a;b"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: run name 'a;b'") and err.count("\n") == 1

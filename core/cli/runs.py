@@ -1,0 +1,94 @@
+"""``python -m core runs list|status|cancel|resume-info``: the run folders, as the app sees them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+COMMAND = "runs"
+HELP = "List runs, show a run's status, cancel a run, or show where an interrupted run can resume from"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--root", type=Path, default=None, help="runs folder (default: $ST_RUNS_DIR, else ./runs)"
+    )
+    actions = parser.add_subparsers(dest="action", metavar="action", required=True)
+    actions.add_parser("list", help="every run, newest first")
+    for name, text in (
+        ("status", "a run's status.json, with 'interrupted' when its process is gone"),
+        ("cancel", "stop a run (STOP file, then SIGTERM to its process group after the grace period)"),
+        ("resume-info", "the last checkpoint of a run and the step it holds"),
+    ):
+        sub = actions.add_parser(name, help=text)
+        sub.add_argument("run", help="run name (or path of a run folder)")
+        if name == "cancel":
+            sub.add_argument("--grace", type=float, default=2.0, help="seconds to wait before SIGTERM")
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _list(root) -> int:
+    from core.runs import list_runs, runs_root
+
+    found = list_runs(root)
+    if not found:
+        print(f"no runs in {root or runs_root()}")
+        return 0
+    now = time.time()
+    print(f"{'name':<32} {'state':<12} {'progress':>8} {'step':>7} {'age':>8}  settings")
+    for run in found:
+        status = run["status"]
+        progress = status.get("progress")
+        progress = f"{100 * progress:.0f}%" if isinstance(progress, (int, float)) else "-"
+        step = status.get("step")
+        settings = " ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in run["summary"].items())
+        print(
+            f"{run['name']:<32} {run['state']:<12} {progress:>8} {step if step is not None else '-':>7} "
+            f"{_age(now - run['created']):>8}  {settings}"
+        )
+    return 0
+
+
+def _resume_info(run_dir: Path) -> dict:
+    from core.runs import read_status
+
+    status = read_status(run_dir)
+    checkpoints = run_dir / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    info = {
+        "run": str(run_dir),
+        "state": status["state"],
+        "last_step": status.get("step"),
+        "checkpoint": str(last) if last.is_file() else None,
+        "checkpoints": sorted(p.name for p in checkpoints.glob("*.ckpt")) if checkpoints.is_dir() else [],
+    }
+    if info["checkpoint"] is None:
+        info["note"] = "no last.ckpt yet: the run has to start again from the beginning"
+    return info
+
+
+def run(args) -> int:
+    from core.runs import cancel_run, read_status, resolve_run
+
+    if args.action == "list":
+        return _list(args.root)
+    run_dir = resolve_run(args.run, args.root, allow_outside=True)
+    if args.action == "status":
+        status = read_status(run_dir)
+        print(json.dumps(status, indent=2, default=str))
+        return 0
+    if args.action == "cancel":
+        status = cancel_run(run_dir, grace_s=args.grace)
+        print(f"{run_dir.name}: {status.get('message') or status['state']}")
+        return 0
+    print(json.dumps(_resume_info(run_dir), indent=2))
+    return 0
