@@ -35,33 +35,36 @@ def latent_neighbours(latent: np.ndarray, n_neighbors: int = DEFAULT_NEIGHBOURS)
 
 
 def project_to_2d(latent: np.ndarray, vectors: np.ndarray, coords: np.ndarray,
-                  neighbours: np.ndarray | None = None, sigma: float = DEFAULT_SIGMA,
-                  chunk: int = 4096) -> np.ndarray:
-    """Arrows [N, 2] on ``coords`` for latent ``vectors`` (see the module docstring for the formula).
-
-    Cells whose vector is zero (or not finite) get a zero arrow.
+                  neighbours: np.ndarray | None = None, rows: np.ndarray | None = None,
+                  sigma: float = DEFAULT_SIGMA, chunk: int = 4096) -> np.ndarray:
+    """Arrows [M, 2] on ``coords`` for latent ``vectors`` [M, D] of the cells ``rows`` (default: all N
+    cells, M = N); see the module docstring for the formula. A zero or non-finite vector gets a zero arrow.
     """
     latent = np.asarray(latent, dtype=np.float32)
     vectors = np.asarray(vectors, dtype=np.float32)
     coords = np.asarray(coords, dtype=np.float32)
+    rows = np.arange(len(latent)) if rows is None else np.asarray(rows)
+    if len(rows) != len(vectors):
+        raise ValueError(f"{len(vectors)} vectors for {len(rows)} cells; give one vector per cell")
     if neighbours is None:
         neighbours = latent_neighbours(latent)
-    arrows = np.zeros((len(latent), 2), dtype=np.float32)
-    for start in range(0, len(latent), chunk):
-        rows = slice(start, start + chunk)
-        idx = neighbours[rows]
-        displacement = latent[idx] - latent[rows, None, :]                      # [c, K, D]
-        v = vectors[rows]
+    arrows = np.zeros((len(rows), 2), dtype=np.float32)
+    for start in range(0, len(rows), chunk):
+        part = slice(start, start + chunk)
+        cells = rows[part]
+        idx = neighbours[cells]
+        displacement = latent[idx] - latent[cells, None, :]                     # [c, K, D]
+        v = vectors[part]
         dot = np.einsum("ckd,cd->ck", displacement, v)
         norms = np.linalg.norm(displacement, axis=-1) * np.linalg.norm(v, axis=-1, keepdims=True)
         cos = np.divide(dot, norms, out=np.zeros_like(dot), where=norms > 0)
         logits = cos / sigma
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
-        step_2d = coords[idx] - coords[rows, None, :]                           # [c, K, 2]
-        arrows[rows] = np.einsum("ck,ckt->ct", p, step_2d) - step_2d.mean(axis=1)
-        dead = ~np.isfinite(v).all(axis=1) | (np.abs(v).sum(axis=1) == 0)
-        arrows[rows][dead] = 0.0
+        step_2d = coords[idx] - coords[cells, None, :]                          # [c, K, 2]
+        block = np.einsum("ck,ckt->ct", p, step_2d) - step_2d.mean(axis=1)
+        block[~np.isfinite(v).all(axis=1) | (np.abs(v).sum(axis=1) == 0)] = 0.0
+        arrows[part] = block
     arrows[~np.isfinite(arrows).all(axis=1)] = 0.0
     return arrows
 

@@ -118,7 +118,7 @@ def seed_band_curves(metrics: dict[str, pd.DataFrame], groups: dict[str, list[st
                                  y=np.concatenate([(mean + spread).to_numpy(),
                                                    (mean - spread).to_numpy()[::-1]]),
                                  fill="toself", fillcolor=faint(colour, 0.2), line=dict(width=0),
-                                 hoverinfo="skip", showlegend=False))
+                                 name=f"{label} ± s.d.", hoverinfo="skip", showlegend=False))
         seeds = aligned.shape[1]
         fig.add_trace(go.Scatter(x=steps, y=mean, mode="lines", line=dict(color=colour, width=2),
                                  name=f"{label} (n={seeds} seed{'s' if seeds > 1 else ''})"))

@@ -69,8 +69,10 @@ def h_res_heatmaps(snapshot: dict, columns: int = 4) -> go.Figure:
             showscale=k == 0, colorbar=dict(title=dict(text="weight", side="right"), thickness=12),
             hovertemplate="out %{y} ← in %{x}: %{z:.4f}<extra>" + labels[k] + "</extra>",
         ), row=r, col=c)
-        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{k + 1 if k else ''}", row=r, col=c)
-        fig.update_xaxes(side="bottom", row=r, col=c)
+        # Square cells: the y-axis is tied to its x-axis; "domain" keeps the tick labels against the cells.
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{k + 1 if k else ''}", constrain="domain",
+                         row=r, col=c)
+        fig.update_xaxes(side="bottom", constrain="domain", row=r, col=c)
     step = int(np.asarray(snapshot.get("step", -1)))
     fig.update_xaxes(showline=False, ticks="")
     fig.update_yaxes(showline=False, ticks="")

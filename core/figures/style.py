@@ -47,7 +47,7 @@ def _build_template() -> go.layout.Template:
         xaxis=axis,
         yaxis=axis,
         legend=dict(bgcolor="rgba(255,255,255,0.8)", font=dict(size=12)),
-        title=dict(font=dict(size=16), x=0.0, xanchor="left"),
+        title=dict(font=dict(size=16), x=0.0, xanchor="left", xref="paper"),
         margin=dict(l=70, r=20, t=60, b=60),
         paper_bgcolor="white",
         plot_bgcolor="white",
