@@ -1,0 +1,197 @@
+"""Cached wrappers around ``core`` loaders: heavy results are computed once per input, then shared.
+
+AnnData and other large objects go through ``st.cache_resource`` (no copy per rerun; callers treat them
+as read-only), keyed by the data set's identity (demo name, upload digest, or path + modification time).
+Small tables derived from files that grow during a run (metrics) are keyed by the file's size and
+modification time, so a poll re-reads only what changed. torch and scvelo are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from core.errors import DataError
+
+DEMO_DATASETS = {"burn_sham": "Demo: burn vs sham (synthetic, with known truth)"}
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """Which data set the app is looking at; plain strings, so it can key caches and session state."""
+
+    kind: str                       # "demo" | "upload" | "path"
+    key: str                        # demo name | sha256 of the upload | resolved server path
+    label: str                      # shown to the user
+    train_path: str | None = None   # the file the trainer reads (None: the trainer's built-in demo)
+
+
+def mapping_key(mapping) -> tuple:
+    """A hashable, order-stable form of a ``ColumnMapping`` (for cache keys)."""
+    fields = dataclasses.asdict(mapping) if dataclasses.is_dataclass(mapping) else dict(vars(mapping))
+    return tuple(sorted(fields.items()))
+
+
+def upload_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- data sets
+
+
+@st.cache_resource(show_spinner="Loading the demo data set…", max_entries=2)
+def demo_adata(name: str):
+    from core.data.demo import load_demo
+
+    return load_demo(name, with_velocity=False)
+
+
+@st.cache_resource(show_spinner="Reading the uploaded file…", max_entries=2)
+def upload_adata(digest: str, _data: bytes):
+    from core.data.io import read_h5ad
+
+    return read_h5ad(_data)
+
+
+@st.cache_resource(show_spinner="Reading the file on the server…", max_entries=2)
+def path_adata(path: str, mtime: float):
+    from core.data.io import read_h5ad
+
+    # backed: X stays on disk; obs, obsm and layers (what the app plots) load into memory.
+    return read_h5ad(path, backed=True)
+
+
+def load_dataset(ref: DatasetRef):
+    if ref.kind == "demo":
+        return demo_adata(ref.key)
+    if ref.kind == "upload":
+        data = st.session_state.get("upload_bytes", {}).get(ref.key)
+        if data is None:
+            raise DataError("the uploaded file is no longer in this session; upload it again")
+        return upload_adata(ref.key, data)
+    if ref.kind == "path":
+        return path_adata(ref.key, os.path.getmtime(ref.key))
+    raise DataError(f"unknown data source {ref.kind!r}")
+
+
+@st.cache_resource(max_entries=8)
+def guessed_mapping(ref: DatasetRef):
+    from core.data.mapping import guess_mapping
+
+    return guess_mapping(load_dataset(ref))
+
+
+@st.cache_resource(max_entries=16)
+def validation_report(ref: DatasetRef, mapping_fields: tuple, set_size: int | None):
+    from core.data.mapping import ColumnMapping
+    from core.data.validate import validate
+
+    return validate(load_dataset(ref), ColumnMapping(**dict(mapping_fields)), set_size=set_size)
+
+
+@st.cache_resource(max_entries=16)
+def summary(ref: DatasetRef, mapping_fields: tuple):
+    from core.data.mapping import ColumnMapping
+    from core.data.summary import summary_table
+
+    return summary_table(load_dataset(ref), ColumnMapping(**dict(mapping_fields)))
+
+
+@st.cache_resource(max_entries=8)
+def latent_neighbours(ref: DatasetRef, embed_key: str):
+    from core.figures.arrows import latent_neighbours as neighbours
+
+    return neighbours(load_dataset(ref).obsm[embed_key])
+
+
+@st.cache_resource(max_entries=16)
+def projected_arrows(ref: DatasetRef, embed_key: str, vector_key: str, basis_key: str,
+                     vector_source: str = "obsm"):
+    """Latent vectors of one obsm key (or of a computed velocity) drawn on a 2-D basis (cached)."""
+    from core.figures.arrows import project_to_2d
+
+    adata = load_dataset(ref)
+    if vector_source == "computed":
+        vectors = computed_velocity_vectors(ref, vector_key)
+    else:
+        vectors = adata.obsm[vector_key]
+    return project_to_2d(adata.obsm[embed_key], vectors, adata.obsm[basis_key][:, :2],
+                         neighbours=latent_neighbours(ref, embed_key))
+
+
+# ------------------------------------------------------------------------------------ computed velocity
+
+
+_COMPUTED: dict = {}
+
+
+def computed_velocity_vectors(ref: DatasetRef, params_key: str):
+    result = _COMPUTED.get((ref, params_key))
+    if result is None:
+        raise DataError("velocity has not been computed for this data set yet; compute it on the Data page")
+    return result["velocity"]
+
+
+def computed_velocity(ref: DatasetRef, params_key: str) -> dict | None:
+    return _COMPUTED.get((ref, params_key))
+
+
+def store_computed_velocity(ref: DatasetRef, params_key: str, result: dict) -> None:
+    """Keep a velocity computed on the Data page for every session of this server (at most a few)."""
+    _COMPUTED[(ref, params_key)] = result
+    while len(_COMPUTED) > 4:
+        _COMPUTED.pop(next(iter(_COMPUTED)))
+
+
+# ----------------------------------------------------------------------------------------------- runs
+
+
+def _stamp(path: Path) -> tuple[int, float]:
+    try:
+        stat = path.stat()
+        return stat.st_size, stat.st_mtime
+    except OSError:
+        return 0, 0.0
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _metrics(run_path: str, stamp: tuple):
+    from core.runs import read_metrics
+
+    return read_metrics(run_path)
+
+
+def run_metrics(run_path: Path):
+    """The run's metrics table, re-read only when metrics.jsonl changed."""
+    return _metrics(str(run_path), _stamp(Path(run_path) / "metrics.jsonl"))
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _snapshot(path: str, stamp: tuple):
+    from core.runs import load_mhc_snapshot
+
+    return load_mhc_snapshot(path)
+
+
+def mhc_snapshots(run_path: Path) -> list[dict]:
+    from core.runs import list_mhc_snapshots
+
+    return [_snapshot(str(p), _stamp(p)) for _, p in list_mhc_snapshots(run_path)]
+
+
+@st.cache_resource(max_entries=4, show_spinner="Reading the run's predictions…")
+def _predictions(path: str, stamp: tuple):
+    import anndata
+
+    return anndata.read_h5ad(path)
+
+
+def run_predictions(run_path: Path):
+    """eval/predictions.h5ad of a run (read-only), or None before the run is evaluated."""
+    path = Path(run_path) / "eval" / "predictions.h5ad"
+    return _predictions(str(path), _stamp(path)) if path.is_file() else None

@@ -1,0 +1,34 @@
+"""``streamlit run app/main.py``: the router. Five pages in ``app/views/``, the data set in the sidebar.
+
+Every button on a page maps to one ``core`` call that the command line also makes (``python -m core``);
+no training and no math happen in the views. Heavy imports (torch, scvelo) stay inside the functions
+that need them, so the first page appears in a few seconds.
+"""
+
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # streamlit puts app/ on the path, our packages live one level up
+    sys.path.insert(0, str(REPO_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import sidebar  # noqa: E402
+from app.guard import shown_errors  # noqa: E402
+
+st.set_page_config(page_title="Burn vs sham: ST fine-tuning with mHC and velocity", page_icon="🧬",
+                   layout="wide")
+
+PAGES = [
+    st.Page("views/data.py", title="Data", icon="🧫", default=True),
+    st.Page("views/train.py", title="Train", icon="🏋️"),
+    st.Page("views/inspect.py", title="Inspect", icon="🔍"),
+    st.Page("views/compare.py", title="Compare", icon="⚖️"),
+    st.Page("views/export.py", title="Export", icon="📦"),
+]
+
+page = st.navigation(PAGES)
+sidebar.render()
+with shown_errors(f"showing the {page.title} page"):
+    page.run()

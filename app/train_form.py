@@ -1,0 +1,154 @@
+"""The training form: every field is one dotted override of ``python -m core train``, checked by the typed
+config before anything is launched, so a bad value is an ``st.error`` here, not a failed run."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.errors import ConfigError
+
+BASES = ("Demo base model (pretrained on the demo atlas)", "A checkpoint on the server", "From scratch")
+DEVICES = {"auto (GPU if present)": "auto", "CPU": "cpu", "GPU": "gpu"}
+LOSSES = {"alignment: (1 − cos) + β·| ‖Δz‖ − ‖v_z‖ |": "alignment", "L2: ‖Δz − v_z‖²": "l2"}
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(str(x) for x in v) + "]"
+    if v is None:
+        return "null"
+    return str(v)
+
+
+def parse_layer_indices(text: str) -> list[int] | None:
+    """"all" (or empty) -> None (every layer); "0, 2,3" -> [0, 2, 3]."""
+    text = text.strip().lower()
+    if text in ("", "all"):
+        return None
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise ConfigError(f"layer indices {text!r} are not whole numbers; write e.g. '0,1' or 'all'") \
+            from None
+
+
+def data_overrides(dataset, mapping: dict | None) -> list[str]:
+    """The data keys of the run: the file (none for the built-in demo) and the sidebar's column mapping."""
+    overrides = []
+    if dataset is not None and dataset.train_path:
+        overrides.append(f"data.kwargs.path={dataset.train_path}")
+    for field in ("embed_key", "pert_col", "control_pert", "cell_type_key", "batch_col", "velocity_key",
+                  "confidence_key"):
+        value = (mapping or {}).get(field)
+        if value is not None:
+            overrides.append(f"data.kwargs.{field}={value}")
+    return overrides
+
+
+def build_overrides(form: dict, dataset, mapping: dict | None) -> list[str]:
+    """Form values -> ``key=value`` overrides, in the config's own key names."""
+    o: dict[str, object] = {}
+    if form["base"] == BASES[0]:
+        from core.model import demo_base_checkpoint
+
+        o["model.init_from"] = demo_base_checkpoint()
+    elif form["base"] == BASES[1]:
+        if not form["checkpoint"].strip():
+            raise ConfigError("give the path of the base checkpoint (.ckpt), or choose another base model")
+        o["model.init_from"] = form["checkpoint"].strip()
+    o["model.kwargs.lora.enable"] = form["lora"]
+    if form["lora"]:
+        o["model.kwargs.lora.r"] = form["lora_r"]
+        o["model.kwargs.lora.alpha"] = form["lora_alpha"]
+    o["model.kwargs.use_mhc"] = form["mhc"]
+    if form["mhc"]:
+        o["model.kwargs.mhc.n_streams"] = form["n_streams"]
+        o["model.kwargs.mhc.sinkhorn_iters"] = form["sinkhorn_iters"]
+        o["model.kwargs.mhc.layer_indices"] = parse_layer_indices(form["layer_indices"])
+    o["model.kwargs.use_velocity_alignment"] = form["velocity"]
+    if form["velocity"]:
+        if not (mapping or {}).get("velocity_key"):
+            raise ConfigError("velocity alignment needs velocities: choose a velocity key in the sidebar's "
+                              "column mapping (or compute velocity on the Data page), or switch it off")
+        o["model.kwargs.velocity_lambda"] = form["velocity_lambda"]
+        o["model.kwargs.velocity_beta"] = form["velocity_beta"]
+        o["model.kwargs.velocity_warmup_steps"] = form["velocity_warmup"]
+        o["model.kwargs.velocity_min_confidence"] = form["velocity_min_confidence"]
+        o["model.kwargs.velocity_loss"] = LOSSES[form["velocity_loss"]]
+    o["training.max_epochs"] = form["epochs"]
+    o["training.learning_rate"] = form["learning_rate"]
+    o["model.kwargs.cell_set_len"] = form["set_size"]
+    o["training.seed"] = form["seed"]
+    o["training.accelerator"] = DEVICES[form["device"]]
+    return [f"{k}={_value(v)}" for k, v in o.items()] + data_overrides(dataset, mapping)
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Resolve the overrides with the typed config (unknown keys, wrong types, out-of-range values raise
+    ``ConfigError``), exactly as ``python -m core train`` will."""
+    from core.config import load_config
+
+    load_config(overrides=overrides)
+
+
+def train_form() -> None:
+    from core.runs import launch_run, safe_run_name
+
+    dataset = st.session_state.get("dataset")
+    mapping = st.session_state.get("mapping")
+    st.caption(f"Data: {dataset.label if dataset else 'none chosen'} (set in the sidebar).")
+    with st.form("train_form"):
+        c1, c2, c3 = st.columns(3)
+        with c1:
+            st.markdown("**Run and base model**")
+            name = st.text_input("Run name", value="st-lora", key="tf_name",
+                                 help="Letters, digits, '.', '_' and '-'; a number is added if it is taken.")
+            base = st.radio("Base model", BASES, key="tf_base")
+            checkpoint = st.text_input("Checkpoint path (for 'a checkpoint on the server')", key="tf_ckpt")
+            st.markdown("**LoRA**")
+            lora = st.toggle("LoRA on the backbone", value=True, key="tf_lora")
+            lora_r = st.number_input("Rank r", 1, 256, 8, key="tf_lora_r")
+            lora_alpha = st.number_input("Alpha", 1, 1024, 16, key="tf_lora_alpha")
+        with c2:
+            st.markdown("**mHC (manifold-constrained hyper-connections)**")
+            mhc = st.toggle("mHC in the backbone", value=False, key="tf_mhc")
+            n_streams = st.selectbox("Streams n", [2, 4, 8], index=1, key="tf_streams")
+            sinkhorn_iters = st.number_input("Sinkhorn iterations", 1, 200, 20, key="tf_sinkhorn")
+            layer_indices = st.text_input("Layers to wrap ('all' or e.g. 0,1)", value="all", key="tf_layers")
+            st.markdown("**Velocity alignment**")
+            velocity = st.toggle("Align Δz with RNA velocity", value=False, key="tf_velocity")
+            velocity_lambda = st.number_input("λ (weight)", 0.0, 100.0, 0.1, step=0.05, format="%.3f",
+                                              key="tf_vlambda")
+            velocity_beta = st.number_input("β (magnitude term)", 0.0, 100.0, 1.0, step=0.1, key="tf_vbeta")
+        with c3:
+            velocity_warmup = st.number_input("Warm-up steps (λ_t ramps 0 → 1)", 0, 100_000, 50,
+                                              key="tf_vwarm")
+            velocity_min_confidence = st.number_input("Minimum velocity confidence", 0.0, 1.0, 0.0, step=0.05,
+                                                      key="tf_vconf")
+            velocity_loss = st.selectbox("Velocity loss", list(LOSSES), key="tf_vloss")
+            st.markdown("**Training**")
+            epochs = st.number_input("Epochs", 1, 10_000, 5, key="tf_epochs")
+            learning_rate = st.number_input("Learning rate", 1e-7, 1.0, 1e-4, format="%.1e", key="tf_lr")
+            set_size = st.number_input("Set size (cells per set)", 2, 4096, 32, key="tf_set")
+            seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="tf_seed")
+            device = st.selectbox("Device", list(DEVICES), key="tf_device")
+        submitted = st.form_submit_button("Launch", type="primary")
+    if not submitted:
+        return
+    st.session_state["set_size"] = int(set_size)
+    st.session_state["min_confidence"] = float(velocity_min_confidence) if velocity else None
+    form = dict(base=base, checkpoint=checkpoint, lora=lora, lora_r=int(lora_r), lora_alpha=int(lora_alpha),
+                mhc=mhc, n_streams=int(n_streams), sinkhorn_iters=int(sinkhorn_iters),
+                layer_indices=layer_indices,
+                velocity=velocity, velocity_lambda=float(velocity_lambda), velocity_beta=float(velocity_beta),
+                velocity_warmup=int(velocity_warmup), velocity_min_confidence=float(velocity_min_confidence),
+                velocity_loss=velocity_loss, epochs=int(epochs), learning_rate=float(learning_rate),
+                set_size=int(set_size), seed=int(seed), device=device)
+    run_name = safe_run_name(name)
+    overrides = build_overrides(form, dataset, mapping)
+    check_overrides(overrides + [f"run.name={run_name}"])
+    run_dir = launch_run(overrides + [f"run.name={run_name}"], run_name)
+    st.session_state["selected_run"] = run_dir.name
+    st.success(f"Launched **{run_dir.name}**; it appears below and updates live.")

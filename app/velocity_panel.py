@@ -1,0 +1,50 @@
+"""Computing RNA velocity from the Data page: one ``core.velocity.compute_velocity`` call (the same the
+CLI makes), with its progress shown step by step. The data set in the cache is never modified: the
+computation runs on a copy, and only the latent velocity and confidence are kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from app import cache
+from core.errors import DataError
+
+MODES = {"stochastic (fast, scvelo's default)": "stochastic", "dynamical (slow; full kinetics)": "dynamical"}
+
+
+def velocity_panel(ref, adata, embed_key: str | None):
+    """Form + result. Returns (params_key, confidence) once velocity exists for these settings, else
+    (None, None)."""
+    if not embed_key:
+        raise DataError("choose the embedding in the sidebar's column mapping first")
+    if not {"spliced", "unspliced"} <= set(adata.layers.keys()):
+        raise DataError("this data set has no 'spliced' and 'unspliced' layers, so velocity cannot be "
+                        "computed; choose a precomputed velocity key instead")
+    basis = embed_key.removeprefix("X_")
+    with st.form("velocity_form"):
+        mode_label = st.selectbox("Mode", list(MODES), key="velocity_mode")
+        submitted = st.form_submit_button("Compute velocity")
+    mode = MODES[mode_label]
+    params_key = f"{embed_key}|{mode}"
+    if submitted:
+        from core.velocity import compute_velocity
+
+        bar = st.progress(0.0, text="Starting the velocity pipeline…")
+
+        def progress(step, fraction):
+            bar.progress(float(min(max(fraction, 0.0), 1.0)), text=f"{step}…")
+
+        work = adata.to_memory() if adata.isbacked else adata.copy()
+        compute_velocity(work, basis=basis, mode=mode, progress=progress)
+        bar.progress(1.0, text="Done.")
+        cache.store_computed_velocity(ref, params_key, {
+            "velocity": np.asarray(work.obsm[f"velocity_{basis}"]),
+            "confidence": np.asarray(work.obs["velocity_confidence"]),
+        })
+    result = cache.computed_velocity(ref, params_key)
+    if result is None:
+        st.info(f"Velocity ({mode}) has not been computed for this data set yet: press 'Compute velocity'.")
+        return None, None
+    st.caption(f"Latent velocity in obsm['velocity_{basis}'] units of {embed_key}; confidence per cell.")
+    return params_key, result["confidence"]
