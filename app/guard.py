@@ -19,11 +19,12 @@ log = logging.getLogger("app")
 
 def show_error(err: Exception, doing: str) -> None:
     if isinstance(err, UserError):
-        st.error(str(err), icon="⚠️")
+        st.error(str(err), icon=":material/warning:")
         return
     log.exception("unexpected error while %s", doing)
     st.error(f"Something went wrong while {doing} ({type(err).__name__}: {err}). The details are in the "
-             "server log; try again, or report it with that log if it happens again.", icon="🛑")
+             "server log; try again, or report it with that log if it happens again.",
+             icon=":material/error:")
 
 
 @contextlib.contextmanager

@@ -17,15 +17,15 @@ import streamlit as st  # noqa: E402
 from app import sidebar  # noqa: E402
 from app.guard import shown_errors  # noqa: E402
 
-st.set_page_config(page_title="Burn vs sham: ST fine-tuning with mHC and velocity", page_icon="🧬",
-                   layout="wide")
+st.set_page_config(page_title="Burn vs sham: ST fine-tuning with mHC and velocity",
+                   page_icon=":material/biotech:", layout="wide")
 
 PAGES = [
-    st.Page("views/data.py", title="Data", icon="🧫", default=True),
-    st.Page("views/train.py", title="Train", icon="🏋️"),
-    st.Page("views/inspect.py", title="Inspect", icon="🔍"),
-    st.Page("views/compare.py", title="Compare", icon="⚖️"),
-    st.Page("views/export.py", title="Export", icon="📦"),
+    st.Page("views/data.py", title="Data", icon=":material/scatter_plot:", default=True),
+    st.Page("views/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("views/inspect.py", title="Inspect", icon=":material/grid_on:"),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("views/export.py", title="Export", icon=":material/download:"),
 ]
 
 page = st.navigation(PAGES)

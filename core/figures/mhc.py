@@ -96,7 +96,8 @@ def sum_error_bars(snapshot: dict) -> go.Figure:
                hovertemplate="%{x}: %{customdata:.2e}<extra>columns</extra>"),
     ])
     fig.update_layout(barmode="group")
-    fig.update_yaxes(type="log", title_text=f"deviation from 1 (floor {ERROR_FLOOR:g})")
+    fig.update_yaxes(type="log", dtick=1, exponentformat="power",
+                     title_text=f"deviation from 1 (floor {ERROR_FLOOR:g})")
     fig.update_xaxes(title_text="wrapped layer")
     step = int(np.asarray(snapshot.get("step", -1)))
     return apply_style(fig, title=f"Doubly-stochastic error of H_res at step {step}")
@@ -116,7 +117,7 @@ def sum_error_over_steps(snapshots: list[dict]) -> go.Figure:
                    name="max |column sum − 1|", line=dict(color=ROLE_COLOURS["col"], dash="dash")),
     ])
     fig.update_xaxes(title_text="training step")
-    fig.update_yaxes(type="log", title_text="worst deviation over layers")
+    fig.update_yaxes(type="log", dtick=1, exponentformat="power", title_text="worst deviation over layers")
     return apply_style(fig, title="Doubly-stochastic error of H_res over training")
 
 

@@ -1,0 +1,88 @@
+"""Start the app as a real server on 127.0.0.1 and open it in headless Chromium: shared by the browser test
+and the app benchmark, so both measure what a user gets from ``streamlit run app/main.py``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Debian's chromium under playwright, headless and quiet (no sandbox: CI containers run as root).
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+PAGES = ("Data", "Train", "Inspect", "Compare", "Export")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def start_server(port: int | None = None, env: dict | None = None, log_path: Path | None = None):
+    """``streamlit run app/main.py`` on 127.0.0.1:port in its own process group; returns (process, url).
+    Call ``wait_healthy`` before opening the page."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app" / "main.py"),
+               "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
+               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, **(env or {})}, stdout=out,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_healthy(url: str, process, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {process.returncode} before answering")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"streamlit did not answer on {url} within {timeout} s")
+
+
+def stop_server(process) -> None:
+    """End the server we started (its own process group), politely first."""
+    if process.poll() is not None:
+        return
+    import signal
+
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+
+
+def wait_for_page(page, title: str, timeout_ms: float = 60_000, charts: int = 0) -> None:
+    """Wait until the page's heading is ``title``, the script has finished running, and at least ``charts``
+    plotly figures have drawn their SVG."""
+    page.get_by_role("heading", name=title, exact=False).first.wait_for(timeout=timeout_ms)
+    if charts:
+        page.wait_for_function(
+            "n => document.querySelectorAll('.js-plotly-plot .main-svg').length >= n", arg=charts,
+            timeout=timeout_ms)
+    # Streamlit shows its status widget ("Running...") while the script runs.
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+
+
+def open_page(page, name: str) -> None:
+    """Click a page in the sidebar navigation."""
+    page.locator('[data-testid="stSidebarNav"] a', has_text=name).first.click()
