@@ -86,3 +86,17 @@ def wait_for_page(page, title: str, timeout_ms: float = 60_000, charts: int = 0)
 def open_page(page, name: str) -> None:
     """Click a page in the sidebar navigation."""
     page.locator('[data-testid="stSidebarNav"] a', has_text=name).first.click()
+
+
+def train_and_evaluate(root: Path, name: str, overrides: list[str]) -> Path:
+    """Fine-tune and evaluate one run into ``root`` with the command line the app drives (``python -m core
+    train`` then ``evaluate``); returns the run folder. Used to give the browser test and the benchmark
+    real figures to draw."""
+    env = {**os.environ, "ST_RUNS_DIR": str(root)}
+    for command in (["train", f"run.name={name}", *overrides], ["evaluate", str(Path(root) / name)]):
+        result = subprocess.run([sys.executable, "-m", "core", *command], cwd=REPO_ROOT, env=env,
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"python -m core {command[0]} failed:\n{result.stdout[-3000:]}\n"
+                               f"{result.stderr[-3000:]}")
+    return Path(root) / name
