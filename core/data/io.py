@@ -1,0 +1,44 @@
+"""Reading .h5ad files from a path or from uploaded bytes, with one-line errors for what users hit."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import anndata as ad
+
+from core.errors import DataError
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def read_h5ad(source, backed: bool = False) -> ad.AnnData:
+    """AnnData from a path (``backed=True`` keeps X on disk, for large files) or from bytes (an upload).
+
+    Nothing is unpickled: h5ad stores arrays and strings, and anndata reads them without pickle.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if not data.startswith(_HDF5_SIGNATURE):
+            raise DataError("the uploaded file is not an .h5ad (HDF5) file; export it with adata.write_h5ad()")
+        try:
+            return ad.read_h5ad(io.BytesIO(data))
+        except Exception as err:  # h5py/anndata raise many types for damaged files
+            raise DataError(f"the uploaded .h5ad could not be read ({_short(err)}); is it complete?") from err
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"no file at {path}; check the path")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give the path of an .h5ad file")
+    with open(path, "rb") as fh:
+        if fh.read(8) != _HDF5_SIGNATURE:
+            raise DataError(f"{path.name} is not an .h5ad (HDF5) file; export it with adata.write_h5ad()")
+    try:
+        return ad.read_h5ad(path, backed="r" if backed else None)
+    except Exception as err:
+        raise DataError(f"{path.name} could not be read as .h5ad ({_short(err)}); the file may be truncated") from err
+
+
+def _short(err: Exception) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:160]

@@ -1,0 +1,96 @@
+"""Which columns of a user's AnnData mean what: the perturbation, its control value, cell type, batch and the
+embedding, with guesses for the usual names so that most files need no typing."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+CONTROL_WORDS = ("sham", "control", "ctrl", "ctl", "vehicle", "dmso", "untreated", "non-targeting", "mock", "wt")
+_PERT_HINTS = ("condition", "perturbation", "treatment", "pert", "group", "sample_type")
+_CELL_TYPE_HINTS = ("cell_types_simple_short", "cell_type", "celltype", "cell_types", "annotation", "cluster")
+_BATCH_HINTS = ("mouse_id", "mouse", "batch", "donor", "sample", "plate", "replicate")
+_EMBED_HINTS = ("X_state", "X_state_baseline", "X_pca", "X_scvi", "X_emb")
+
+
+@dataclass
+class ColumnMapping:
+    pert_col: str
+    control_pert: str
+    cell_type_key: str
+    batch_col: str | None
+    embed_key: str
+    velocity_key: str | None = None
+    confidence_key: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def categorical_columns(adata, max_levels: int = 200) -> list[str]:
+    """obs columns with few enough distinct values to be a label (perturbation, cell type, batch)."""
+    out = []
+    for name, col in adata.obs.items():
+        if isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object or pd.api.types.is_bool_dtype(col):
+            if col.nunique(dropna=True) <= max_levels:
+                out.append(name)
+    return out
+
+
+def _rank(candidates: list[str], hints: tuple[str, ...]) -> list[str]:
+    def score(name: str) -> int:
+        lowered = name.lower()
+        for i, hint in enumerate(hints):
+            if lowered == hint.lower():
+                return i
+        for i, hint in enumerate(hints):
+            if hint.lower() in lowered:
+                return len(hints) + i
+        return 10 * len(hints)
+
+    return sorted(candidates, key=score)
+
+
+def control_candidates(values) -> list[str]:
+    """Values that look like a control (sham, control, ctrl, DMSO, ...), best first."""
+    names = [str(v) for v in pd.unique(pd.Series(values).dropna())]
+    hits = [v for v in names if any(re.fullmatch(rf"{w}[\W_]*\w*", v.lower()) or v.lower() == w for w in CONTROL_WORDS)]
+    return sorted(hits, key=lambda v: min((i for i, w in enumerate(CONTROL_WORDS) if v.lower().startswith(w)),
+                                          default=99))
+
+
+def candidates(adata) -> dict[str, list[str]]:
+    """Ranked options for each mapping field, for the UI's select boxes."""
+    cats = categorical_columns(adata)
+    pert = [c for c in _rank(cats, _PERT_HINTS) if control_candidates(adata.obs[c])] or _rank(cats, _PERT_HINTS)
+    embeds = _rank([k for k in adata.obsm.keys() if "velocity" not in k], _EMBED_HINTS)
+    return {
+        "pert_col": pert,
+        "cell_type_key": _rank(cats, _CELL_TYPE_HINTS),
+        "batch_col": _rank(cats, _BATCH_HINTS),
+        "embed_key": [e for e in embeds if e not in ("X_umap", "X_tsne")] + [e for e in embeds if e == "X_umap"],
+        "velocity_key": [k for k in adata.obsm.keys() if "velocity" in k],
+        "confidence_key": [c for c in adata.obs.columns if "confidence" in c.lower()],
+    }
+
+
+def guess_mapping(adata) -> ColumnMapping:
+    """A best guess; every field can be overridden. Raises nothing: the validator reports what is missing."""
+    opts = candidates(adata)
+    pert_col = opts["pert_col"][0] if opts["pert_col"] else ""
+    controls = control_candidates(adata.obs[pert_col]) if pert_col else []
+    cell_type = next((c for c in opts["cell_type_key"] if c != pert_col), "")
+    batch = next((c for c in opts["batch_col"] if c not in (pert_col, cell_type) and
+                  any(h in c.lower() for h in _BATCH_HINTS)), None)
+    velocity = next((k for k in opts["velocity_key"] if k.startswith("velocity") and not k.endswith("_scvelo")), None)
+    return ColumnMapping(
+        pert_col=pert_col,
+        control_pert=controls[0] if controls else "",
+        cell_type_key=cell_type,
+        batch_col=batch,
+        embed_key=opts["embed_key"][0] if opts["embed_key"] else "",
+        velocity_key=velocity,
+        confidence_key=opts["confidence_key"][0] if opts["confidence_key"] and velocity else None,
+    )
