@@ -126,6 +126,10 @@ def _mapping_widgets(ref: DatasetRef) -> dict:
 
 def render() -> None:
     """Draw the sidebar and publish ``st.session_state["dataset"]`` and ``["mapping"]``."""
+    pending = st.session_state.pop("pending_server_path", None)
+    if pending:  # a page asked to switch to a file it wrote (e.g. the data set with computed velocity)
+        st.session_state["data_source"] = SOURCES[2]
+        st.session_state["server_path"] = pending
     with st.sidebar:
         st.subheader("Data")
         ref = None

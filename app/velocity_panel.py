@@ -36,7 +36,7 @@ def velocity_panel(ref, adata, embed_key: str | None):
             bar.progress(float(min(max(fraction, 0.0), 1.0)), text=f"{step}…")
 
         work = adata.to_memory() if adata.isbacked else adata.copy()
-        compute_velocity(work, basis=basis, mode=mode, progress=progress)
+        compute_velocity(work, basis=basis, embed_key=embed_key, mode=mode, progress=progress)
         bar.progress(1.0, text="Done.")
         cache.store_computed_velocity(ref, params_key, {
             "velocity": np.asarray(work.obsm[f"velocity_{basis}"]),
@@ -46,5 +46,33 @@ def velocity_panel(ref, adata, embed_key: str | None):
     if result is None:
         st.info(f"Velocity ({mode}) has not been computed for this data set yet: press 'Compute velocity'.")
         return None, None
-    st.caption(f"Latent velocity in obsm['velocity_{basis}'] units of {embed_key}; confidence per cell.")
+    st.caption(f"Latent velocity (obsm['velocity_{basis}'], in the units of {embed_key}) and a confidence "
+               "per cell. To train with it, save a copy of the data set that holds it:")
+    if st.button("Save a copy with this velocity and train on it", key="velocity_save_copy"):
+        path = save_copy_with_velocity(ref, adata, embed_key, mode)
+        # The sidebar applies this before drawing its widgets on the next run (see sidebar.render).
+        st.session_state["pending_server_path"] = str(path)
+        st.rerun()
     return params_key, result["confidence"]
+
+
+def save_copy_with_velocity(ref, adata, embed_key: str, mode: str):
+    """What ``python -m core velocity --adata IN --output OUT`` does: the data set plus its velocity keys,
+    written as a new file next to the uploads (the user's file is never touched). The computation itself
+    comes from core.velocity's on-disk cache."""
+    import hashlib
+
+    from app.sidebar import uploads_dir
+    from core.velocity import compute_velocity
+
+    tag = hashlib.sha1(f"{ref.kind}|{ref.key}|{embed_key}|{mode}".encode()).hexdigest()[:16]
+    path = uploads_dir() / f"{tag}-velocity-{mode}.h5ad"
+    if not path.is_file():
+        work = adata.to_memory() if adata.isbacked else adata.copy()
+        compute_velocity(work, basis=embed_key.removeprefix("X_"), embed_key=embed_key, mode=mode)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.h5ad")
+        with st.spinner("Writing the copy…"):
+            work.write_h5ad(tmp)
+        tmp.replace(path)
+    return path
