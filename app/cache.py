@@ -26,7 +26,7 @@ class DatasetRef:
     """Which data set the app is looking at; plain strings, so it can key caches and session state."""
 
     kind: str                       # "demo" | "upload" | "path"
-    key: str                        # demo name | sha256 of the upload | resolved server path
+    key: str                        # demo name | path of the saved upload | resolved server path
     label: str                      # shown to the user
     train_path: str | None = None   # the file the trainer reads (None: the trainer's built-in demo)
 
@@ -51,13 +51,6 @@ def demo_adata(name: str):
     return load_demo(name, with_velocity=False)
 
 
-@st.cache_resource(show_spinner="Reading the uploaded file…", max_entries=2)
-def upload_adata(digest: str, _data: bytes):
-    from core.data.io import read_h5ad
-
-    return read_h5ad(_data)
-
-
 @st.cache_resource(show_spinner="Reading the file on the server…", max_entries=2)
 def path_adata(path: str, mtime: float):
     from core.data.io import read_h5ad
@@ -69,12 +62,9 @@ def path_adata(path: str, mtime: float):
 def load_dataset(ref: DatasetRef):
     if ref.kind == "demo":
         return demo_adata(ref.key)
-    if ref.kind == "upload":
-        data = st.session_state.get("upload_bytes", {}).get(ref.key)
-        if data is None:
-            raise DataError("the uploaded file is no longer in this session; upload it again")
-        return upload_adata(ref.key, data)
-    if ref.kind == "path":
+    if ref.kind in ("upload", "path"):  # uploads are saved by content hash, then read like any file
+        if not os.path.isfile(ref.key):
+            raise DataError(f"the file {ref.key} is gone; choose the data set again in the sidebar")
         return path_adata(ref.key, os.path.getmtime(ref.key))
     raise DataError(f"unknown data source {ref.kind!r}")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.cache import DEMO_DATASETS, DatasetRef, guessed_mapping, load_dataset, upload_digest
+from app.cache import DEMO_DATASETS, DatasetRef, guessed_mapping, load_dataset, path_adata, upload_digest
 from app.guard import shown_errors
 from core.errors import DataError
 
@@ -49,6 +49,12 @@ def _saved_upload(uploaded) -> DatasetRef:
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, data)
+            try:  # keep only files anndata can read: a bad upload leaves nothing behind
+                path_adata(str(path), path.stat().st_mtime)
+            except Exception:
+                path.unlink(missing_ok=True)
+                cache.pop(uploaded.file_id, None)
+                raise
     return DatasetRef("upload", str(path), f"Upload: {uploaded.name}", str(path))
 
 

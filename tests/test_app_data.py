@@ -1,0 +1,146 @@
+"""The Data page and the sidebar: the demo opens with nothing to set up, tables and figures hold the data's
+own numbers, other column names work through the mapping, and bad files are refused in one plain line."""
+
+import base64
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = "../app/main.py"
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    monkeypatch.setenv("ST_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def unpack(node):
+    """plotly 7 packs numeric arrays as {"dtype", "bdata" (base64), "shape"}; turn them back into numpy."""
+    if isinstance(node, dict):
+        if "bdata" in node and "dtype" in node:
+            array = np.frombuffer(base64.b64decode(node["bdata"]), dtype=node["dtype"])
+            shape = node.get("shape")
+            return array.reshape([int(n) for n in str(shape).split(",")]) if shape else array
+        return {key: unpack(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [unpack(value) for value in node]
+    return node
+
+
+def charts(at) -> dict:
+    """Plotly charts of the page by title, as the JSON dicts the browser receives."""
+    specs = [unpack(json.loads(c.proto.spec)) for c in at.get("plotly_chart")]
+    return {s["layout"]["title"]["text"]: s for s in specs}
+
+
+def sidebar_select(at, label):
+    return next(s for s in at.sidebar.selectbox if s.label.startswith(label))
+
+
+def test_demo_opens_ready_with_its_guessed_mapping(app, demo_adata):
+    assert not app.error
+    assert any("Ready to train" in s.value for s in app.success)
+    assert sidebar_select(app, "Condition column").value == "condition"
+    assert sidebar_select(app, "Control value").value == "sham"
+    assert sidebar_select(app, "Cell-type column").value == "cell_types_simple_short"
+    assert sidebar_select(app, "Embedding").value == "X_pca"
+    # The summary table holds the demo's own counts (checked against an independent crosstab).
+    table = app.dataframe[0].value
+    expected = pd.crosstab(demo_adata.obs["cell_types_simple_short"], demo_adata.obs["condition"])
+    got = table.groupby(level=0).sum()
+    for cell_type in expected.index:
+        assert got.loc[cell_type, "burn"] == expected.loc[cell_type, "burn"]
+        assert got.loc[cell_type, "sham"] == expected.loc[cell_type, "sham"]
+
+
+def test_umap_shows_every_cell_coloured_by_the_chosen_column(app, demo_adata):
+    figure = charts(app)["UMAP coloured by cell_types_simple_short"]
+    assert sorted(t["name"] for t in figure["data"]) == sorted(demo_adata.obs["cell_types_simple_short"].unique())
+    assert sum(len(t["x"]) for t in figure["data"]) == demo_adata.n_obs
+    fibro = next(t for t in figure["data"] if t["name"] == "Fibroblast")
+    mask = (demo_adata.obs["cell_types_simple_short"] == "Fibroblast").to_numpy()
+    np.testing.assert_allclose(np.sort(fibro["x"]), np.sort(demo_adata.obsm["X_umap"][mask, 0]), rtol=1e-6)
+    app.selectbox(key="data_colour").set_value("condition").run()
+    figure = charts(app)["UMAP coloured by condition"]
+    assert sorted(t["name"] for t in figure["data"]) == ["burn", "sham"]
+
+
+def test_precomputed_velocity_key_draws_grid_arrows(app):
+    sidebar_select(app, "Velocity (obsm").set_value("true_velocity_pca").run()
+    assert not app.exception and not app.error
+    arrows = charts(app)["Velocity on the UMAP (grid-averaged)"]
+    assert any(t.get("name") == "velocity" for t in arrows["data"])
+    app.radio(key="velocity_arrow_mode").set_value("per cell (subsample)").run()
+    assert "Velocity on the UMAP (per cell)" in charts(app)
+
+
+def test_a_wrong_mapping_is_reported_as_errors_not_a_crash(app):
+    # condition as the cell type: each "cell type" then holds one condition only, so nothing can train
+    sidebar_select(app, "Cell-type column").set_value("condition").run()
+    assert not app.exception
+    assert [e.value for e in app.error] == ["no cell type has enough control and perturbed cells"]
+    assert any("'sham' has no perturbed cells" in w.value for w in app.warning)
+    assert not any("Ready to train" in s.value for s in app.success)
+
+
+def test_upload_limit_is_stated_in_the_sidebar(app):
+    app.sidebar.radio(key="data_source").set_value("Upload a .h5ad file").run()
+    limit = app.sidebar.file_uploader[0]
+    assert "at most 500 MB" in limit.label
+    assert any("Upload limit: 500 MB" in c.value for c in app.sidebar.caption)
+
+
+@pytest.mark.parametrize("kind, expected", [("csv", "not an .h5ad (HDF5) file"), ("truncated", "truncated")])
+def test_bad_upload_is_refused_in_one_line_and_not_kept(app, tmp_path, demo_adata, kind, expected):
+    if kind == "csv":
+        content = b"cell,condition\nA,sham\n"
+    else:
+        demo_adata[:50].copy().write_h5ad(tmp_path / "whole.h5ad")
+        content = (tmp_path / "whole.h5ad").read_bytes()[:3000]
+    app.sidebar.radio(key="data_source").set_value("Upload a .h5ad file").run()
+    app.sidebar.file_uploader[0].upload("cells.h5ad", content).run()
+    assert not app.exception
+    messages = [e.value for e in app.sidebar.error]
+    assert len(messages) == 1 and expected in messages[0]
+    assert "\n" not in messages[0]
+    uploads = tmp_path / "runs" / ".uploads"
+    assert not uploads.exists() or not list(uploads.iterdir())
+
+
+def test_upload_with_other_column_names_works_through_the_mapping(app, demo_adata, tmp_path):
+    keep = np.random.default_rng(0).choice(demo_adata.n_obs, 600, replace=False)
+    small = demo_adata[np.sort(keep)].copy()
+    small.obs = pd.DataFrame({
+        "treatment": small.obs["condition"].map({"sham": "control", "burn": "burn"}).astype("category"),
+        "celltype": small.obs["cell_types_simple_short"].astype("category"),
+        "donor": small.obs["mouse_id"].astype("category"),
+    }, index=small.obs_names)
+    small.obsm = {"X_emb": small.obsm["X_pca"], "X_umap": small.obsm["X_umap"]}
+    small.layers = {}
+    path = tmp_path / "renamed.h5ad"
+    small.write_h5ad(path)
+    app.sidebar.radio(key="data_source").set_value("Upload a .h5ad file").run()
+    app.sidebar.file_uploader[0].upload("renamed.h5ad", path.read_bytes()).run()
+    assert not app.exception and not app.error
+    assert sidebar_select(app, "Condition column").value == "treatment"
+    assert sidebar_select(app, "Control value").value == "control"
+    assert sidebar_select(app, "Cell-type column").value == "celltype"
+    assert sidebar_select(app, "Embedding").value == "X_emb"
+    saved = list((tmp_path / "runs" / ".uploads").iterdir())
+    assert len(saved) == 1 and ad.read_h5ad(saved[0]).n_obs == 600
+    assert any("Ready to train" in s.value for s in app.success)
+
+
+def test_server_path_that_does_not_exist_says_so(app, tmp_path):
+    app.sidebar.radio(key="data_source").set_value("A .h5ad path on the server").run()
+    app.sidebar.text_input(key="server_path").set_value(str(tmp_path / "missing.h5ad")).run()
+    assert not app.exception
+    assert any("no file at" in e.value for e in app.sidebar.error)
