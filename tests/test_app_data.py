@@ -144,3 +144,22 @@ def test_server_path_that_does_not_exist_says_so(app, tmp_path):
     app.sidebar.text_input(key="server_path").set_value(str(tmp_path / "missing.h5ad")).run()
     assert not app.exception
     assert any("no file at" in e.value for e in app.sidebar.error)
+
+
+def test_computed_velocity_is_shown_and_saved_into_a_copy_for_training(app, demo_with_velocity, tmp_path):
+    # demo_with_velocity has run the same pipeline with the same settings, so this reads core's cache.
+    app.radio(key="velocity_source").set_value("Compute from spliced/unspliced counts").run()
+    next(b for b in app.button if b.label == "Compute velocity").click().run()
+    assert not app.exception and not app.error
+    assert app.get("progress")[0].value == 100
+    confidence = charts(app)
+    title = next(t for t in confidence if t.startswith("Velocity confidence"))
+    assert title == f"Velocity confidence, median {np.median(demo_with_velocity.obs['velocity_confidence']):.2f}"
+    app.button(key="velocity_save_copy").click().run()
+    assert not app.exception and not app.error
+    copy_path = app.sidebar.text_input(key="server_path").value
+    assert copy_path.startswith(str(tmp_path / "runs" / ".uploads"))
+    assert sidebar_select(app, "Velocity (obsm").value == "velocity_pca"
+    assert sidebar_select(app, "Velocity confidence").value == "velocity_confidence"
+    saved = ad.read_h5ad(copy_path)
+    np.testing.assert_allclose(saved.obsm["velocity_pca"], demo_with_velocity.obsm["velocity_pca"], rtol=1e-6)
