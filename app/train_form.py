@@ -51,9 +51,7 @@ def build_overrides(form: dict, dataset, mapping: dict | None) -> list[str]:
     """Form values -> ``key=value`` overrides, in the config's own key names."""
     o: dict[str, object] = {}
     if form["base"] == BASES[0]:
-        from core.model import demo_base_checkpoint
-
-        o["model.init_from"] = demo_base_checkpoint()
+        o["model.init_from"] = "demo"  # core pretrains the demo base on the atlas once, then reuses it
     elif form["base"] == BASES[1]:
         if not form["checkpoint"].strip():
             raise ConfigError("give the path of the base checkpoint (.ckpt), or choose another base model")
@@ -94,8 +92,11 @@ def check_overrides(overrides: list[str]) -> None:
 
 
 def train_form() -> None:
+    from core.config import Config
     from core.runs import launch_run, safe_run_name
 
+    defaults = Config()
+    m, t = defaults.model.kwargs, defaults.training
     dataset = st.session_state.get("dataset")
     mapping = st.session_state.get("mapping")
     st.caption(f"Data: {dataset.label if dataset else 'none chosen'} (set in the sidebar).")
@@ -108,31 +109,33 @@ def train_form() -> None:
             base = st.radio("Base model", BASES, key="tf_base")
             checkpoint = st.text_input("Checkpoint path (for 'a checkpoint on the server')", key="tf_ckpt")
             st.markdown("**LoRA**")
-            lora = st.toggle("LoRA on the backbone", value=True, key="tf_lora")
-            lora_r = st.number_input("Rank r", 1, 256, 8, key="tf_lora_r")
-            lora_alpha = st.number_input("Alpha", 1, 1024, 16, key="tf_lora_alpha")
+            lora = st.toggle("LoRA on the backbone", value=m.lora.enable, key="tf_lora")
+            lora_r = st.number_input("Rank r", 1, 256, m.lora.r, key="tf_lora_r")
+            lora_alpha = st.number_input("Alpha", 1, 1024, m.lora.alpha, key="tf_lora_alpha")
         with c2:
             st.markdown("**mHC (manifold-constrained hyper-connections)**")
-            mhc = st.toggle("mHC in the backbone", value=False, key="tf_mhc")
-            n_streams = st.selectbox("Streams n", [2, 4, 8], index=1, key="tf_streams")
-            sinkhorn_iters = st.number_input("Sinkhorn iterations", 1, 200, 20, key="tf_sinkhorn")
+            mhc = st.toggle("mHC in the backbone", value=m.use_mhc, key="tf_mhc")
+            n_streams = st.selectbox("Streams n", [2, 4, 8], index=[2, 4, 8].index(m.mhc.n_streams), key="tf_streams")
+            sinkhorn_iters = st.number_input("Sinkhorn iterations", 1, 200, m.mhc.sinkhorn_iters, key="tf_sinkhorn")
             layer_indices = st.text_input("Layers to wrap ('all' or e.g. 0,1)", value="all", key="tf_layers")
             st.markdown("**Velocity alignment**")
-            velocity = st.toggle("Align Δz with RNA velocity", value=False, key="tf_velocity")
-            velocity_lambda = st.number_input("λ (weight)", 0.0, 100.0, 0.1, step=0.05, format="%.3f",
-                                              key="tf_vlambda")
-            velocity_beta = st.number_input("β (magnitude term)", 0.0, 100.0, 1.0, step=0.1, key="tf_vbeta")
+            velocity = st.toggle("Align Δz with RNA velocity", value=m.use_velocity_alignment, key="tf_velocity")
+            velocity_lambda = st.number_input("λ (weight)", 0.0, 100.0, m.velocity_lambda, step=0.05,
+                                              format="%.3f", key="tf_vlambda")
+            velocity_beta = st.number_input("β (magnitude term)", 0.0, 100.0, m.velocity_beta, step=0.1,
+                                            key="tf_vbeta")
         with c3:
-            velocity_warmup = st.number_input("Warm-up steps (λ_t ramps 0 → 1)", 0, 100_000, 50,
-                                              key="tf_vwarm")
-            velocity_min_confidence = st.number_input("Minimum velocity confidence", 0.0, 1.0, 0.0, step=0.05,
-                                                      key="tf_vconf")
+            velocity_warmup = st.number_input("Warm-up steps (λ_t ramps 0 → 1)", 0, 100_000,
+                                              m.velocity_warmup_steps, key="tf_vwarm")
+            velocity_min_confidence = st.number_input("Minimum velocity confidence", 0.0, 1.0,
+                                                      m.velocity_min_confidence, step=0.05, key="tf_vconf")
             velocity_loss = st.selectbox("Velocity loss", list(LOSSES), key="tf_vloss")
             st.markdown("**Training**")
-            epochs = st.number_input("Epochs", 1, 10_000, 5, key="tf_epochs")
-            learning_rate = st.number_input("Learning rate", 1e-7, 1.0, 1e-4, format="%.1e", key="tf_lr")
-            set_size = st.number_input("Set size (cells per set)", 2, 4096, 32, key="tf_set")
-            seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="tf_seed")
+            epochs = st.number_input("Epochs", 1, 10_000, t.max_epochs or 5, key="tf_epochs")
+            learning_rate = st.number_input("Learning rate", 1e-7, 1.0, t.learning_rate, format="%.1e",
+                                            key="tf_lr")
+            set_size = st.number_input("Set size (cells per set)", 2, 4096, m.cell_set_len, key="tf_set")
+            seed = st.number_input("Seed", 0, 2**31 - 1, t.seed, key="tf_seed")
             device = st.selectbox("Device", list(DEVICES), key="tf_device")
         submitted = st.form_submit_button("Launch", type="primary")
     if not submitted:
