@@ -100,12 +100,12 @@ def _sample_counts(rng, u, s, depth_factor):
     return rng.poisson(lam_s).astype(np.int32), rng.poisson(lam_u).astype(np.int32)
 
 
-def _burn_sham(world: _World, rng: np.random.Generator) -> ad.AnnData:
+def _burn_sham(world: _World, rng: np.random.Generator, cells_per_group: int = CELLS_PER_GROUP) -> ad.AnnData:
     rows = []
     for k, _ in enumerate(CELL_TYPES):
         for condition in ("sham", "burn"):
-            mouse = rng.integers(1, MICE_PER_CONDITION + 1, CELLS_PER_GROUP)
-            t = rng.uniform(0, T_MAX - BURN_TIME_SHIFT, CELLS_PER_GROUP)
+            mouse = rng.integers(1, MICE_PER_CONDITION + 1, cells_per_group)
+            t = rng.uniform(0, T_MAX - BURN_TIME_SHIFT, cells_per_group)
             rows.append(pd.DataFrame({"type_idx": k, "condition": condition, "mouse": mouse, "t_sham": t}))
     cells = pd.concat(rows, ignore_index=True)
     n = len(cells)
@@ -221,11 +221,13 @@ def _add_umap(adata: ad.AnnData, seed: int) -> None:
     sc.tl.umap(adata, random_state=seed)
 
 
-def generate(seed: int = SEED, umap: bool = True) -> tuple[ad.AnnData, ad.AnnData]:
-    """Build (burn_sham, atlas) from ``seed``; the same seed gives the same data."""
+def generate(seed: int = SEED, umap: bool = True, cells_per_group: int = CELLS_PER_GROUP,
+             ) -> tuple[ad.AnnData, ad.AnnData]:
+    """Build (burn_sham, atlas) from ``seed``; the same seed gives the same data. ``cells_per_group`` (per cell
+    type and condition) scales the burn/sham set, e.g. for benchmarks."""
     rng = np.random.default_rng(seed)
     world = _World(rng)
-    burn_sham = _burn_sham(world, rng)
+    burn_sham = _burn_sham(world, rng, cells_per_group)
     atlas = _atlas(world, rng, burn_sham.varm["PCs"].astype(np.float64), burn_sham.var["pca_mean"].to_numpy())
     if umap:
         _add_umap(burn_sham, seed)
