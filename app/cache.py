@@ -18,7 +18,11 @@ import streamlit as st
 
 from core.errors import DataError
 
-DEMO_DATASETS = {"burn_sham": "Demo: burn vs sham (synthetic, with known truth)"}
+DEMO_DATASETS = {
+    "burn_sham": "Demo: burn vs sham (synthetic, with known truth)",
+    "burn_sham:velocity": "Demo: burn vs sham, with scvelo velocity (computed once, then cached)",
+    "atlas": "Demo pretraining atlas (12 synthetic perturbations)",
+}
 
 
 @dataclass(frozen=True)
@@ -44,11 +48,14 @@ def upload_digest(data: bytes) -> str:
 # ----------------------------------------------------------------------------------------------- data sets
 
 
-@st.cache_resource(show_spinner="Loading the demo data set…", max_entries=2)
+@st.cache_resource(show_spinner="Loading the demo data set…", max_entries=3)
 def demo_adata(name: str):
+    """``burn_sham``, ``atlas``, or ``burn_sham:velocity`` (adds obsm["velocity_pca"] and
+    obs["velocity_confidence"] from core.velocity, as training with velocity alignment does)."""
     from core.data.demo import load_demo
 
-    return load_demo(name, with_velocity=False)
+    base, _, extra = name.partition(":")
+    return load_demo(base, with_velocity=extra == "velocity")
 
 
 @st.cache_resource(show_spinner="Reading the file on the server…", max_entries=2)

@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 
 from app import cache
-from app.cache import DatasetRef
+from app.cache import DEMO_DATASETS, DatasetRef
 from app.components import show_figure
 from core.errors import DataError
 from core.figures.run import data_kwargs, delta_velocity, per_cell_type_table
@@ -17,10 +17,14 @@ from core.figures.velocity import arrows_figure, cos_histograms, norm_scatter
 
 
 def run_dataset(keys: dict) -> DatasetRef:
-    """The data set a run trained on, from its ``data.kwargs.path`` (none: the built-in demo)."""
+    """The data set a run trained on, from its ``data.kwargs`` (no path: the built-in demo, with the
+    velocity core computes for it when the run used ``velocity_pca``)."""
     path = keys.get("path")
     if not path:
-        return DatasetRef("demo", "burn_sham", "Demo: burn vs sham", None)
+        name = keys.get("dataset") or "burn_sham"
+        if name == "burn_sham" and keys.get("velocity_key") == "velocity_pca":
+            name = "burn_sham:velocity"
+        return DatasetRef("demo", name, DEMO_DATASETS.get(name, name), None)
     if not Path(path).is_file():
         raise DataError(f"the run's data file {path} is gone; put it back to see Δz against velocity")
     return DatasetRef("path", str(Path(path).resolve()), f"File: {Path(path).name}", str(path))

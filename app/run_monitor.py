@@ -67,6 +67,8 @@ def _status_block(run: dict) -> None:
                 f"ETA {_duration(status.get('eta_s'))}")
         if status.get("device"):
             text += f" · {status['device']}"
+        if status.get("message"):
+            text += f" · {status['message']}"
         st.progress(min(max(progress, 0.0), 1.0), text=text)
         if st.button("Cancel this run", key=f"cancel_{run['name']}"):
             final = cancel_run(path)

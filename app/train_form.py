@@ -34,16 +34,23 @@ def parse_layer_indices(text: str) -> list[int] | None:
             from None
 
 
+def _text(value: str) -> str:
+    """A YAML single-quoted string, so a column value like 'yes', '1' or 'null' stays text."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def data_overrides(dataset, mapping: dict | None) -> list[str]:
-    """The data keys of the run: the file (none for the built-in demo) and the sidebar's column mapping."""
+    """The data keys of the run: the file (or which demo) and the sidebar's column mapping."""
     overrides = []
     if dataset is not None and dataset.train_path:
-        overrides.append(f"data.kwargs.path={dataset.train_path}")
+        overrides.append(f"data.kwargs.path={_text(dataset.train_path)}")
+    elif dataset is not None and dataset.kind == "demo":
+        overrides.append(f"data.kwargs.dataset={dataset.key.partition(':')[0]}")
     for field in ("embed_key", "pert_col", "control_pert", "cell_type_key", "batch_col", "velocity_key",
                   "confidence_key"):
         value = (mapping or {}).get(field)
         if value is not None:
-            overrides.append(f"data.kwargs.{field}={value}")
+            overrides.append(f"data.kwargs.{field}={_text(value)}")
     return overrides
 
 
@@ -67,9 +74,6 @@ def build_overrides(form: dict, dataset, mapping: dict | None) -> list[str]:
         o["model.kwargs.mhc.layer_indices"] = parse_layer_indices(form["layer_indices"])
     o["model.kwargs.use_velocity_alignment"] = form["velocity"]
     if form["velocity"]:
-        if not (mapping or {}).get("velocity_key"):
-            raise ConfigError("velocity alignment needs velocities: choose a velocity key in the sidebar's "
-                              "column mapping (or compute velocity on the Data page), or switch it off")
         o["model.kwargs.velocity_lambda"] = form["velocity_lambda"]
         o["model.kwargs.velocity_beta"] = form["velocity_beta"]
         o["model.kwargs.velocity_warmup_steps"] = form["velocity_warmup"]
@@ -80,7 +84,8 @@ def build_overrides(form: dict, dataset, mapping: dict | None) -> list[str]:
     o["model.kwargs.cell_set_len"] = form["set_size"]
     o["training.seed"] = form["seed"]
     o["training.accelerator"] = DEVICES[form["device"]]
-    return [f"{k}={_value(v)}" for k, v in o.items()] + data_overrides(dataset, mapping)
+    extra = [line.strip() for line in form.get("extra", "").splitlines() if line.strip()]
+    return [f"{k}={_value(v)}" for k, v in o.items()] + data_overrides(dataset, mapping) + extra
 
 
 def check_overrides(overrides: list[str]) -> None:
@@ -137,6 +142,11 @@ def train_form() -> None:
             set_size = st.number_input("Set size (cells per set)", 2, 4096, m.cell_set_len, key="tf_set")
             seed = st.number_input("Seed", 0, 2**31 - 1, t.seed, key="tf_seed")
             device = st.selectbox("Device", list(DEVICES), key="tf_device")
+        extra = st.text_area(
+            "More settings (optional): one `key=value` per line, as on the command line", key="tf_extra",
+            placeholder="training.batch_size=16\nmodel.kwargs.mhc.dynamic=false\ntraining.max_steps=200",
+            help="Any key of the training config, checked before launching: an unknown key is reported with "
+                 "the closest valid ones. These apply after the fields above.")
         submitted = st.form_submit_button("Launch", type="primary")
     if not submitted:
         return
@@ -148,10 +158,13 @@ def train_form() -> None:
                 velocity=velocity, velocity_lambda=float(velocity_lambda), velocity_beta=float(velocity_beta),
                 velocity_warmup=int(velocity_warmup), velocity_min_confidence=float(velocity_min_confidence),
                 velocity_loss=velocity_loss, epochs=int(epochs), learning_rate=float(learning_rate),
-                set_size=int(set_size), seed=int(seed), device=device)
+                set_size=int(set_size), seed=int(seed), device=device, extra=extra)
     run_name = safe_run_name(name)
-    overrides = build_overrides(form, dataset, mapping)
-    check_overrides(overrides + [f"run.name={run_name}"])
-    run_dir = launch_run(overrides + [f"run.name={run_name}"], run_name)
+    overrides = build_overrides(form, dataset, mapping) + [f"run.name={run_name}"]
+    check_overrides(overrides)
+    run_dir = launch_run(overrides, run_name)
     st.session_state["selected_run"] = run_dir.name
     st.success(f"Launched **{run_dir.name}**; it appears below and updates live.")
+    if velocity and not (mapping or {}).get("velocity_key"):
+        st.info("No velocity key is chosen in the sidebar, so training computes scvelo velocity for this data "
+                "set first (cached for later runs).")
