@@ -47,13 +47,15 @@ def run_picker(runs: list[dict], label: str, key: str) -> dict | None:
         return None
     names = [r["name"] for r in runs]
     wanted = st.session_state.get("selected_run")
-    index = names.index(wanted) if wanted in names else 0
+    if wanted in names and st.session_state.get(key) != wanted:
+        # Another page or a launch chose a run: show it, even if this selectbox remembers another.
+        st.session_state[key] = wanted
 
     def remember():
         st.session_state["selected_run"] = st.session_state[key]
 
-    name = st.selectbox(label, names, index=index, key=key, on_change=remember,
-                        format_func=lambda n: f"{n}  ({next(r['state'] for r in runs if r['name'] == n)})")
+    states = {r["name"]: r["state"] for r in runs}
+    name = st.selectbox(label, names, key=key, on_change=remember, format_func=lambda n: f"{n}  ({states[n]})")
     st.session_state["selected_run"] = name
     return next(r for r in runs if r["name"] == name)
 
