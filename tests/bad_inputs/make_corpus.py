@@ -1,0 +1,175 @@
+"""The corpus of purpose-built bad inputs (issue 7): each case is a file (or none) plus the command line that
+feeds it to ``python -m core``, and a phrase the one-line error must contain.
+
+Files are generated from the small demo into a folder (a test's tmp dir), so nothing large is committed:
+``python tests/bad_inputs/make_corpus.py OUT_DIR`` writes them by hand and prints the commands.
+
+Every train case uses a tiny model and one epoch, so that a case that is wrongly accepted ends in seconds
+(and then fails its test) instead of training for minutes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# The demo's layout, passed explicitly so that no case depends on column guessing.
+MAPPING = ["data.kwargs.pert_col=condition", "data.kwargs.control_pert=sham",
+           "data.kwargs.cell_type_key=cell_types_simple_short", "data.kwargs.batch_col=mouse_id",
+           "data.kwargs.embed_key=X_pca"]
+VELOCITY = ["model.kwargs.use_velocity_alignment=true", "data.kwargs.velocity_key=velocity_pca",
+            "data.kwargs.confidence_key=velocity_confidence"]
+TINY = ["model.kwargs.hidden_dim=32", "model.kwargs.n_layers=2", "model.kwargs.n_heads=2",
+        "model.kwargs.cell_set_len=16", "training.max_epochs=1", "training.accelerator=cpu"]
+
+
+@dataclass
+class Case:
+    name: str
+    argv: list[str]          # after ``python -m core``; {data} / {ckpt} / {out} are filled in by ``command``
+    expect: str              # a phrase the error line must contain (case-insensitive)
+    make: object = None      # make(small_demo, folder) -> None: writes the case's files
+    files: list[str] = field(default_factory=list)
+
+    def command(self, folder: Path) -> list[str]:
+        return [a.format(data=folder / f"{self.name}.h5ad", ckpt=folder / f"{self.name}.ckpt",
+                         out=folder / f"{self.name}-out.h5ad") for a in self.argv]
+
+
+def _train(*extra: str, data: bool = True) -> list[str]:
+    return ["train", *(["data.kwargs.path={data}"] if data else []), *MAPPING, *TINY, *extra]
+
+
+def _write(adata, folder: Path, name: str) -> None:
+    adata.write_h5ad(folder / f"{name}.h5ad")
+
+
+def _edited(edit):
+    def make(small_demo, folder: Path, name: str) -> None:
+        a = small_demo.copy()
+        a = edit(a) or a
+        _write(a, folder, name)
+    return make
+
+
+def _not_hdf5(small_demo, folder: Path, name: str) -> None:
+    (folder / f"{name}.h5ad").write_text("cell,condition\nAAAC,burn\nAAAG,sham\n")
+
+
+def _truncated(small_demo, folder: Path, name: str) -> None:
+    whole = folder / f"{name}-whole.h5ad"
+    small_demo.write_h5ad(whole)
+    data = whole.read_bytes()
+    (folder / f"{name}.h5ad").write_bytes(data[: len(data) // 3])  # keeps the HDF5 signature
+    whole.unlink()
+
+
+def _rename_control(a):
+    a.obs["condition"] = a.obs["condition"].cat.rename_categories({"sham": "ctrl"})
+
+
+def _one_condition(a):
+    return a[a.obs["condition"] == "sham"].copy()
+
+
+def _set(key, row, col, value):
+    def edit(a):
+        arr = np.array(a.obsm[key], dtype=np.float32, copy=True)
+        arr[row, col] = value
+        a.obsm[key] = arr
+    return edit
+
+
+def _velocity_other_shape(a):
+    a.obsm["velocity_pca"] = np.ascontiguousarray(a.obsm["velocity_pca"][:, :7])
+
+
+def _negative_confidence(a):
+    a.obs["velocity_confidence"] = -0.5
+
+
+def _drop_column(a):
+    del a.obs["mouse_id"]
+
+
+def _not_a_checkpoint(small_demo, folder: Path, name: str) -> None:
+    (folder / f"{name}.ckpt").write_bytes(b"this is a text file renamed to .ckpt\n" * 20)
+
+
+def _other_embedding_dim(small_demo, folder: Path, name: str) -> None:
+    """A genuine base checkpoint of this project's model, trained on 7-d embeddings (the demo has 50)."""
+    import torch
+
+    from core.config import load_config
+    from core.model.build import plain_model
+
+    cfg = load_config(None, ["model.kwargs.hidden_dim=32", "model.kwargs.n_layers=2", "model.kwargs.n_heads=2"])
+    model = plain_model(cfg, 7, 2, 0)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"config": cfg.to_dict(), "pert_map": {"control": 0, "injury": 1},
+                                     "control": "control", "embed_dim": 7, "batch_map": {},
+                                     "lora_applied": False}},
+               folder / f"{name}.ckpt")
+    _write(small_demo, folder, name)
+
+
+CASES = [
+    Case("not_hdf5", _train(), "not an .h5ad (HDF5) file", _not_hdf5),
+    Case("truncated_h5ad", _train(), "truncated", _truncated),
+    Case("obs_column_missing", _train(), "'mouse_id' is not in obs", _edited(_drop_column)),
+    Case("obs_column_not_chosen", _train("data.kwargs.pert_col=treatment_arm"), "'treatment_arm'",
+         _edited(lambda a: None)),
+    Case("control_absent", _train(), "control value 'sham' does not occur", _edited(_rename_control)),
+    Case("one_condition", _train(), "only the control value", _edited(_one_condition)),
+    Case("nan_embedding", _train(), "NaN or inf", _edited(_set("X_pca", 3, 1, np.nan))),
+    Case("inf_embedding", _train(), "NaN or inf", _edited(_set("X_pca", 5, 0, np.inf))),
+    Case("nan_velocity", _train(*VELOCITY), "NaN or inf", _edited(_set("velocity_pca", 0, 0, np.nan))),
+    Case("inf_velocity", _train(*VELOCITY), "NaN or inf", _edited(_set("velocity_pca", 2, 4, -np.inf))),
+    Case("velocity_other_shape", _train(*VELOCITY), "same latent space", _edited(_velocity_other_shape)),
+    Case("negative_confidence", _train(*VELOCITY), ">= 0", _edited(_negative_confidence)),
+    Case("cell_types_too_small", _train("model.kwargs.cell_set_len=400"), "cell type",
+         _edited(lambda a: None)),
+    Case("not_a_checkpoint", _train("model.init_from={ckpt}", data=False), "not a", _not_a_checkpoint),
+    Case("checkpoint_other_embedding_dim", _train("model.init_from={ckpt}"), "7-d embeddings",
+         _other_embedding_dim),
+    Case("unknown_config_key", _train("training.learnig_rate=0.01", data=False),
+         "unknown config key 'training.learnig_rate'"),
+    Case("wrong_type", _train("training.max_epochs=three", data=False), "training.max_epochs must be a whole number"),
+    Case("negative_learning_rate", _train("training.learning_rate=-0.001", data=False),
+         "training.learning_rate must be > 0"),
+    Case("layer_indices_beyond_depth", _train("model.kwargs.use_mhc=true", "model.kwargs.mhc.layer_indices=[0,5]",
+                                              data=False), "layer_indices"),
+    Case("sinkhorn_iters_zero", _train("model.kwargs.use_mhc=true", "model.kwargs.mhc.sinkhorn_iters=0", data=False),
+         "sinkhorn_iters must be >= 1"),
+    Case("velocity_not_hdf5", ["velocity", "--adata", "{data}", "--output", "{out}"], "not an .h5ad (HDF5) file",
+         _not_hdf5),
+    Case("velocity_overwrites_input", ["velocity", "--adata", "{data}", "--output", "{data}"], "never overwritten",
+         _edited(lambda a: None)),
+]
+
+
+def make_corpus(small_demo, folder: Path) -> list[Case]:
+    """Write every case's files into ``folder``; returns the cases."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for case in CASES:
+        if case.make is not None:
+            case.make(small_demo, folder, case.name)
+    return CASES
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from core.data.demo import load_demo
+
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "bad_inputs_corpus")
+    demo = load_demo("burn_sham", with_velocity=True)
+    rng = np.random.default_rng(0)
+    keep = np.concatenate([rng.choice(p, 100, replace=False) for p in
+                           demo.obs.groupby(["cell_types_simple_short", "condition"], observed=True).indices.values()])
+    for case in make_corpus(demo[np.sort(keep)].copy(), out):
+        print(case.name, "python -m core", " ".join(case.command(out)))
