@@ -189,3 +189,27 @@ def test_run_name_with_a_path_is_refused_before_anything_is_written(app, runs_ro
     assert sorted(p.name for p in runs_root.parent.iterdir()) == before
     assert sorted(p.name for p in runs_root.iterdir()) == inside
     assert not app.exception
+
+
+def test_visiting_every_page_imports_neither_torch_nor_scvelo(runs_root):
+    """Cold start and page switches stay fast because the heavy stacks load only when a button needs them
+    (training runs in its own process). Checked in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({str(Path(__file__).resolve().parents[1] / 'app' / 'main.py')!r}, "
+        "default_timeout=120)\n"
+        "at.run()\n"
+        "for page in ('views/train.py', 'views/inspect.py', 'views/compare.py', 'views/export.py'):\n"
+        "    at.switch_page(page).run()\n"
+        "    assert not at.exception, page\n"
+        "print(sorted(m for m in ('torch', 'scvelo', 'scanpy', 'lightning', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "ST_RUNS_DIR": str(runs_root)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
