@@ -83,6 +83,7 @@ def test_no_change_baseline_errs_by_the_true_shift_and_has_no_direction(scored):
         assert baseline["mae_mean"] == pytest.approx(np.abs(shift).mean())
         assert baseline["mse_mean"] == pytest.approx((shift**2).mean())
         assert math.isnan(baseline["pearson_delta"]) and math.isnan(baseline["cos_delta_v"])
+        assert math.isnan(baseline["top_k_overlap"]) and baseline["magnitude_ratio"] == 0.0
         assert baseline["energy_distance"] > 0.1
 
 

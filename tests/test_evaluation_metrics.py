@@ -105,6 +105,11 @@ def test_top_k_overlap_matches_hand_count(k, expected):
     assert metrics.top_k_overlap(shift_pred, shift_real, k) == pytest.approx(expected)
 
 
+def test_top_k_overlap_of_a_zero_shift_is_undefined():
+    # without the guard, a zero shift's "top dims" would be dims 0..k-1 by tie-breaking
+    assert math.isnan(metrics.top_k_overlap([0.0, 0.0, 0.0], [3.0, 2.0, 0.0], k=2))
+
+
 def test_top_k_ties_go_to_the_lower_dim_and_k_is_capped_at_d():
     assert metrics.top_k_dims([1.0, -1.0, 1.0], 2).tolist() == [0, 1]
     assert metrics.top_k_overlap([1.0, 2.0], [2.0, 1.0], k=10) == 1.0
@@ -125,6 +130,27 @@ def test_velocity_agreement_matches_hand_values_and_respects_confidence():
     assert weighted["magnitude_ratio"] == pytest.approx(1.2 / 2.1)
     masked = metrics.velocity_agreement(delta_z, v_z, confidence=[0.9, 0.3], min_confidence=0.5)
     assert masked == pytest.approx({"cos_delta_v": 1.0, "magnitude_ratio": 0.5, "n_velocity_cells": 1})
+
+
+def test_velocity_agreement_matches_the_training_loss_metrics():
+    from core.velocity_loss import VelocityAlignmentLoss
+
+    rng = np.random.default_rng(6)
+    delta_z, v_z = rng.normal(size=(40, 5)), rng.normal(size=(40, 5))
+    v_z[3] = 0.0  # no direction: out of the cosine, in the magnitudes
+    confidence = rng.uniform(size=40)
+    _, stats = VelocityAlignmentLoss(min_confidence=0.3)(
+        torch.tensor(delta_z), torch.tensor(v_z), torch.tensor(confidence)
+    )
+    ours = metrics.velocity_agreement(delta_z, v_z, confidence, min_confidence=0.3)
+    assert ours["cos_delta_v"] == pytest.approx(stats["cos_similarity"], abs=1e-6)
+    assert ours["magnitude_ratio"] == pytest.approx(stats["magnitude_st"] / stats["magnitude_v"], rel=1e-6)
+    assert ours["n_velocity_cells"] == stats["n_cells"]
+
+
+def test_velocity_agreement_of_no_shift_has_no_cosine_and_zero_magnitude():
+    out = metrics.velocity_agreement(np.zeros((3, 2)), np.ones((3, 2)))
+    assert math.isnan(out["cos_delta_v"]) and out["magnitude_ratio"] == 0.0 and out["n_velocity_cells"] == 3
 
 
 def test_velocity_agreement_drops_cells_without_velocity():

@@ -110,55 +110,59 @@ def top_k_dims(shift, k: int) -> np.ndarray:
 
 def top_k_overlap(shift_pred, shift_real, k: int = DEFAULT_TOP_K) -> float:
     """Fraction of the real shift's k most shifted latent dims (by |shift|) that are also among the
-    prediction's k most shifted dims: |top_k(pred) & top_k(real)| / k, in [0, 1]."""
+    prediction's k most shifted dims: |top_k(pred) & top_k(real)| / k, in [0, 1]; NaN if either shift is
+    exactly zero (the no-change baseline), which has no most-shifted dims."""
     if k < 1:
         raise ValueError(f"k must be >= 1; got {k}")
+    if not np.any(as_numpy(shift_pred)) or not np.any(as_numpy(shift_real)):
+        return math.nan  # a zero shift ranks no dims; any overlap would be an artefact of tie-breaking
     pred_dims, real_dims = top_k_dims(shift_pred, k), top_k_dims(shift_real, k)
     return len(set(pred_dims.tolist()) & set(real_dims.tolist())) / len(real_dims)
 
 
 def velocity_agreement(delta_z, v_z, confidence=None, min_confidence: float = 0.0) -> dict[str, float]:
     """How Delta z lines up with RNA velocity, weighted as the training loss weights it
-    (``core.velocity_loss``): confidence weights, cells below ``min_confidence`` left out, cells with a
-    zero velocity left out of the cosine. Cells whose v_z or confidence is NaN (no velocity) are dropped.
+    (``core.velocity_loss``; a test checks they agree): w_i = confidence_i, or 0 below ``min_confidence``
+    (1 for every cell without confidences); cells with a zero velocity are left out of the cosine; cells
+    whose v_z or confidence is NaN (no velocity) are dropped.
 
-        cos_delta_v      = sum_i w_i cos(delta_z_i, v_z_i) / sum_i w_i
+        cos_delta_v      = sum_i w_i cos(delta_z_i, v_z_i) / sum_i w_i       (cos = 0 where delta_z_i = 0)
         magnitude_ratio  = (sum_i w_i ||delta_z_i||) / (sum_i w_i ||v_z_i||)
 
     The cosine is NaN when every delta_z is zero (nothing moved, so there is no direction).
     """
-    import torch
-
-    from core.velocity_loss import VelocityAlignmentLoss
-
     delta_z, v_z = _as_cells("delta_z", delta_z), _as_cells("v_z", v_z)
     if delta_z.shape != v_z.shape:
         raise ValueError(f"delta_z and v_z must have the same shape; got {delta_z.shape} and {v_z.shape}")
     keep = np.isfinite(v_z).all(1) & np.isfinite(delta_z).all(1)
-    conf = None
-    if confidence is not None:
-        conf = as_numpy(confidence).ravel()
-        if conf.shape != (len(delta_z),):
-            raise ValueError(f"confidence must be [{len(delta_z)}]; got {conf.shape}")
-        keep &= np.isfinite(conf)
-        conf = torch.from_numpy(conf[keep])
-    empty = {"cos_delta_v": math.nan, "magnitude_ratio": math.nan, "n_velocity_cells": 0}
-    if not keep.any():
-        return empty
-    loss = VelocityAlignmentLoss(min_confidence=min_confidence)
-    _, stats = loss(torch.from_numpy(delta_z[keep]), torch.from_numpy(v_z[keep]), conf)
-    if stats["n_cells"] == 0:
-        return empty
-    ratio = stats["magnitude_st"] / stats["magnitude_v"] if stats["magnitude_v"] > 0 else math.nan
-    # A shift of exactly zero everywhere (the no-change baseline) has no direction: its cosine is
-    # undefined, not 0. A few zero shifts among others count as cosine 0, as in training.
-    moves = bool((np.abs(delta_z[keep]) > 0).any())
-    cos = stats["cos_similarity"] if stats["n_direction_cells"] > 0 and moves else math.nan
-    return {
-        "cos_delta_v": float(cos),
-        "magnitude_ratio": float(ratio),
-        "n_velocity_cells": int(stats["n_cells"]),
-    }
+    if confidence is None:
+        weights = np.ones(len(delta_z))
+    else:
+        weights = as_numpy(confidence).ravel()
+        if weights.shape != (len(delta_z),):
+            raise ValueError(f"confidence must be [{len(delta_z)}]; got {weights.shape}")
+        if (weights[np.isfinite(weights)] < 0).any():
+            raise ValueError("confidence has negative values; expected weights >= 0")
+        keep &= np.isfinite(weights)
+        weights = np.where(weights >= min_confidence, weights, 0.0)
+    weights = np.where(keep, weights, 0.0)
+    delta_z, v_z = np.where(keep[:, None], delta_z, 0.0), np.where(keep[:, None], v_z, 0.0)
+    norm_delta, norm_v = np.linalg.norm(delta_z, axis=1), np.linalg.norm(v_z, axis=1)
+    n_cells = int((weights > 0).sum())
+    if n_cells == 0:
+        return {"cos_delta_v": math.nan, "magnitude_ratio": math.nan, "n_velocity_cells": 0}
+    # Below this norm a velocity has no direction (the same threshold as core.velocity_loss).
+    direction_weights = weights * (norm_v > 1e-8)
+    denominator = norm_delta * norm_v
+    cos = np.divide((delta_z * v_z).sum(1), denominator, out=np.zeros(len(delta_z)), where=denominator > 0)
+    moved = bool((norm_delta[weights > 0] > 0).any())
+    if direction_weights.sum() > 0 and moved:
+        cos_mean = float((direction_weights * cos).sum() / direction_weights.sum())
+    else:
+        cos_mean = math.nan
+    v_total = float((weights * norm_v).sum())
+    ratio = float((weights * norm_delta).sum()) / v_total if v_total > 0 else math.nan
+    return {"cos_delta_v": cos_mean, "magnitude_ratio": ratio, "n_velocity_cells": n_cells}
 
 
 def group_metrics(

@@ -1,0 +1,79 @@
+"""``python -m core evaluate RUN [--split test] [--output DIR]``: score a run on its held-out cells.
+
+Writes eval/metrics.json, eval/per_cell_type.csv and eval/predictions.h5ad into the run folder (or --output)
+and prints the model's overall metrics next to the two baselines (see core/evaluation/heldout.py).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+COMMAND = "evaluate"
+HELP = "score a trained run on its held-out cells against the no-change and mean-shift baselines"
+
+SHOWN = (
+    ("energy_distance", "energy distance", "lower"),
+    ("pearson_delta", "Pearson delta", "higher"),
+    ("mae_mean", "MAE of means", "lower"),
+    ("mse_mean", "MSE of means", "lower"),
+    ("top_k_overlap", "top-k overlap", "higher"),
+    ("cos_delta_v", "cos(dz, v_z)", "higher"),
+    ("magnitude_ratio", "|dz| / |v_z|", "-"),
+)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("run", help="run name (in $ST_RUNS_DIR or ./runs) or the path of a run folder")
+    parser.add_argument("--split", choices=["test", "val", "train"], default="test",
+                        help="which cells to score (default: the held-out test split)")
+    parser.add_argument("--output", type=Path, default=None, help="folder for the results (default: RUN/eval)")
+    parser.add_argument("--checkpoint", default=None, help="a .ckpt to use instead of the run's best")
+    parser.add_argument("--adata", type=Path, default=None,
+                        help="the run's data set, if it moved (default: the path in its config, or the demo)")
+    parser.add_argument("--top-k", type=int, default=10, help="latent dims compared by the top-k overlap")
+    parser.add_argument("--max-cells", type=int, default=2000,
+                        help="cells per side in the energy distance (a seeded subset beyond this)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prediction sets and subsets")
+    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: CUDA, then MPS, then CPU)")
+    parser.add_argument("--no-predictions", action="store_true", help="do not write eval/predictions.h5ad")
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.4g}"
+
+
+def run(args) -> int:
+    from core.errors import ConfigError
+    from core.evaluation.evaluate import evaluate_run
+    from core.runs import resolve_run
+
+    if args.top_k < 1 or args.max_cells < 2:
+        raise ConfigError("--top-k must be >= 1 and --max-cells >= 2")
+    run_dir = resolve_run(args.run, allow_outside=True)
+    summary = evaluate_run(
+        run_dir, split=args.split, output=args.output, checkpoint=args.checkpoint, data_path=args.adata,
+        top_k=args.top_k, max_cells=args.max_cells, seed=args.seed, device=args.device,
+        save_predictions=not args.no_predictions,
+    )
+    overall = summary["overall"]
+    cell_types = len(summary["per_cell_type"])
+    print(f"{summary['run']}: {args.split} split, {overall['model']['n_pred']} predicted cells in {cell_types} "
+          f"cell types (mean over cell types)")
+    print(f"  {'metric':<18} {'better':>6} {'model':>10} {'no change':>10} {'train shift':>11}")
+    for key, label, better in SHOWN:
+        if key not in overall["model"]:
+            continue
+        row = [overall[m].get(key) for m in ("model", "no_change", "train_mean_shift")]
+        print(f"  {label:<18} {better:>6} {_fmt(row[0]):>10} {_fmt(row[1]):>10} {_fmt(row[2]):>11}")
+    stability = summary["stability"]
+    print(f"  training: grad-norm p50 {_fmt(stability['grad_norm_p50'])}, p95 {_fmt(stability['grad_norm_p95'])}, "
+          f"max {_fmt(stability['grad_norm_max'])}; {stability['loss_spikes']} loss spikes in "
+          f"{stability['n_steps']} steps")
+    for reason in summary["skipped"].items():
+        print(f"  skipped {reason[0]}: {reason[1]}")
+    out = args.output or run_dir / "eval"
+    print(f"wrote {out}/metrics.json and per_cell_type.csv" + ("" if args.no_predictions else " and predictions.h5ad"))
+    return 0

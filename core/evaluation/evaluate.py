@@ -1,0 +1,129 @@
+"""``evaluate_run``: a trained run scored on its held-out cells (``python -m core evaluate RUN``).
+
+1. The run's config.yaml says which data and keys it trained on; split.csv which cells are held out.
+2. ``core.infer.predict`` turns the held-out control cells into predicted perturbed cells, with the run's
+   best checkpoint (else final, else last).
+3. ``core.evaluation.heldout.evaluate_predictions`` scores them per cell type and overall, next to the
+   no-change and training-mean-shift baselines; cos(delta_z, v_z) where the data has latent velocities
+   (the demo's are computed once and cached), weighted by confidence as the run's loss was.
+4. The run's training-stability figures (``stability_summary`` of metrics.jsonl) are added, and
+   eval/metrics.json, eval/per_cell_type.csv and eval/predictions.h5ad are written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from core.errors import DataError
+from core.evaluation import metrics
+from core.evaluation.heldout import DataKeys, evaluate_predictions
+from core.evaluation.report import write_evaluation
+from core.evaluation.stability import stability_summary
+
+log = logging.getLogger("core.evaluation")
+
+
+def read_split(run_dir: Path):
+    """split.csv as a pandas Series obs_name -> train|val|test."""
+    import pandas as pd
+
+    path = Path(run_dir) / "split.csv"
+    if not path.is_file():
+        raise DataError(f"{path} is missing: the run has no record of its held-out cells; train it again")
+    frame = pd.read_csv(path, dtype=str)
+    if not {"obs_name", "split"} <= set(frame.columns):
+        raise DataError(f"{path} must have the columns obs_name and split; it has {list(frame.columns)}")
+    return frame.set_index("obs_name")["split"]
+
+
+def run_data(cfg, data_path=None):
+    """The AnnData the run trained on: ``data_path`` if given, else the run's data.kwargs.path, else its demo
+    (burn/sham with its latent velocity, so every run can be scored against velocity)."""
+    from core.data.demo import load_demo
+    from core.data.io import read_h5ad
+
+    path = data_path or cfg.data.kwargs.path
+    if path:
+        return read_h5ad(path)
+    dataset = cfg.data.kwargs.dataset
+    return load_demo(dataset, with_velocity=dataset == "burn_sham" and bool(cfg.data.kwargs.velocity_key))
+
+
+def evaluate_run(
+    run_dir,
+    split: str = "test",
+    output=None,
+    checkpoint=None,
+    adata=None,
+    data_path=None,
+    top_k: int = metrics.DEFAULT_TOP_K,
+    max_cells: int | None = metrics.DEFAULT_MAX_CELLS,
+    seed: int = 0,
+    device: str | None = None,
+    save_predictions: bool = True,
+) -> dict:
+    """Evaluate the run in ``run_dir`` on its ``split`` cells; write the results into ``output`` (default
+    ``run_dir/eval``) and return the summary written to metrics.json.
+
+    ``checkpoint`` defaults to the run's best (else final, else last); ``adata`` / ``data_path`` replace
+    the run's own data set (it must hold the same cells, as split.csv names them)."""
+    from core.config import load_config
+    from core.infer import predict, resolve_checkpoint, run_mapping
+    from core.runs import read_metrics
+
+    run_dir = Path(run_dir)
+    started = time.time()
+    cfg = load_config(run_dir / "config.yaml")
+    ckpt = resolve_checkpoint(checkpoint or run_dir)
+    split_of = read_split(run_dir)
+    if split not in set(split_of):
+        raise DataError(f"no cell of the run is in the '{split}' split (split.csv has {sorted(set(split_of))})")
+    if adata is None:
+        adata = run_data(cfg, data_path)
+    mapping = run_mapping(cfg)
+    if mapping.pert_col not in adata.obs:
+        raise DataError(f"the data set has no obs column '{mapping.pert_col}'; evaluate on the run's own data")
+    held_out = split_of.index[split_of == split]
+    in_data = adata.obs_names.isin(held_out)
+    if not in_data.any():
+        raise DataError(f"none of the run's {split} cells is in this data set; evaluate on the run's own data")
+    is_control = (adata.obs[mapping.pert_col].astype(str) == str(mapping.control_pert)).to_numpy()
+    controls = adata.obs_names[in_data & is_control]
+    if len(controls) == 0:
+        raise DataError(f"the {split} split has no control ('{mapping.control_pert}') cells to predict from")
+    log.info("predicting %d held-out control cells with %s", len(controls), ckpt)
+    predictions = predict(ckpt, adata, control_cells=controls.to_numpy(), seed=seed, device=device)
+
+    keys = DataKeys(
+        embed_key=mapping.embed_key,
+        pert_col=mapping.pert_col,
+        control_pert=str(mapping.control_pert),
+        cell_type_key=mapping.cell_type_key,
+        velocity_key=mapping.velocity_key,
+        confidence_key=mapping.confidence_key,
+    )
+    evaluation = evaluate_predictions(
+        predictions,
+        adata,
+        split_of,
+        keys,
+        eval_split=split,
+        min_confidence=cfg.model.kwargs.velocity_min_confidence,
+        top_k=top_k,
+        max_cells=max_cells,
+        seed=seed,
+    )
+    summary = {
+        "run": run_dir.name,
+        "checkpoint": str(ckpt),
+        "data": str(data_path or cfg.data.kwargs.path or f"demo:{cfg.data.kwargs.dataset}"),
+        **evaluation.summary,
+        "stability": stability_summary(read_metrics(run_dir)),
+        "evaluated_at": time.time(),
+        "seconds": round(time.time() - started, 2),
+    }
+    out_dir = Path(output) if output is not None else run_dir / "eval"
+    write_evaluation(out_dir, summary, evaluation.per_group, predictions if save_predictions else None)
+    return summary
