@@ -1,8 +1,14 @@
 """One typed configuration for training, loadable from YAML and overridable with dotted ``key=value`` pairs,
 as in ``python -m core train model.kwargs.lora.r=16 training.max_epochs=5`` (Arc State's ``state tx train``).
 
-Arc State's key names are accepted too: ``training.lr`` for ``training.learning_rate``; ``training.max_steps``
-and ``training.val_freq`` (in steps) work as there. An unknown key is an error naming the closest valid keys.
+Arc State's key names are accepted too (``ALIASES``): ``training.lr`` for ``training.learning_rate``,
+``training.gradient_clip_val``, ``training.train_seed``, ``model.kwargs.transformer_backbone_key``, ...;
+``training.max_steps`` and ``training.val_freq`` (in steps) work as there. An unknown key is an error naming the
+closest valid keys.
+
+Two presets (``PRESETS``, ``python -m core train --preset gpu``): ``small``, the defaults, fine-tunes the demo in
+seconds on a CPU; ``gpu`` has the sizes of Arc State's ``state_sm`` (hidden 672, 8 heads, sets of 128 cells).
+Data: with no ``data.kwargs.path`` the demo is used, ``data.kwargs.dataset=atlas`` for pretraining a base.
 """
 
 from __future__ import annotations
@@ -18,7 +24,26 @@ import yaml
 
 from core.errors import ConfigError
 
-ALIASES = {"training.lr": "training.learning_rate"}
+# Arc State's names -> ours, so that commands written for ``state tx train`` run unchanged.
+ALIASES = {
+    "training.lr": "training.learning_rate",
+    "training.gradient_clip_val": "training.grad_clip",
+    "training.train_seed": "training.seed",
+    "model.kwargs.transformer_backbone_key": "model.kwargs.backbone",
+    "model.kwargs.distributional_loss": "model.kwargs.dist_loss",
+    "model.kwargs.loss": "model.kwargs.dist_loss",
+    "model.kwargs.batch_encoder": "model.kwargs.use_batch",
+    "model.kwargs.init_from": "model.init_from",
+    "model.checkpoint": "model.init_from",
+}
+# Arc State writes its backbone names in capitals (GPT2, llama); ours are lower case.
+_LOWER_CASE_VALUES = ("model.kwargs.backbone", "model.kwargs.dist_loss")
+
+PRESETS = {
+    "small": {},
+    "gpu": {"model": {"kwargs": {"hidden_dim": 672, "n_layers": 4, "n_heads": 8, "cell_set_len": 128}},
+            "training": {"batch_size": 16, "learning_rate": 1e-4, "weight_decay": 5e-4, "grad_clip": 10.0}},
+}
 
 
 @dataclass
@@ -174,6 +199,10 @@ def _coerce(key: str, value, tp):
                 raise ConfigError(f"{key} must be a number; got {value!r}") from None
         return float(value)
     if tp is str:
+        if isinstance(value, (list, tuple)):  # e.g. training.devices=[0,1] -> "0,1", as Lightning reads it
+            return ",".join(str(v) for v in value)
+        if value is None or isinstance(value, dict):
+            raise ConfigError(f"{key} must be a text value; got {value!r}")
         return str(value)
     raise ConfigError(f"{key}: unsupported type {tp}")
 
@@ -193,7 +222,10 @@ def _set(cfg, dotted: str, value) -> None:
                 _set(cfg, f"{key}.{sub}", v)
             return
         _unknown(dotted)
-    setattr(target, parts[-1], _coerce(dotted, value, types_[parts[-1]]))
+    value = _coerce(dotted, value, types_[parts[-1]])
+    if key in _LOWER_CASE_VALUES and isinstance(value, str):
+        value = value.lower()
+    setattr(target, parts[-1], value)
 
 
 def _unknown(key: str):
@@ -222,9 +254,15 @@ def parse_override(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at ``path``, then the ``key=value`` overrides; validated."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                preset: str | None = None) -> Config:
+    """Defaults, then the ``preset`` (small | gpu), then the YAML file at ``path``, then the ``key=value``
+    overrides; validated."""
     cfg = Config()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        _apply_dict(cfg, PRESETS[preset])
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -283,6 +321,11 @@ def validate_config(cfg: Config) -> None:
            f"model.kwargs.velocity_loss must be alignment or l2; got {m.velocity_loss!r}")
     _check(t.learning_rate > 0, f"training.learning_rate must be > 0; got {t.learning_rate}")
     _check(t.max_epochs is None or t.max_epochs >= 1, f"training.max_epochs must be >= 1; got {t.max_epochs}")
+    _check(t.max_steps == -1 or t.max_steps >= 1,
+           f"training.max_steps must be >= 1 (or -1: no limit); got {t.max_steps}")
+    _check(t.weight_decay >= 0, f"training.weight_decay must be >= 0; got {t.weight_decay}")
+    _check(t.precision in (None, "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"),
+           f"training.precision must be 32-true, bf16-mixed or 16-mixed (or null: automatic); got {t.precision!r}")
     _check(t.batch_size >= 1, f"training.batch_size must be >= 1; got {t.batch_size}")
     _check(t.grad_clip >= 0, f"training.grad_clip must be >= 0; got {t.grad_clip}")
     _check(t.val_freq is None or t.val_freq >= 1, f"training.val_freq must be >= 1; got {t.val_freq}")

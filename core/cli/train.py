@@ -1,9 +1,14 @@
-"""``python -m core train [--config FILE] [key=value ...]``: pretrain or fine-tune an ST model.
+"""``python -m core train [--config FILE] [--preset small|gpu] [key=value ...]``: pretrain or fine-tune an ST model.
 
-With no data path it trains on the demo: ``data.kwargs.dataset=atlas`` pretrains a base on the atlas,
-the default burn/sham fine-tunes; ``model.init_from=demo`` starts from the demo base model.
+With no data path it trains on the demo: ``data.kwargs.dataset=atlas`` pretrains a base on the demo atlas, the
+default burn/sham fine-tunes; ``model.init_from=demo`` starts from the demo base model (pretrained once, cached).
+Examples:
+    python -m core train training.max_epochs=1
+    python -m core train model.init_from=demo model.kwargs.use_mhc=true run.name=st-lora-mhc
+    python -m core train data.kwargs.dataset=atlas model.kwargs.lora.enable=false run.name=my-base
 """
 
+import json
 from pathlib import Path
 
 COMMAND = "train"
@@ -11,16 +16,20 @@ HELP = "train an ST model (pretrain, or fine-tune with LoRA / mHC / velocity ali
 
 
 def add_arguments(parser):
-    parser.add_argument("--config", type=Path, default=None, help="a YAML config; overrides apply on top")
+    parser.add_argument("--config", type=Path, default=None, help="a YAML config; key=value overrides apply on top")
+    parser.add_argument("--preset", choices=["small", "gpu"], default=None,
+                        help="model and training sizes: small (default: seconds on a CPU) or gpu (Arc's state_sm)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="e.g. model.kwargs.use_mhc=true training.max_epochs=3")
+                        help="e.g. model.kwargs.use_mhc=true training.max_epochs=3 model.kwargs.lora.r=16")
 
 
 def run(args) -> int:
     from core.config import load_config
-    from core.training.run import print_run, train
+    from core.training.run import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, preset=args.preset)
     run_dir = train(cfg)
-    print_run(run_dir)
+    summary = run_dir / "train_summary.json"
+    if summary.exists():
+        print(json.dumps({"run_dir": str(run_dir), **json.loads(summary.read_text())}, indent=2))
     return 0

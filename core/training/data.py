@@ -1,8 +1,12 @@
-"""From an AnnData to sets of cells: the column mapping, the train/val/test split, and the set sampler.
+"""From an AnnData to sets of cells: the column mapping, the train/val/test split, the set sampler, and the
+Lightning data module that holds them.
 
 A training example is a pair of sets of S cells of one cell type: S control cells (the model's input) and S
-perturbed cells (the distribution its output must match). Sets are drawn with a generator seeded by
-(seed, epoch, index), so a run is reproducible and a resumed run draws exactly the sets it would have drawn.
+perturbed cells of one perturbation (the distribution its output must match). With ``match_by=cell_type_batch``
+the controls also come from the perturbed cells' batch where that batch has controls; in burn/sham designs
+the mouse is nested in the condition, no burn mouse has sham cells, and matching falls back to cell type (the
+log says how often). Sets are drawn with a generator seeded by (seed, epoch, index), so a run is reproducible
+and a resumed run draws exactly the sets it would have drawn.
 """
 
 from __future__ import annotations
@@ -10,13 +14,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 
 from core.config import Config
 from core.data.mapping import ColumnMapping, guess_mapping
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 
 log = logging.getLogger("core.training")
 
@@ -25,44 +30,57 @@ DEMO_MAPPINGS = {
                                "velocity_pca", "velocity_confidence"),
     "atlas": ColumnMapping("perturbation", "control", "cell_types_simple_short", "batch", "X_pca"),
 }
+SPLITS = ("train", "val", "test")
 
 
 def load_adata(cfg: Config):
-    """The run's AnnData: the file at data.kwargs.path, or the demo (with velocity when the loss needs it)."""
+    """The run's AnnData: the file at data.kwargs.path (read, never written), or the demo (with its latent
+    velocity when the velocity loss is on)."""
     d = cfg.data.kwargs
     if d.path:
         from core.data.io import read_h5ad
 
-        adata = read_h5ad(d.path)
-        if cfg.model.kwargs.use_velocity_alignment and not (d.velocity_key and d.velocity_key in adata.obsm):
-            from core.velocity import compute_velocity
-
-            embed = d.embed_key or guess_mapping(adata).embed_key
-            compute_velocity(adata, basis="latent", embed_key=embed)
-            d.velocity_key, d.confidence_key = "velocity_latent", "velocity_confidence"
-        return adata
+        return read_h5ad(d.path)
     from core.data.demo import load_demo
 
-    return load_demo(d.dataset, with_velocity=cfg.model.kwargs.use_velocity_alignment and d.dataset == "burn_sham")
+    with_velocity = cfg.model.kwargs.use_velocity_alignment
+    if with_velocity and d.dataset != "burn_sham":
+        raise ConfigError("the demo atlas has no RNA velocity; use model.kwargs.use_velocity_alignment=false to "
+                          "pretrain on it")
+    return load_demo(d.dataset, with_velocity=with_velocity)
 
 
 def resolve_mapping(cfg: Config, adata) -> ColumnMapping:
-    """Fill every unset data key from the demo's known layout or from the data's best guess."""
+    """Fill every unset data key from the demo's known layout or from the data's best guess, and record the
+    result in ``cfg`` so that the saved config says what was used."""
     d = cfg.data.kwargs
     base = DEMO_MAPPINGS[d.dataset] if not d.path else guess_mapping(adata)
     mapping = ColumnMapping(**{k: getattr(d, k) if getattr(d, k) is not None else v
                                for k, v in base.to_dict().items()})
-    if not cfg.model.kwargs.use_velocity_alignment:
-        mapping.velocity_key, mapping.confidence_key = None, None
     for k, v in mapping.to_dict().items():
-        setattr(d, k, v)  # the resolved config then records what was used
+        setattr(d, k, v)
+    if cfg.model.kwargs.use_velocity_alignment and not (mapping.velocity_key and mapping.velocity_key in adata.obsm):
+        where = f"obsm['{mapping.velocity_key}'] is not in the data" if mapping.velocity_key else "no velocity key"
+        raise DataError(f"velocity alignment needs latent velocities but {where}; compute them with 'python -m core "
+                        "velocity --adata IN --output OUT' and train on OUT (data.kwargs.velocity_key=velocity_pca), "
+                        "or set model.kwargs.use_velocity_alignment=false")
     return mapping
+
+
+def loss_mapping(cfg: Config, mapping: ColumnMapping) -> ColumnMapping:
+    """The mapping the sampler reads: velocity keys only when the velocity term is on."""
+    if cfg.model.kwargs.use_velocity_alignment:
+        return mapping
+    return ColumnMapping(**{**mapping.to_dict(), "velocity_key": None, "confidence_key": None})
 
 
 def make_split(obs: pd.DataFrame, mapping: ColumnMapping, how: str, val_fraction: float, test_fraction: float,
                seed: int) -> np.ndarray:
-    """'train' / 'val' / 'test' per cell. 'batch' holds out whole batches (mice) per condition; 'fraction'
-    holds out that fraction of cells within each cell type and condition."""
+    """'train' / 'val' / 'test' per cell.
+
+    ``batch`` holds out whole batches (mice): in each condition one batch for validation and one for test, so
+    the model is judged on animals it never saw. ``fraction`` holds out that fraction of the cells of every
+    (cell type, condition) group."""
     rng = np.random.default_rng(seed)
     split = np.full(len(obs), "train", dtype=object)
     pert = obs[mapping.pert_col].astype(str).to_numpy()
@@ -73,14 +91,15 @@ def make_split(obs: pd.DataFrame, mapping: ColumnMapping, how: str, val_fraction
         for condition in np.unique(pert):
             batches = rng.permutation(np.unique(batch[pert == condition]))
             if len(batches) < 3:
-                raise DataError(f"split=batch needs >= 3 batches in condition '{condition}' (has {len(batches)}); "
-                                "use data.kwargs.split=fraction")
+                raise DataError(f"data.kwargs.split=batch needs >= 3 batches of '{mapping.batch_col}' in condition "
+                                f"'{condition}' (it has {len(batches)}); use data.kwargs.split=fraction")
             split[(pert == condition) & (batch == batches[0])] = "val"
             split[(pert == condition) & (batch == batches[1])] = "test"
         return split
     cell_type = obs[mapping.cell_type_key].astype(str).to_numpy()
-    for key in pd.unique(pd.Series(list(zip(cell_type, pert)))):
-        idx = rng.permutation(np.flatnonzero((cell_type == key[0]) & (pert == key[1])))
+    groups = pd.DataFrame({"ct": cell_type, "pert": pert}).groupby(["ct", "pert"], sort=True).indices
+    for _, positions in sorted(groups.items()):
+        idx = rng.permutation(positions)
         n_val, n_test = int(round(len(idx) * val_fraction)), int(round(len(idx) * test_fraction))
         split[idx[:n_val]] = "val"
         split[idx[n_val:n_val + n_test]] = "test"
@@ -89,15 +108,15 @@ def make_split(obs: pd.DataFrame, mapping: ColumnMapping, how: str, val_fraction
 
 @dataclass
 class CellTable:
-    """Everything the sampler needs, as plain arrays."""
+    """Everything the sampler needs, as plain arrays over the N cells."""
 
     z: np.ndarray  # [N, D] float32
     pert: np.ndarray  # [N] str
     cell_type: np.ndarray  # [N] str
-    batch: np.ndarray | None
-    velocity: np.ndarray | None
-    confidence: np.ndarray | None
-    split: np.ndarray
+    batch: np.ndarray | None  # [N] str
+    velocity: np.ndarray | None  # [N, D] float32
+    confidence: np.ndarray | None  # [N] float32
+    split: np.ndarray  # [N] train | val | test
     obs_names: np.ndarray
     control: str
 
@@ -108,42 +127,68 @@ class CellTable:
         if mapping.velocity_key:
             velocity = np.asarray(adata.obsm[mapping.velocity_key], dtype=np.float32)
             if mapping.confidence_key and mapping.confidence_key in obs:
-                confidence = obs[mapping.confidence_key].to_numpy(np.float32)
+                confidence = np.clip(obs[mapping.confidence_key].to_numpy(np.float32), 0, None)
         return cls(np.asarray(adata.obsm[mapping.embed_key], dtype=np.float32),
                    obs[mapping.pert_col].astype(str).to_numpy(), obs[mapping.cell_type_key].astype(str).to_numpy(),
                    obs[mapping.batch_col].astype(str).to_numpy() if mapping.batch_col else None,
                    velocity, confidence, np.asarray(split), adata.obs_names.to_numpy(), mapping.control_pert)
 
 
+@dataclass
+class SetGroup:
+    """Cells that may form one training pair: perturbed cells of ``label`` and their matched controls."""
+
+    label: str
+    cell_type: str
+    perturbed: np.ndarray  # row positions
+    controls: np.ndarray
+    matched_by: str  # cell_type | cell_type_batch | cell_type (no controls in batch)
+
+
+def set_groups(table: CellTable, split: str, match_by: str = "cell_type") -> list[SetGroup]:
+    in_split = table.split == split
+    is_control = table.pert == table.control
+    groups = []
+    for ct in np.unique(table.cell_type[in_split]):
+        controls = np.flatnonzero(in_split & is_control & (table.cell_type == ct))
+        in_ct = in_split & ~is_control & (table.cell_type == ct)
+        for label in np.unique(table.pert[in_ct]):
+            perturbed = np.flatnonzero(in_ct & (table.pert == label))
+            if len(controls) == 0:
+                continue
+            if match_by == "cell_type_batch" and table.batch is not None:
+                for b in np.unique(table.batch[perturbed]):
+                    same = controls[table.batch[controls] == b]
+                    how = "cell_type_batch" if len(same) else "cell_type (no controls in batch)"
+                    groups.append(SetGroup(label, ct, perturbed[table.batch[perturbed] == b],
+                                           same if len(same) else controls, how))
+            else:
+                groups.append(SetGroup(label, ct, perturbed, controls, "cell_type"))
+    return groups
+
+
 class SetSampler(torch.utils.data.Dataset):
-    """Pairs of (control set, perturbed set) of S cells of one cell type, from one split."""
+    """Pairs of (control set, perturbed set) of S cells of one cell type from one split. A group is drawn with
+    probability proportional to its perturbed cells; cells are drawn without replacement when there are enough."""
 
     def __init__(self, table: CellTable, split: str, set_len: int, pert_map: dict[str, int], seed: int,
-                 n_sets: int | None = None, match_by: str = "cell_type", fixed: bool = False):
+                 n_sets: int | None = None, match_by: str = "cell_type", fixed: bool = False,
+                 batch_map: dict[str, int] | None = None):
         self.table, self.set_len, self.seed, self.fixed, self.epoch = table, set_len, seed, fixed, 0
-        self.pert_map = pert_map
-        in_split = table.split == split
-        control = in_split & (table.pert == table.control)
-        self.groups = []  # (pert label, perturbed cells, control cells)
-        for ct in np.unique(table.cell_type[in_split]):
-            ctrl_ct = np.flatnonzero(control & (table.cell_type == ct))
-            for label in np.unique(table.pert[in_split & ~control & (table.cell_type == ct)]):
-                perturbed = np.flatnonzero(in_split & (table.pert == label) & (table.cell_type == ct))
-                if len(ctrl_ct) == 0 or len(perturbed) == 0:
-                    continue
-                if match_by == "cell_type_batch" and table.batch is not None:
-                    for b in np.unique(table.batch[perturbed]):
-                        same = ctrl_ct[table.batch[ctrl_ct] == b]
-                        pool = same if len(same) else ctrl_ct
-                        self.groups.append((label, perturbed[table.batch[perturbed] == b], pool))
-                else:
-                    self.groups.append((label, perturbed, ctrl_ct))
+        self.pert_map, self.batch_map = pert_map, batch_map or {}
+        self.groups = set_groups(table, split, match_by)
         if not self.groups:
-            raise DataError(f"the {split} split has no cell type with both control and perturbed cells; "
-                            "lower val/test fractions or check the mapping")
-        sizes = np.array([len(g[1]) for g in self.groups], dtype=np.float64)
+            raise DataError(f"the {split} split has no cell type with both control and perturbed cells; lower "
+                            "data.kwargs.val_fraction / test_fraction, use split=fraction, or check the mapping")
+        sizes = np.array([len(g.perturbed) for g in self.groups], dtype=np.float64)
         self.weights = sizes / sizes.sum()
+        self.n_cells = int(sizes.sum())
         self.n_sets = n_sets or max(8, int(np.ceil(sizes.sum() / set_len)))
+        if self.batch_map and table.batch is not None:
+            unknown = len(self.batch_map)
+            self.batch_idx = np.array([self.batch_map.get(b, unknown) for b in table.batch], dtype=np.int64)
+        else:
+            self.batch_idx = None
 
     def __len__(self) -> int:
         return self.n_sets
@@ -153,21 +198,68 @@ class SetSampler(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, 0 if self.fixed else self.epoch, i])
-        label, perturbed, controls = self.groups[rng.choice(len(self.groups), p=self.weights)]
-        s = self.set_len
-        ctrl = rng.choice(controls, s, replace=len(controls) < s)
-        pert = rng.choice(perturbed, s, replace=len(perturbed) < s)
-        t = self.table
+        group = self.groups[rng.choice(len(self.groups), p=self.weights)]
+        s, t = self.set_len, self.table
+        ctrl = rng.choice(group.controls, s, replace=len(group.controls) < s)
+        pert = rng.choice(group.perturbed, s, replace=len(group.perturbed) < s)
         item = {"z_control": torch.from_numpy(t.z[ctrl]), "z_perturbed": torch.from_numpy(t.z[pert]),
-                "pert": torch.tensor(self.pert_map[label])}
+                "pert": torch.tensor(self.pert_map[group.label])}
+        if self.batch_idx is not None:
+            item["batch_idx"] = torch.from_numpy(self.batch_idx[ctrl])
         if t.velocity is not None:
             item["v_z"] = torch.from_numpy(t.velocity[ctrl])
             conf = t.confidence[ctrl] if t.confidence is not None else np.ones(s, dtype=np.float32)
-            item["confidence"] = torch.from_numpy(np.clip(conf, 0, None))
+            item["confidence"] = torch.from_numpy(conf)
         return item
 
 
 def pert_map_for(table: CellTable) -> dict[str, int]:
-    """Label -> row of the perturbation embedding; the control first."""
+    """Label -> row of the perturbation embedding; the control first, then the others sorted."""
     labels = [table.control] + sorted(set(table.pert) - {table.control})
     return {label: i for i, label in enumerate(labels)}
+
+
+def batch_map_for(table: CellTable) -> dict[str, int]:
+    """Batch label -> row of the batch embedding, over the training split only (held-out batches are unknown)."""
+    labels = sorted(set(table.batch[table.split == "train"])) if table.batch is not None else []
+    return {label: i for i, label in enumerate(labels)}
+
+
+class SetDataModule(L.LightningDataModule):
+    """The run's cells, split and samplers; validation sets are fixed, so every validation sees the same pairs."""
+
+    def __init__(self, cfg: Config, adata, mapping: ColumnMapping, split: np.ndarray, cell_types=None):
+        """``cell_types``: the cell types to train on (default all); the others take no part in any set."""
+        super().__init__()
+        m, d, t = cfg.model.kwargs, cfg.data.kwargs, cfg.training
+        self.batch_size, self.set_len, self.seed, self.match_by = t.batch_size, m.cell_set_len, t.seed, d.match_by
+        if cell_types is not None:
+            split = np.where(adata.obs[mapping.cell_type_key].astype(str).isin(cell_types), split, "unused")
+        self.table = CellTable.from_adata(adata, loss_mapping(cfg, mapping), split)
+        self.pert_map = pert_map_for(self.table)
+        if m.use_batch and not mapping.batch_col:
+            raise ConfigError("model.kwargs.use_batch=true needs a batch column (data.kwargs.batch_col)")
+        self.batch_map = batch_map_for(self.table) if m.use_batch else {}
+        self.train_sets = SetSampler(self.table, "train", self.set_len, self.pert_map, self.seed,
+                                     match_by=self.match_by, batch_map=self.batch_map)
+        n_val = int(((self.table.split == "val") & (self.table.pert != self.table.control)).sum())
+        self.val_sets = SetSampler(self.table, "val", self.set_len, self.pert_map, self.seed + 1,
+                                   n_sets=max(16, int(np.ceil(n_val / self.set_len))), match_by=self.match_by,
+                                   fixed=True, batch_map=self.batch_map)
+
+    def matching_notes(self) -> list[str]:
+        notes = []
+        fallback = [g for g in self.train_sets.groups if g.matched_by.startswith("cell_type (")]
+        if self.match_by == "cell_type_batch" and self.table.batch is not None:
+            notes.append(f"controls matched by cell type + batch: {len(self.train_sets.groups) - len(fallback)} of "
+                         f"{len(self.train_sets.groups)} training groups have controls in their own batch; "
+                         f"{len(fallback)} fall back to cell type (batch nested in condition)")
+        else:
+            notes.append(f"controls matched by cell type ({len(self.train_sets.groups)} training groups)")
+        return notes
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(self.train_sets, batch_size=self.batch_size, shuffle=False)
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(self.val_sets, batch_size=self.batch_size, shuffle=False)

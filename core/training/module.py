@@ -1,29 +1,52 @@
 """The Lightning module: the ST model's losses, one optimisation step, validation.
 
-    total = dist_loss(z_pred set, perturbed set) + lambda_t * velocity_lambda * L_vel(delta_z, v_z, confidence)
-    lambda_t = min(1, step / velocity_warmup_steps)
+    total    = dist_loss(z_pred set, perturbed set) + lambda_t * velocity_lambda * L_vel(delta_z, v_z, confidence)
+    lambda_t = min(1, t / velocity_warmup_steps),   t = 1, 2, ... the number of the optimisation step
 
-dist_loss is geomloss's energy distance (default) or Sinkhorn divergence between the predicted and the real
-perturbed set of each pair. L_vel is core.velocity_loss's alignment or L2 loss over the control cells.
+dist_loss is geomloss's energy distance (default) or Sinkhorn divergence (with ``blur``) between each predicted
+set and its real perturbed set, averaged over the sets of a batch. L_vel is core.velocity_loss's alignment
+(1 - cos + beta * magnitude gap) or L2 loss over every control cell of the batch. The warm-up lets the
+distributional loss place delta_z first, so the velocity term does not pull an untrained shift around.
+Validation reports the distributional loss (``val_loss``, what "best" checkpoints are chosen on, so runs with
+and without the velocity term are selected alike) and, with velocities, the velocity loss and its metrics.
 Devices, precision, checkpoints and files belong to the Trainer and the callbacks, not here.
 """
 
 from __future__ import annotations
 
-import time
-
 import lightning as L
 import torch
 from geomloss import SamplesLoss
 
+from core.errors import UserError
 from core.velocity_loss import VelocityAlignmentLoss, VelocityRegularizationLoss
 
+# velocity_loss metric name -> metrics.jsonl column (the run-folder contract)
+VELOCITY_COLUMNS = {"direction": "vel_direction", "magnitude": "vel_magnitude", "regularization": "vel_l2",
+                    "cos_similarity": "cos_similarity", "magnitude_st": "magnitude_st", "magnitude_v": "magnitude_v",
+                    "avg_confidence": "avg_confidence"}
 
-class NonFiniteLossError(RuntimeError):
+
+class NonFiniteLossError(UserError):
     def __init__(self, step: int, term: str):
-        super().__init__(f"the {term} loss became NaN or infinite at step {step}; lower training.learning_rate "
-                         "or check the data for extreme values")
+        super().__init__(f"the {term} became NaN or infinite at step {step}; lower training.learning_rate or check "
+                         "the data for extreme values")
         self.step, self.term = step, term
+
+
+def distributional_loss(kind: str, blur: float) -> SamplesLoss:
+    # tensorized: exact on the small sets used here, and needs no KeOps compiler
+    if kind == "energy":
+        return SamplesLoss("energy", backend="tensorized")
+    return SamplesLoss("sinkhorn", p=2, blur=blur, backend="tensorized")
+
+
+def velocity_loss(kw: dict):
+    if not kw["use_velocity_alignment"]:
+        return None
+    if kw["velocity_loss"] == "alignment":
+        return VelocityAlignmentLoss(kw["velocity_beta"], True, kw["velocity_min_confidence"])
+    return VelocityRegularizationLoss(kw["velocity_min_confidence"])
 
 
 class STModule(L.LightningModule):
@@ -31,80 +54,81 @@ class STModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.save_hyperparameters(hparams)
-        m = hparams["config"]["model"]["kwargs"]
-        self.kw = m
-        self.lr = hparams["config"]["training"]["learning_rate"]
-        self.weight_decay = hparams["config"]["training"]["weight_decay"]
-        self.grad_clip = hparams["config"]["training"]["grad_clip"]
-        loss = "energy" if m["dist_loss"] == "energy" else "sinkhorn"
-        self.dist = SamplesLoss(loss, blur=m["blur"], backend="tensorized") if loss == "sinkhorn" else \
-            SamplesLoss("energy", backend="tensorized")
-        self.velocity_loss = None
-        if m["use_velocity_alignment"]:
-            self.velocity_loss = (VelocityAlignmentLoss(m["velocity_beta"], True, m["velocity_min_confidence"])
-                                  if m["velocity_loss"] == "alignment"
-                                  else VelocityRegularizationLoss(m["velocity_min_confidence"]))
+        self.kw = hparams["config"]["model"]["kwargs"]
+        training = hparams["config"]["training"]
+        self.lr, self.weight_decay, self.grad_clip = training["learning_rate"], training["weight_decay"], \
+            training["grad_clip"]
+        self.dist = distributional_loss(self.kw["dist_loss"], self.kw["blur"])
+        self.velocity_loss = velocity_loss(self.kw)
         self.last_metrics: dict = {}
         self.last_grad_norm = float("nan")
-        self._step_started = time.perf_counter()
+        self.val_summary: dict = {}
+        self._val_sums: dict[str, torch.Tensor] = {}
+        self._val_sets = 0
 
-    def forward(self, z_control, pert):
-        return self.model(z_control, pert)
+    def forward(self, z_control, pert, batch_idx=None):
+        return self.model(z_control, pert, batch_idx)
 
     def lambda_t(self, step: int) -> float:
+        """Warm-up weight of the velocity term at optimisation step ``step`` (1-based)."""
         warmup = self.kw["velocity_warmup_steps"]
         return 1.0 if warmup <= 0 else min(1.0, step / warmup)
 
-    def _losses(self, batch, step: int):
+    def losses(self, batch: dict, step: int) -> tuple[torch.Tensor, dict, dict]:
+        """(total, {dist_loss, vel_loss}, velocity metrics) for one batch of sets."""
         z_control = batch["z_control"]
-        z_pred = self(z_control, batch["pert"])
+        z_pred = self(z_control, batch["pert"], batch.get("batch_idx"))
         dist = self.dist(z_pred.float(), batch["z_perturbed"].float()).mean()
-        named = {"dist_loss": dist}
-        total = dist
-        velocity_metrics = {}
-        if self.velocity_loss is not None and "v_z" in batch:
+        named, velocity_metrics, total = {"dist_loss": dist}, {}, dist
+        if self.velocity_loss is not None:
             d = z_control.shape[-1]
-            delta_z = (z_pred - z_control).reshape(-1, d)
-            vel, velocity_metrics = self.velocity_loss(delta_z, batch["v_z"].reshape(-1, d),
-                                                       batch["confidence"].reshape(-1))
+            delta_z = (z_pred.float() - z_control.float()).reshape(-1, d)
+            vel, raw = self.velocity_loss(delta_z, batch["v_z"].reshape(-1, d).float(),
+                                          batch["confidence"].reshape(-1).float())
             lam = self.lambda_t(step)
-            named["vel_loss"] = vel
             total = total + lam * self.kw["velocity_lambda"] * vel
+            named["vel_loss"] = vel
+            velocity_metrics = {VELOCITY_COLUMNS[k]: v for k, v in raw.items() if k in VELOCITY_COLUMNS}
             velocity_metrics["lambda_t"] = lam
         return total, named, velocity_metrics
 
     def training_step(self, batch, batch_idx):
-        step = self.global_step
-        total, named, vel = self._losses(batch, step)
+        step = self.global_step + 1
+        total, named, velocity_metrics = self.losses(batch, step)
         values = torch.stack([total.detach()] + [v.detach() for v in named.values()]).float().tolist()
-        if not all(map(_finite, values)):
-            bad = [name for name, v in zip(["total"] + list(named), values) if not _finite(v)]
-            raise NonFiniteLossError(step, bad[-1] if len(bad) > 1 else bad[0])
-        metrics = dict(zip(["loss"] + list(named), values))
-        for key, value in vel.items():
-            metrics["vel_" + key if key in ("direction", "magnitude", "regularization") else key] = value
-        metrics["cells"] = int(batch["z_control"].shape[0] * batch["z_control"].shape[1])
-        self.last_metrics = metrics
+        names = ["loss"] + list(named)
+        for name, value in zip(names, values):
+            if value != value or abs(value) == float("inf"):
+                raise NonFiniteLossError(step, "training loss" if name == "loss" else name.replace("_", " "))
+        self.last_metrics = {**dict(zip(names, values)), **velocity_metrics,
+                             "cells": int(batch["z_control"].shape[0] * batch["z_control"].shape[1])}
         return total
 
+    def on_validation_epoch_start(self):
+        self._val_sums, self._val_sets = {}, 0
+
     def validation_step(self, batch, batch_idx):
-        total, named, vel = self._losses(batch, self.global_step)
+        _, named, velocity_metrics = self.losses(batch, max(self.global_step, 1))
         n = batch["z_control"].shape[0]
-        self.log("val_loss", named["dist_loss"], batch_size=n, prog_bar=False)
-        self.log("val_dist_loss", named["dist_loss"], batch_size=n)
-        if "cos_similarity" in vel:
-            self.log("val_cos_similarity", vel["cos_similarity"], batch_size=n)
+        values = {f"val_{k}": v.detach().float() for k, v in named.items()}
+        values.update({f"val_{k}": torch.tensor(float(v)) for k, v in velocity_metrics.items() if k != "lambda_t"})
+        for key, value in values.items():
+            self._val_sums[key] = self._val_sums.get(key, 0.0) + value.cpu() * n
+        self._val_sets += n
+
+    def on_validation_epoch_end(self):
+        # mean over validation sets; the fixed validation sets make successive values comparable
+        summary = {k: float(v) / max(self._val_sets, 1) for k, v in self._val_sums.items()}
+        summary["val_loss"] = summary.get("val_dist_loss", float("nan"))
+        self.val_summary = summary
+        self.log("val_loss", summary["val_loss"], sync_dist=True)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        # the norm before clipping is what tells a stable run from an unstable one
+        # clip here, recording the norm before clipping: it tells a stable run from an unstable one
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         clip = self.grad_clip if self.grad_clip > 0 else float("inf")
-        self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-
-
-def _finite(x: float) -> bool:
-    return x == x and abs(x) != float("inf")

@@ -1,65 +1,87 @@
-"""``train(cfg)``: one complete run, from config to a finished run folder (see CONTRACT in core/runs.py).
+"""``train(cfg)``: one complete run, from a config to a finished run folder (the contract in CONTRACT_RUNS.md).
 
-The Trainer picks the device (CUDA, then Apple MPS, then CPU unless training.accelerator says otherwise), uses
-bf16 mixed precision on CUDA, clips gradients, and passes devices/strategy through for multi-GPU DDP.
+The Trainer picks the device (CUDA, then Apple MPS, then CPU, unless training.accelerator says otherwise), uses
+bf16 mixed precision on CUDA, clips gradients, and passes devices/strategy through for multi-GPU DDP. Under DDP
+Lightning re-runs this command once per extra GPU; those processes find the run folder through
+``ST_SHARED_RUN_DIR`` and only rank 0 writes to it.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import logging
+import math
 import os
 import platform
+import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
-
-import numpy as np
 
 from core.config import Config, save_config
 from core.errors import UserError
 from core.runs import RunWriter, atomic_checkpoint_io, atomic_write_json, atomic_write_text, new_run_dir, runs_root
 
 log = logging.getLogger("core.training")
+SHARED_RUN_DIR_ENV = "ST_SHARED_RUN_DIR"
 
 
-def _device_choice(accelerator: str) -> tuple[str, str]:
+def device_choice(accelerator: str) -> tuple[str, str]:
+    """(Lightning accelerator, device name) for training.accelerator: auto takes CUDA, then MPS, then CPU."""
     import torch
 
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     if accelerator in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
+        if not cuda:
             raise UserError("training.accelerator=gpu but no CUDA GPU is visible; use auto or cpu, or install the "
-                            "CUDA build of torch (README 'GPU')")
+                            "CUDA build of torch (README, 'GPU')")
         return "gpu", "cuda"
-    if accelerator == "cpu":
-        return "cpu", "cpu"
-    if accelerator == "mps" or (accelerator == "auto" and not torch.cuda.is_available()
-                                and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if accelerator == "mps":
+        if not mps:
+            raise UserError("training.accelerator=mps but Apple MPS is not available; use auto or cpu")
         return "mps", "mps"
-    if accelerator == "auto" and torch.cuda.is_available():
+    if accelerator == "auto" and cuda:
         return "gpu", "cuda"
+    if accelerator == "auto" and mps:
+        return "mps", "mps"
     return "cpu", "cpu"
 
 
-def _env(device: str) -> dict:
-    import lightning
-    import peft
-    import torch
-    import transformers
+def _is_rank_zero() -> bool:
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
-    commit = None
-    head = Path(__file__).resolve().parents[2] / ".git" / "HEAD"
-    if head.exists():
-        ref = head.read_text().strip()
-        ref_file = head.parent / ref[5:] if ref.startswith("ref: ") else None
-        commit = ref_file.read_text().strip() if ref_file and ref_file.exists() else ref
-    return {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "numpy": np.__version__,
-            "device": device, "cuda": torch.cuda.get_device_name(0) if device == "cuda" else None,
-            "torch_threads": torch.get_num_threads(), "git_commit": commit, "argv": sys.argv}
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[2],
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment(device: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    packages = {}
+    for name in ("torch", "lightning", "transformers", "peft", "geomloss", "anndata", "numpy", "scanpy", "scvelo"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    return {"python": platform.python_version(), "platform": platform.platform(), **packages,
+            "device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+            "gpu_count": torch.cuda.device_count(), "torch_threads": torch.get_num_threads(),
+            "git_commit": _git_commit(), "argv": sys.argv}
 
 
 def prepare_run_dir(cfg: Config) -> Path:
+    if not cfg.run.dir and os.environ.get(SHARED_RUN_DIR_ENV) and not _is_rank_zero():
+        cfg.run.dir = os.environ[SHARED_RUN_DIR_ENV]
     if cfg.run.dir:
         run_dir = Path(cfg.run.dir).expanduser().resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -68,121 +90,192 @@ def prepare_run_dir(cfg: Config) -> Path:
     return new_run_dir(root, cfg.run.name)
 
 
+class _QuietWriter:
+    """What non-zero DDP ranks get instead of a RunWriter: they read STOP but write nothing."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def stop_requested(self) -> bool:
+        return (self.run_dir / "STOP").exists()
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def _log_handlers(run_dir: Path) -> list[logging.Handler]:
+    """Progress goes to stdout (stderr is kept for the one-line error of a failed run), and to log.txt unless
+    stdout already is log.txt (a run launched by core.runs.launch_run)."""
+    log_path = run_dir / "log.txt"
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    try:
+        same = log_path.exists() and os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(log_path))
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        same = False
+    if not same:
+        handlers.append(logging.FileHandler(log_path))
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    return handlers
+
+
 def train(cfg: Config) -> Path:
-    """Run training as configured; returns the run folder. Failures end with status 'failed' and a message."""
+    """Run training as configured; returns the run folder. A failure ends with status 'failed' and the error in
+    plain words in status.json, then is raised again (UserErrors reach the CLI as one line)."""
     run_dir = prepare_run_dir(cfg)
-    writer = RunWriter(run_dir)
-    handler = logging.FileHandler(run_dir / "log.txt")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    log.addHandler(handler)
+    rank_zero = _is_rank_zero()
+    writer = RunWriter(run_dir) if rank_zero else _QuietWriter(run_dir)
+    handlers = _log_handlers(run_dir) if rank_zero else []
+    for handler in handlers:
+        log.addHandler(handler)
     log.setLevel(logging.INFO)
-    writer.write_status("running", step=0, message="preparing data")
+    log.propagate = False
+    writer.write_status("running", step=0, message="preparing data", config_name=cfg.run.name)
     writer.start_heartbeat_thread()
     try:
-        return _train(cfg, run_dir, writer)
-    except UserError as err:
-        writer.write_status("failed", message=str(err))
-        raise
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            return _train(cfg, run_dir, writer)
     except Exception as err:
-        from core.training.module import NonFiniteLossError
-
-        message = str(err) if isinstance(err, NonFiniteLossError) else f"{type(err).__name__}: {err}"
+        message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
         writer.write_status("failed", message=message)
-        if isinstance(err, NonFiniteLossError):
-            raise UserError(message) from err
+        log.error("failed: %s", message)
         raise
     finally:
         writer.close()
-        log.removeHandler(handler)
-        handler.close()
+        for handler in handlers:
+            log.removeHandler(handler)
+            handler.close()
 
 
-def _train(cfg: Config, run_dir: Path, writer: RunWriter) -> Path:
+def _prepare_data(cfg: Config, run_dir: Path, writer):
+    from core.data.validate import validate
+    from core.training.data import SetDataModule, load_adata, loss_mapping, make_split, resolve_mapping
+
+    d = cfg.data.kwargs
+    adata = load_adata(cfg)
+    mapping = resolve_mapping(cfg, adata)
+    report = validate(adata, loss_mapping(cfg, mapping), set_size=cfg.model.kwargs.cell_set_len)
+    report.raise_if_errors()
+    notes = [f"data: {w}" for w in report.warnings]
+    nested = any("nested in condition" in w for w in report.warnings)
+    if nested and cfg.model.kwargs.use_batch:
+        notes.append(f"WARNING: model.kwargs.use_batch=true while '{mapping.batch_col}' is nested in condition: the "
+                     "batch embedding can encode the condition itself; consider model.kwargs.use_batch=false")
+    split = make_split(adata.obs, mapping, d.split, d.val_fraction, d.test_fraction, cfg.training.seed)
+    if writer is not None:
+        import pandas as pd
+
+        frame = pd.DataFrame({"obs_name": adata.obs_names.astype(str), "split": split})
+        atomic_write_text(run_dir / "split.csv", frame.to_csv(index=False))
+    data = SetDataModule(cfg, adata, mapping, split, cell_types=report.usable_cell_types)
+    notes += data.matching_notes()
+    counts = {s: int((split == s).sum()) for s in ("train", "val", "test")}
+    notes.append(f"split by {d.split}: {counts['train']} train, {counts['val']} val, {counts['test']} test cells "
+                 f"(split.csv)")
+    return data, mapping, notes
+
+
+def _train(cfg: Config, run_dir: Path, writer) -> Path:
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from core.data.validate import validate
     from core.model.build import build_for_training
     from core.training.callbacks import RunFolderCallback
-    from core.training.data import CellTable, SetSampler, load_adata, make_split, pert_map_for, resolve_mapping
     from core.training.module import STModule
 
-    t, m, d = cfg.training, cfg.model.kwargs, cfg.data.kwargs
+    t, m = cfg.training, cfg.model.kwargs
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     L.seed_everything(t.seed, workers=True, verbose=False)
-    adata = load_adata(cfg)
-    mapping = resolve_mapping(cfg, adata)
-    report = validate(adata, mapping, set_size=None)
-    report.raise_if_errors()
-    for warning in report.warnings:
-        log.info("data: %s", warning)
-    if mapping.batch_col and d.match_by == "cell_type_batch" and any("nested" in w for w in report.warnings):
-        log.info("data: batch is nested in condition, so controls are matched by cell type (batch has no controls)")
-    split = make_split(adata.obs, mapping, d.split, d.val_fraction, d.test_fraction, t.seed)
-    atomic_write_text(run_dir / "split.csv", "obs_name,split\n" + "".join(
-        f"{name},{s}\n" for name, s in zip(adata.obs_names, split)))
-    table = CellTable.from_adata(adata, mapping, split)
-    pert_map = pert_map_for(table)
+    data, mapping, data_notes = _prepare_data(cfg, run_dir, writer)
+    for note in data_notes:
+        log.info(note)
 
-    accelerator, device = _device_choice(t.accelerator)
-    model, load_report, notes = build_for_training(cfg, table.z.shape[1], pert_map, mapping.control_pert)
+    accelerator, device = device_choice(t.accelerator)
+    torch.manual_seed(t.seed)  # the model's initial weights do not depend on how much data preparation drew
+    model, load_report, notes = build_for_training(cfg, data.table.z.shape[1], data.pert_map, mapping.control_pert,
+                                                   data.batch_map)
     for note in notes:
         log.info("model: %s", note)
-    save_config(cfg, run_dir / "config.yaml")
-    atomic_write_json(run_dir / "pert_map.json", {"map": pert_map, "control": mapping.control_pert,
-                                                  "new": load_report.get("new_perturbations", [])})
-    atomic_write_json(run_dir / "load_report.json", {**load_report, "notes": notes})
-    atomic_write_json(run_dir / "env.json", _env(device))
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    log.info("model: %d of %d parameters trainable", n_train, n_all)
 
-    hparams = {"config": cfg.to_dict(), "pert_map": pert_map, "control": mapping.control_pert,
-               "embed_dim": int(table.z.shape[1]), "n_batches": 0,
+    save_config(cfg, run_dir / "config.yaml")
+    atomic_write_json(run_dir / "pert_map.json", {"map": data.pert_map, "control": mapping.control_pert,
+                                                  "rebuilt": load_report.get("new_perturbations", []),
+                                                  "batch_map": data.batch_map})
+    atomic_write_json(run_dir / "load_report.json", {**load_report, "notes": notes, "data_notes": data_notes,
+                                                     "trainable_parameters": n_train, "parameters": n_all})
+    atomic_write_json(run_dir / "env.json", environment(device))
+
+    hparams = {"config": cfg.to_dict(), "pert_map": data.pert_map, "control": mapping.control_pert,
+               "embed_dim": int(data.table.z.shape[1]), "batch_map": data.batch_map,
                "lora_applied": bool(cfg.model.init_from) and m.lora.enable}
     module = STModule(model, hparams)
-    train_sets = SetSampler(table, "train", m.cell_set_len, pert_map, t.seed, match_by=d.match_by)
-    val_sets = SetSampler(table, "val", m.cell_set_len, pert_map, t.seed + 1,
-                          n_sets=max(8, 2 * len(table.split[table.split == "val"]) // m.cell_set_len // 4),
-                          match_by=d.match_by, fixed=True)
-    loader = torch.utils.data.DataLoader(train_sets, batch_size=t.batch_size, shuffle=False)
-    val_loader = torch.utils.data.DataLoader(val_sets, batch_size=t.batch_size)
 
+    steps_per_epoch = math.ceil(len(data.train_sets) / t.batch_size)
+    max_epochs = t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else 5)
+    total = min(x for x in (t.max_steps if t.max_steps > 0 else math.inf,
+                            max_epochs * steps_per_epoch if max_epochs > 0 else math.inf))
+    val_every = min(t.val_freq, total) if t.val_freq else None
     callback = RunFolderCallback(writer, t.mhc_snapshot_every)
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_last=True,
-                                 save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
-    max_epochs = t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else 5)
+                                 save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
+                                 save_on_train_epoch_end=False)
     precision = t.precision or ("bf16-mixed" if device == "cuda" else "32-true")
-    trainer = L.Trainer(
-        accelerator=accelerator, devices=(1 if t.devices == "auto" and accelerator == "cpu" else t.devices),
-        strategy=t.strategy, precision=precision, max_epochs=max_epochs, max_steps=t.max_steps,
-        val_check_interval=t.val_freq, check_val_every_n_epoch=None if t.val_freq else 1,
-        callbacks=[callback, checkpoint], plugins=[atomic_checkpoint_io()], logger=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        default_root_dir=run_dir, deterministic=False,
-    )
-    writer.write_status("running", device=device, message="")
-    log.info("training on %s (%s), %d train sets/epoch, set size %d", device, precision, len(train_sets),
-             m.cell_set_len)
+    devices = t.devices
+    if devices != "auto":
+        devices = int(devices) if devices.isdigit() else devices
+    elif accelerator == "cpu":
+        devices = 1
     resume = ckpt_dir / "last.ckpt" if t.resume and (ckpt_dir / "last.ckpt").exists() else None
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=devices, strategy=t.strategy, precision=precision,
+        max_epochs=max_epochs, max_steps=t.max_steps,
+        val_check_interval=val_every, check_val_every_n_epoch=None if val_every else 1,
+        callbacks=[callback, checkpoint], plugins=[atomic_checkpoint_io()], logger=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0 if resume else -1,
+        default_root_dir=run_dir, deterministic=False, gradient_clip_val=None,
+    )
+    if trainer.world_size > 1:
+        os.environ[SHARED_RUN_DIR_ENV] = str(run_dir)
+    writer.write_status("running", device=device, total_steps=total, message="starting")
+    log.info("training on %s (%s): %d sets of %d cells per epoch, batch %d, %s steps", device, precision,
+             len(data.train_sets), m.cell_set_len, t.batch_size, total)
     started = time.time()
-    trainer.fit(module, loader, val_loader, ckpt_path=resume)
-    trainer.save_checkpoint(ckpt_dir / "final.ckpt")
-    writer.export_metrics_csv()
+    trainer.fit(module, datamodule=data, ckpt_path=resume)
+
+    if not callback.cancelled and trainer.global_step > 0 and callback.last_val_step != trainer.global_step:
+        _final_validation(trainer, module, data, checkpoint, ckpt_dir)
+    trainer.save_checkpoint(ckpt_dir / "final.ckpt", weights_only=False)
+    trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # where a resumed run continues
     state = "cancelled" if callback.cancelled else "completed"
-    writer.write_status(state, step=trainer.global_step,
-                        message="cancelled by request" if callback.cancelled else "")
-    log.info("%s after %d steps in %.1f s", state, trainer.global_step, time.time() - started)
-    atomic_write_json(run_dir / "train_summary.json", {"state": state, "steps": trainer.global_step,
-                                                       "seconds": round(time.time() - started, 2),
-                                                       "best_val_loss": _f(checkpoint.best_model_score)})
+    seconds = time.time() - started
+    if _is_rank_zero():
+        writer.export_metrics_csv()
+        best = checkpoint.best_model_score
+        atomic_write_json(run_dir / "train_summary.json", {
+            "state": state, "steps": trainer.global_step, "epochs": trainer.current_epoch, "seconds": round(seconds, 2),
+            "best_val_loss": None if best is None else float(best), "device": device, "precision": precision})
+    writer.write_status(state, step=trainer.global_step, message="cancelled by request" if callback.cancelled else "")
+    log.info("%s after %d steps in %.1f s; run folder %s", state, trainer.global_step, seconds, run_dir)
     return run_dir
 
 
-def _f(value):
-    return None if value is None else float(value)
+def _final_validation(trainer, module, data, checkpoint, ckpt_dir: Path) -> None:
+    """Validate the end state when the last scheduled validation came earlier (a run ended by max_steps in
+    mid-epoch), and keep it as best.ckpt if it is the best."""
+    trainer.validate(module, datamodule=data, verbose=False)
+    value = module.val_summary.get("val_loss")
+    best = checkpoint.best_model_score
+    if value is not None and (best is None or value < float(best)):
+        trainer.save_checkpoint(ckpt_dir / "best.ckpt", weights_only=False)
+        import torch
 
-
-def print_run(run_dir: Path) -> None:
-    status = json.loads((run_dir / "status.json").read_text())
-    print(f"run folder: {run_dir}\nstate: {status.get('state')}  steps: {status.get('step')}", file=sys.stdout)
-    if os.environ.get("ST_QUIET") is None and (run_dir / "train_summary.json").exists():
-        print((run_dir / "train_summary.json").read_text())
+        checkpoint.best_model_score = torch.tensor(value)
+        checkpoint.best_model_path = str(ckpt_dir / "best.ckpt")

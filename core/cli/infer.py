@@ -1,0 +1,63 @@
+"""``python -m core infer --checkpoint CKPT_OR_RUN [--adata IN] --output preds.h5ad``: predict perturbed cells.
+
+Flags follow Arc State's ``state tx infer`` (--embed-key --pert-col --control-pert --celltype-col --batch-col);
+each defaults to what the run trained with. Without --adata the run's own data set (or the demo) is used. Writes
+obsm X_pred and delta_z and obs matched_control (see core/infer.py); the input file is never written.
+"""
+
+from pathlib import Path
+
+COMMAND = "infer"
+HELP = "predict perturbed embeddings from control cells with a trained ST model; writes a new .h5ad"
+
+
+def add_arguments(parser):
+    parser.add_argument("--checkpoint", required=True, help="a .ckpt file or a run folder (best, else final ckpt)")
+    parser.add_argument("--adata", type=Path, default=None, help="input .h5ad (default: the run's own data)")
+    parser.add_argument("--output", type=Path, required=True, help="where to write the predictions .h5ad")
+    parser.add_argument("--embed-key", default=None, help="obsm key of the embedding (default: the run's)")
+    parser.add_argument("--pert-col", default=None, help="obs column of the perturbation (default: the run's)")
+    parser.add_argument("--control-pert", default=None, help="value of --pert-col marking control cells")
+    parser.add_argument("--celltype-col", default=None, help="obs column of the cell type")
+    parser.add_argument("--batch-col", default=None, help="obs column of the batch (mouse, plate)")
+    parser.add_argument("--perturbation", action="append", default=None,
+                        help="perturbation to predict (repeatable; default: every one the model knows)")
+    parser.add_argument("--split", choices=["train", "val", "test"], default=None,
+                        help="only the control cells of this split of the run (needs a run folder's split.csv)")
+    parser.add_argument("--set-len", type=int, default=None, help="cells per set (default: the run's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random order that forms the sets")
+    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: CUDA, then MPS, then CPU)")
+
+
+def run(args) -> int:
+    import pandas as pd
+
+    from core.errors import DataError
+    from core.infer import predict, resolve_checkpoint, write_predictions
+
+    if args.adata is not None and args.output.expanduser().resolve() == args.adata.expanduser().resolve():
+        raise DataError("--output must differ from --adata: the input file is never overwritten")
+    adata = None
+    if args.adata is not None:
+        from core.data.io import read_h5ad
+
+        adata = read_h5ad(args.adata)
+    cells = None
+    if args.split:
+        ckpt = resolve_checkpoint(args.checkpoint)
+        split_file = ckpt.parent.parent / "split.csv"
+        if not split_file.is_file():
+            raise DataError(f"--split needs the run's split.csv next to its checkpoints; none at {split_file}")
+        split = pd.read_csv(split_file, dtype=str)
+        cells = split.loc[split["split"] == args.split, "obs_name"].to_numpy()
+    mapping = {"embed_key": args.embed_key, "pert_col": args.pert_col, "control_pert": args.control_pert,
+               "cell_type_key": args.celltype_col, "batch_col": args.batch_col}
+    predictions = predict(args.checkpoint, adata, control_cells=cells, perturbations=args.perturbation,
+                          mapping=mapping, set_len=args.set_len, seed=args.seed, device=args.device)
+    path = write_predictions(predictions, args.output, args.adata)
+    info = predictions.uns["st_infer"]
+    print(f"wrote {path}: {predictions.n_obs} predictions ({', '.join(info['perturbations'])}) in {info['n_sets']} "
+          f"sets of {info['set_len']}; obsm X_pred, delta_z; obs matched_control")
+    for note in info["notes"]:
+        print(f"note: {note}")
+    return 0
