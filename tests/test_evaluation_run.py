@@ -1,0 +1,110 @@
+"""``python -m core evaluate RUN`` end to end: a tiny real training on a small demo subset, then evaluation,
+with the baselines' numbers checked against a direct computation from the data and split.csv."""
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.__main__ import main
+
+KEYS = {
+    "embed_key": "X_pca",
+    "pert_col": "condition",
+    "control_pert": "sham",
+    "cell_type_key": "cell_types_simple_short",
+    "batch_col": "mouse_id",
+    "velocity_key": "velocity_pca",
+    "confidence_key": "velocity_confidence",
+}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, small_demo):
+    from core.config import load_config
+    from core.training.run import train
+
+    root = tmp_path_factory.mktemp("eval_runs")
+    data_path = root / "small_demo.h5ad"
+    small_demo.write_h5ad(data_path)
+    overrides = [
+        f"data.kwargs.path={data_path}",
+        *[f"data.kwargs.{key}={value}" for key, value in KEYS.items()],
+        "training.max_steps=3",
+        "training.batch_size=4",
+        "training.accelerator=cpu",
+        "model.kwargs.hidden_dim=16",
+        "model.kwargs.n_layers=1",
+        "model.kwargs.n_heads=2",
+        "model.kwargs.cell_set_len=8",
+        "run.name=tiny-eval",
+        f"run.root={root}",
+    ]
+    run_dir = train(load_config(overrides=overrides))
+    return run_dir, data_path
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run):
+    run_dir, _ = trained_run
+    assert main(["evaluate", str(run_dir), "--top-k", "5"]) == 0
+    return run_dir, json.loads((run_dir / "eval" / "metrics.json").read_text())
+
+
+def test_evaluate_writes_metrics_table_and_predictions_for_the_test_controls(trained_run, evaluated):
+    run_dir, summary = evaluated
+    _, data_path = trained_run
+    data = ad.read_h5ad(data_path)
+    split = pd.read_csv(run_dir / "split.csv", dtype=str).set_index("obs_name")["split"]
+    test_controls = split.index[(split == "test").to_numpy()].intersection(
+        data.obs_names[(data.obs["condition"] == "sham").to_numpy()]
+    )
+    predictions = ad.read_h5ad(run_dir / "eval" / "predictions.h5ad")
+    assert sorted(predictions.obs["matched_control"]) == sorted(test_controls)
+    assert predictions.obsm["X_pred"].shape == (len(test_controls), data.obsm["X_pca"].shape[1])
+    table = pd.read_csv(run_dir / "eval" / "per_cell_type.csv")
+    cell_types = sorted(data.obs["cell_types_simple_short"].astype(str).unique())
+    assert sorted(table["cell_type"].unique()) == cell_types
+    assert len(table) == 3 * len(cell_types)
+    assert set(summary["per_cell_type"]) == set(cell_types)
+    assert summary["overall"]["model"]["n_pred"] == len(test_controls)
+    assert summary["stability"]["n_steps"] == 3 and summary["settings"]["top_k"] == 5
+
+
+def test_baselines_match_a_direct_computation_from_the_data(trained_run, evaluated):
+    run_dir, summary = evaluated
+    _, data_path = trained_run
+    data = ad.read_h5ad(data_path)
+    split = pd.read_csv(run_dir / "split.csv", dtype=str).set_index("obs_name")["split"].reindex(data.obs_names)
+    z = np.asarray(data.obsm["X_pca"], dtype=np.float64)
+    kind = data.obs["cell_types_simple_short"].astype(str).to_numpy()
+    sham = (data.obs["condition"] == "sham").to_numpy()
+    for cell_type, scores in summary["per_cell_type"].items():
+        in_type = kind == cell_type
+        test_sham = z[in_type & sham & (split == "test").to_numpy()]
+        test_burn = z[in_type & ~sham & (split == "test").to_numpy()]
+        train_shift = (z[in_type & ~sham & (split == "train").to_numpy()].mean(0)
+                       - z[in_type & sham & (split == "train").to_numpy()].mean(0))
+        # no change predicts the sham cells themselves: the error of means is the real mean shift
+        assert scores["no_change"]["mae_mean"] == pytest.approx(np.abs(test_sham.mean(0) - test_burn.mean(0)).mean())
+        gap = test_sham.mean(0) + train_shift - test_burn.mean(0)
+        assert scores["train_mean_shift"]["mse_mean"] == pytest.approx((gap**2).mean())
+        assert scores["model"]["n_velocity_cells"] == len(test_sham)
+
+
+def test_evaluate_of_a_missing_run_is_one_line_with_exit_code_2(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no run folder") and err.count("\n") == 1
+
+
+def test_evaluate_without_split_file_says_what_is_missing(trained_run, tmp_path, capsys):
+    import shutil
+
+    run_dir, _ = trained_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("eval", "split.csv"))
+    assert main(["evaluate", str(copy)]) == 2
+    assert "split.csv is missing" in capsys.readouterr().err
