@@ -510,3 +510,49 @@ def test_runs_cli_rejects_an_unsafe_name_with_exit_code_2(tmp_path, capsys):
     assert main(["runs", "--root", str(tmp_path), "status", "a;b"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: run name 'a;b'") and err.count("\n") == 1
+
+
+# --- launch and cancel with the real trainer ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_demo_path(tmp_path_factory, small_demo):
+    path = tmp_path_factory.mktemp("launch_data") / "small_demo.h5ad"
+    small_demo.write_h5ad(path)
+    return path
+
+
+def test_real_trainer_rejecting_its_config_marks_the_run_failed_with_its_message(tmp_path):
+    run_dir = runs.launch_run(["training.max_epoch=1"], name="typo", root=tmp_path)
+    status = _wait_for_state(run_dir, {"failed"}, timeout=60)
+    assert "training.max_epoch" in status["message"] and "training.max_epochs" in status["message"]
+    assert status["exit_code"] == 2
+
+
+def test_real_training_cancelled_mid_run_stops_within_two_seconds_and_keeps_checkpoints(tmp_path, small_demo_path):
+    overrides = [
+        f"data.kwargs.path={small_demo_path}", "data.kwargs.embed_key=X_pca", "data.kwargs.pert_col=condition",
+        "data.kwargs.control_pert=sham", "data.kwargs.cell_type_key=cell_types_simple_short",
+        "training.max_steps=100000", "training.val_freq=100000", "training.accelerator=cpu",
+        "model.kwargs.hidden_dim=16", "model.kwargs.n_layers=1", "model.kwargs.n_heads=2",
+        "model.kwargs.cell_set_len=8",
+    ]
+    run_dir = runs.launch_run(overrides, name="long", root=tmp_path)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        status = runs.read_status(run_dir)
+        if status["state"] not in ("queued", "running"):
+            raise AssertionError(f"run ended early: {status}\n{(run_dir / 'log.txt').read_text()[-2000:]}")
+        if (status.get("step") or 0) >= 2:
+            break
+        time.sleep(0.1)
+    started = time.monotonic()
+    final = runs.cancel_run(run_dir)
+    assert time.monotonic() - started < 2.5
+    assert final["state"] == "cancelled", final
+    # the trainer saw STOP and ended by itself: no signal was needed
+    assert not final["message"].startswith("cancelled: its process"), final
+    saved = {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")}
+    assert "last.ckpt" in saved, (saved, (run_dir / "log.txt").read_text()[-2000:])
+    assert runs.load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] >= 2
+    assert len(runs.read_metrics(run_dir).query("split == 'train'")) >= 2
