@@ -119,9 +119,10 @@ def _log_handlers(run_dir: Path) -> list[logging.Handler]:
     return handlers
 
 
-def train(cfg: Config) -> Path:
+def train(cfg: Config, callbacks: list | None = None) -> Path:
     """Run training as configured; returns the run folder. A failure ends with status 'failed' and the error in
-    plain words in status.json, then is raised again (UserErrors reach the CLI as one line)."""
+    plain words in status.json, then is raised again (UserErrors reach the CLI as one line). ``callbacks``: extra
+    Lightning callbacks (run after the run-folder callback)."""
     run_dir = prepare_run_dir(cfg)
     rank_zero = _is_rank_zero()
     writer = RunWriter(run_dir) if rank_zero else _QuietWriter(run_dir)
@@ -136,7 +137,7 @@ def train(cfg: Config) -> Path:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            return _train(cfg, run_dir, writer)
+            return _train(cfg, run_dir, writer, list(callbacks or []))
     except Exception as err:
         message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
         writer.write_status("failed", message=message)
@@ -177,7 +178,7 @@ def _prepare_data(cfg: Config, run_dir: Path, writer):
     return data, mapping, notes
 
 
-def _train(cfg: Config, run_dir: Path, writer) -> Path:
+def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -238,7 +239,7 @@ def _train(cfg: Config, run_dir: Path, writer) -> Path:
         accelerator=accelerator, devices=devices, strategy=t.strategy, precision=precision,
         max_epochs=max_epochs, max_steps=t.max_steps,
         val_check_interval=val_every, check_val_every_n_epoch=None if val_every else 1,
-        callbacks=[callback, checkpoint], plugins=[atomic_checkpoint_io()], logger=False,
+        callbacks=[callback, *extra_callbacks, checkpoint], plugins=[atomic_checkpoint_io()], logger=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0 if resume else -1,
         default_root_dir=run_dir, deterministic=False, gradient_clip_val=None,
     )
