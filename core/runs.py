@@ -682,35 +682,17 @@ def _last_log_line(run_dir: Path) -> str:
     return ""
 
 
-def _train_command(run_dir: Path, overrides: list[str]) -> list[str]:
-    return [sys.executable, "-m", "core", "train", f"run.dir={run_dir}", *[str(o) for o in overrides]]
+def _train_command(run_dir: Path, overrides: list[str], config: Path | None = None) -> list[str]:
+    command = [sys.executable, "-m", "core", "train"]
+    if config is not None:
+        command += ["--config", str(config)]
+    return [*command, f"run.dir={run_dir}", *[str(o) for o in overrides]]
 
 
-def launch_run(overrides: list[str], name: str, root: str | os.PathLike | None = None) -> Path:
-    """Create a run folder with status ``queued`` and start ``python -m core train run.dir=<dir>
-    <overrides>`` in a new session (its own process group, so cancel can stop it and its workers and a
-    Ctrl-C in the launcher does not). stdout and stderr are appended to log.txt. Returns the run folder."""
-    root = Path(root) if root is not None else runs_root()
-    run_dir = new_run_dir(root, name)
-    now = time.time()
-    writer_fields = {
-        "state": "queued",
-        "step": 0,
-        "total_steps": None,
-        "progress": 0.0,
-        "eta_s": None,
-        "message": "",
-        "pid": os.getpid(),
-        "launcher_pid": os.getpid(),
-        "host": socket.gethostname(),
-        "heartbeat": now,
-        "created": now,
-        "started": None,
-        "ended": None,
-        "device": None,
-    }
-    atomic_write_json(run_dir / "status.json", writer_fields)
-    command = _train_command(run_dir, overrides)
+def _spawn(run_dir: Path, command: list[str], status: dict) -> None:
+    """Write ``status`` (queued), then start ``command`` in a new session with its output appended to
+    log.txt, record its pid, and watch it from a daemon thread (see ``_watch_child``)."""
+    atomic_write_json(run_dir / "status.json", status)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     try:
@@ -728,10 +710,11 @@ def launch_run(overrides: list[str], name: str, root: str | os.PathLike | None =
             )
     except OSError as err:
         friendly = disk_error(err, run_dir / "log.txt", "write")
-        atomic_write_json(
-            run_dir / "status.json",
-            dict(writer_fields, state="failed", ended=time.time(), message=str(friendly or err)),
-        )
+        try:
+            failed = dict(status, state="failed", ended=time.time(), message=str(friendly or err))
+            atomic_write_json(run_dir / "status.json", failed)
+        except (OSError, UserError):
+            pass
         if friendly is None:
             raise
         raise friendly from err
@@ -742,6 +725,62 @@ def launch_run(overrides: list[str], name: str, root: str | os.PathLike | None =
         atomic_write_json(run_dir / "status.json", dict(current, pid=child.pid))
     _CHILDREN[run_dir] = child
     threading.Thread(target=_watch_child, args=(run_dir, child), name="run-watch", daemon=True).start()
+
+
+def _queued_fields(now: float) -> dict:
+    return {
+        "state": "queued",
+        "message": "",
+        "pid": os.getpid(),
+        "launcher_pid": os.getpid(),
+        "host": socket.gethostname(),
+        "heartbeat": now,
+        "ended": None,
+        "eta_s": None,
+    }
+
+
+def launch_run(overrides: list[str], name: str, root: str | os.PathLike | None = None) -> Path:
+    """Create a run folder with status ``queued`` and start ``python -m core train run.dir=<dir>
+    <overrides>`` in a new session (its own process group, so cancel can stop it and its workers and a
+    Ctrl-C in the launcher does not). stdout and stderr are appended to log.txt. Returns the run folder."""
+    root = Path(root) if root is not None else runs_root()
+    run_dir = new_run_dir(root, name)
+    now = time.time()
+    status = {
+        **_queued_fields(now),
+        "step": 0,
+        "total_steps": None,
+        "progress": 0.0,
+        "created": now,
+        "started": None,
+        "device": None,
+    }
+    _spawn(run_dir, _train_command(run_dir, overrides), status)
+    return run_dir
+
+
+def resume_run(run_dir: str | os.PathLike, overrides: list[str] = ()) -> Path:
+    """Start an interrupted, failed or cancelled run again in its own folder: ``python -m core train
+    --config <run>/config.yaml run.dir=<run> training.resume=true``, which continues from
+    checkpoints/last.ckpt (from the start if there is none). Refuses a run that is still going."""
+    run_dir = Path(run_dir).resolve()
+    status = read_status(run_dir)
+    if status["state"] in ACTIVE_STATES:
+        raise RunFolderError(f"run {run_dir.name} is still {status['state']}; cancel it first or let it finish")
+    if status["state"] == "completed":
+        raise RunFolderError(f"run {run_dir.name} has already completed; launch a new run to train further")
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise RunFolderError(
+            f"run {run_dir.name} has no config.yaml (it stopped before training began); launch it again instead"
+        )
+    (run_dir / "STOP").unlink(missing_ok=True)
+    raw = _read_json(run_dir / "status.json") or {}
+    raw.pop("exit_code", None)
+    fields = {**raw, **_queued_fields(time.time())}
+    fields["message"] = "resuming from checkpoints/last.ckpt"
+    _spawn(run_dir, _train_command(run_dir, ["training.resume=true", *overrides], config=config), fields)
     return run_dir
 
 

@@ -415,8 +415,9 @@ def fake_trainer(tmp_path, monkeypatch):
     script = tmp_path / "fake_trainer.py"
     script.write_text(FAKE_TRAINER)
 
-    def command(run_dir, overrides):
-        return [sys.executable, str(script), f"run.dir={run_dir}", *overrides]
+    def command(run_dir, overrides, config=None):
+        extra = ["--config", str(config)] if config else []
+        return [sys.executable, str(script), *extra, f"run.dir={run_dir}", *overrides]
 
     monkeypatch.setattr(runs, "_train_command", command)
     return tmp_path / "runs"
@@ -476,13 +477,27 @@ def test_a_trainer_that_exits_with_an_error_is_marked_failed_with_its_message(fa
     assert status["exit_code"] == 2
 
 
-def test_a_sigkilled_trainer_reads_as_interrupted(fake_trainer):
+def test_a_sigkilled_trainer_reads_as_interrupted_and_resumes_in_the_same_folder(fake_trainer):
     run_dir = runs.launch_run(["honour-stop"], name="killed", root=fake_trainer)
     status = _wait_for_state(run_dir, {"running"})
     os.kill(status["pid"], signal.SIGKILL)
     interrupted = _wait_for_state(run_dir, {"interrupted"})
     assert interrupted["recorded_state"] == "running"
     assert len(runs.read_metrics(run_dir)) >= 1
+    with pytest.raises(runs.RunFolderError, match="no config.yaml"):
+        runs.resume_run(run_dir)
+    (run_dir / "config.yaml").write_text("training:\n  seed: 0\n")
+    (run_dir / "STOP").write_text("old cancel")
+    assert runs.resume_run(run_dir, ["honour-stop"]) == run_dir
+    resumed = _wait_for_state(run_dir, {"running"})
+    assert resumed["pid"] != status["pid"] and resumed["created"] == status["created"]
+    assert not (run_dir / "STOP").exists()
+    with pytest.raises(runs.RunFolderError, match="still running"):
+        runs.resume_run(run_dir)
+    runs.cancel_run(run_dir)
+    command = (run_dir / "log.txt").read_text().splitlines()
+    resume_line = [line for line in command if line.startswith("$ ")][-1]
+    assert f"--config {run_dir / 'config.yaml'} run.dir={run_dir} training.resume=true" in resume_line
 
 
 # --- python -m core runs ------------------------------------------------------------------------------

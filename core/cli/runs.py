@@ -1,4 +1,4 @@
-"""``python -m core runs list|status|cancel|resume-info``: the run folders, as the app sees them."""
+"""``python -m core runs list|status|cancel|resume|resume-info``: the run folders, as the app sees them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 COMMAND = "runs"
-HELP = "List runs, show a run's status, cancel a run, or show where an interrupted run can resume from"
+HELP = "list runs, show a run's status, cancel a run, resume an interrupted one (or show where it would resume)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, text in (
         ("status", "a run's status.json, with 'interrupted' when its process is gone"),
         ("cancel", "stop a run (STOP file, then SIGTERM to its process group after the grace period)"),
-        ("resume-info", "the last checkpoint of a run and the step it holds"),
+        ("resume", "continue an interrupted, failed or cancelled run from its last checkpoint, in the background"),
+        ("resume-info", "the last checkpoint of a run, the step it holds and the command that resumes it"),
     ):
         sub = actions.add_parser(name, help=text)
         sub.add_argument("run", help="run name (or path of a run folder)")
@@ -72,12 +73,14 @@ def _resume_info(run_dir: Path) -> dict:
         "checkpoints": sorted(p.name for p in checkpoints.glob("*.ckpt")) if checkpoints.is_dir() else [],
     }
     if info["checkpoint"] is None:
-        info["note"] = "no last.ckpt yet: the run has to start again from the beginning"
+        info["note"] = "no last.ckpt yet: resuming starts the run again from the beginning"
+    info["command"] = (f"python -m core runs resume {run_dir}   (runs: python -m core train --config "
+                       f"{run_dir / 'config.yaml'} run.dir={run_dir} training.resume=true)")
     return info
 
 
 def run(args) -> int:
-    from core.runs import cancel_run, read_status, resolve_run
+    from core.runs import cancel_run, read_status, resolve_run, resume_run
 
     if args.action == "list":
         return _list(args.root)
@@ -89,6 +92,11 @@ def run(args) -> int:
     if args.action == "cancel":
         status = cancel_run(run_dir, grace_s=args.grace)
         print(f"{run_dir.name}: {status.get('message') or status['state']}")
+        return 0
+    if args.action == "resume":
+        resume_run(run_dir)
+        print(f"{run_dir.name}: resuming in the background (output in {run_dir / 'log.txt'}); follow it with "
+              f"'python -m core runs status {run_dir.name}'")
         return 0
     print(json.dumps(_resume_info(run_dir), indent=2))
     return 0
