@@ -318,6 +318,27 @@ def test_load_checkpoint_round_trips_tensors_written_atomically(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
 
+def test_a_checkpoint_save_that_fills_the_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import torch
+
+    path = tmp_path / "last.ckpt"
+    runs.atomic_torch_save({"state_dict": {"w": torch.ones(3)}, "global_step": 10}, path)
+    real_save = torch.save
+
+    def save_until_full(obj, handle):
+        real_save(obj, handle)
+        handle.truncate(100)  # what reached the disk before it filled up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_until_full)
+    with pytest.raises(runs.RunFolderError, match="disk is full"):
+        runs.atomic_torch_save({"state_dict": {"w": torch.zeros(3)}, "global_step": 20}, path)
+    monkeypatch.undo()
+    kept = runs.load_checkpoint(path)
+    assert kept["global_step"] == 10 and torch.equal(kept["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
 def test_load_checkpoint_refuses_pickled_code_without_running_it(tmp_path, monkeypatch):
     import torch
 
