@@ -251,7 +251,7 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` that never leaves a half-written checkpoint at ``path`` (temp file + rename)."""
     import torch
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(Path(path).parent)
     _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
 
 
