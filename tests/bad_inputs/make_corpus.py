@@ -94,6 +94,10 @@ def _drop_column(a):
     del a.obs["mouse_id"]
 
 
+def _no_obs_columns(a):
+    a.obs = a.obs[[]]  # e.g. an export that kept only the matrix: nothing to choose the condition from
+
+
 def _not_a_checkpoint(small_demo, folder: Path, name: str) -> None:
     (folder / f"{name}.ckpt").write_bytes(b"this is a text file renamed to .ckpt\n" * 20)
 
@@ -105,11 +109,13 @@ def _other_embedding_dim(small_demo, folder: Path, name: str) -> None:
     from core.config import load_config
     from core.model.build import plain_model
 
-    cfg = load_config(None, ["model.kwargs.hidden_dim=32", "model.kwargs.n_layers=2", "model.kwargs.n_heads=2"])
+    # The run's data keys are the demo's (as a run records them), so only the dimension is wrong.
+    cfg = load_config(None, ["model.kwargs.hidden_dim=32", "model.kwargs.n_layers=2", "model.kwargs.n_heads=2",
+                             *MAPPING])
     model = plain_model(cfg, 7, 2, 0)
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"config": cfg.to_dict(), "pert_map": {"control": 0, "injury": 1},
-                                     "control": "control", "embed_dim": 7, "batch_map": {},
+                "hyper_parameters": {"config": cfg.to_dict(), "pert_map": {"sham": 0, "burn": 1},
+                                     "control": "sham", "embed_dim": 7, "batch_map": {},
                                      "lora_applied": False}},
                folder / f"{name}.ckpt")
     _write(small_demo, folder, name)
@@ -119,7 +125,9 @@ CASES = [
     Case("not_hdf5", _train(), "not an .h5ad (HDF5) file", _not_hdf5),
     Case("truncated_h5ad", _train(), "truncated", _truncated),
     Case("obs_column_missing", _train(), "'mouse_id' is not in obs", _edited(_drop_column)),
-    Case("obs_column_not_chosen", _train("data.kwargs.pert_col=treatment_arm"), "'treatment_arm'",
+    Case("obs_column_not_chosen", ["train", "data.kwargs.path={data}", *TINY], "perturbation column",
+         _edited(_no_obs_columns)),
+    Case("obs_column_wrong_name", _train("data.kwargs.pert_col=treatment_arm"), "'treatment_arm'",
          _edited(lambda a: None)),
     Case("control_absent", _train(), "control value 'sham' does not occur", _edited(_rename_control)),
     Case("one_condition", _train(), "only the control value", _edited(_one_condition)),
@@ -129,11 +137,16 @@ CASES = [
     Case("inf_velocity", _train(*VELOCITY), "NaN or inf", _edited(_set("velocity_pca", 2, 4, -np.inf))),
     Case("velocity_other_shape", _train(*VELOCITY), "same latent space", _edited(_velocity_other_shape)),
     Case("negative_confidence", _train(*VELOCITY), ">= 0", _edited(_negative_confidence)),
-    Case("cell_types_too_small", _train("model.kwargs.cell_set_len=400"), "cell type",
+    Case("cell_types_too_small", _train("model.kwargs.cell_set_len=400"), "for set size 400",
          _edited(lambda a: None)),
     Case("not_a_checkpoint", _train("model.init_from={ckpt}", data=False), "not a", _not_a_checkpoint),
     Case("checkpoint_other_embedding_dim", _train("model.init_from={ckpt}"), "7-d embeddings",
          _other_embedding_dim),
+    Case("infer_not_a_checkpoint", ["infer", "--checkpoint", "{ckpt}", "--adata", "{data}", "--output", "{out}"],
+         "not a", lambda demo, folder, name: (_not_a_checkpoint(demo, folder, name), _write(demo, folder, name))),
+    Case("infer_checkpoint_other_embedding_dim",
+         ["infer", "--checkpoint", "{ckpt}", "--adata", "{data}", "--output", "{out}"],
+         "trained on 7-d embeddings", _other_embedding_dim),
     Case("unknown_config_key", _train("training.learnig_rate=0.01", data=False),
          "unknown config key 'training.learnig_rate'"),
     Case("wrong_type", _train("training.max_epochs=three", data=False), "training.max_epochs must be a whole number"),
