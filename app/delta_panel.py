@@ -57,11 +57,26 @@ def _evaluate_button(run: dict) -> None:
             "scores them against the real burn cells and two baselines (same as "
             f"`python -m core evaluate {run['name']}`).")
     if st.button("Evaluate this run", key="evaluate_run", type="primary"):
-        from core.evaluation.evaluate import evaluate_run
-
         with st.spinner("Evaluating on the held-out cells…"):
-            evaluate_run(Path(run["path"]))
+            evaluate(Path(run["path"]))
         st.rerun()
+
+
+def evaluate(run_dir: Path) -> None:
+    """``python -m core evaluate RUN`` in its own process: torch stays out of the app's process, and the
+    app survives whatever happens there. Its one-line error (exit code 2) becomes a UserError here."""
+    import subprocess
+    import sys
+
+    from core.errors import UserError
+    from core.runs import REPO_ROOT
+
+    result = subprocess.run([sys.executable, "-m", "core", "evaluate", str(run_dir)], cwd=REPO_ROOT,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+        last = lines[-1].removeprefix("error: ") if lines else f"exit code {result.returncode}"
+        raise UserError(f"evaluation failed: {last}")
 
 
 def delta_panel(run: dict) -> None:

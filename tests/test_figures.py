@@ -230,6 +230,21 @@ def test_cos_histograms_have_one_panel_per_cell_type_with_its_median():
     assert [len(t.x) for t in fig.data] == [3, 2]
     titles = [a.text for a in fig.layout.annotations if a.text]
     assert titles == ["fib (n=3, median +0.80)", "mac (n=2, median -0.30)"]
+    assert [(s.x0, s.xref) for s in fig.layout.shapes] == [(pytest.approx(0.8), "x"), (pytest.approx(-0.3), "x2")]
+
+
+def test_arrow_paths_put_the_tip_at_the_scaled_vector_with_symmetric_barbs():
+    xs, ys = velocity.arrow_paths([1.0], [2.0], [3.0], [4.0], scale=0.5, head=0.2)
+    # tail, tip, gap, left barb, tip, right barb, gap
+    np.testing.assert_allclose([xs[0], ys[0], xs[1], ys[1]], [1.0, 2.0, 2.5, 4.0])
+    assert np.isnan(xs[2]) and np.isnan(xs[6])
+    tip = np.array([2.5, 4.0])
+    left, right = np.array([xs[3], ys[3]]), np.array([xs[5], ys[5]])
+    np.testing.assert_allclose(np.linalg.norm(left - tip), 0.2 * 2.5)  # shaft length 0.5 * 5
+    np.testing.assert_allclose(np.linalg.norm(right - tip), 0.2 * 2.5)
+    shaft = np.array([1.5, 2.0]) / 2.5
+    back_cos = [np.dot((b - tip) / 0.5, -shaft) for b in (left, right)]
+    np.testing.assert_allclose(back_cos, np.cos(np.pi / 9))
 
 
 def test_norm_scatter_keeps_cells_with_both_vectors_and_draws_the_identity():
