@@ -246,3 +246,37 @@ def test_launching_into_an_unwritable_runs_folder_raises_run_folder_error(unwrit
     with pytest.raises(runs.RunFolderError, match=runs.RUNS_DIR_ENV) as err:
         runs.launch_run(["training.max_epochs=1"], "x", root=unwritable_root)
     assert "\n" not in str(err.value)
+
+
+# --- full disk while saving a checkpoint ---------------------------------------------------------------------
+
+
+def test_a_full_disk_while_saving_fails_the_run_clearly_and_keeps_the_previous_checkpoint(
+        small_h5ad, tmp_path, monkeypatch):
+    """The first epoch's checkpoints save; from the third ``torch.save`` on, the disk is full half-way through
+    the write. The run ends as failed with the disk-full sentence, and last.ckpt is still epoch 1's, whole."""
+    import errno
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save_until_disk_full(obj, handle, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            return real_save(obj, handle, *args, **kwargs)
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_until_disk_full)
+    run_dir = tmp_path / "disk-full"
+    with pytest.raises(runs.RunFolderError) as err:
+        _train_in_process(_overrides(small_h5ad, "training.max_epochs=3"), run_dir)
+    assert "disk is full" in str(err.value) and "\n" not in str(err.value)
+    status = runs.read_status(run_dir)
+    assert status["state"] == "failed" and "disk is full" in status["message"]
+    monkeypatch.setattr(torch, "save", real_save)
+    last = runs.load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    first_epoch_steps = int(runs.read_metrics(run_dir).query("split == 'train' and epoch == 0")["step"].max())
+    assert last["epoch"] == 0 and last["global_step"] == first_epoch_steps
+    assert not [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+    assert not (run_dir / "checkpoints" / "final.ckpt").exists()

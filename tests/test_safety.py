@@ -206,3 +206,14 @@ def test_the_unpickling_scan_finds_each_kind_of_unsafe_call(tmp_path, monkeypatc
     assert [c.split(" ", 1)[1] for c in _unsafe_calls(sample)] == [
         "pickle.loads", "torch.load without weights_only=True", "torch.load without weights_only=True",
         "np.load with allow_pickle"]
+
+
+# --- serving ---------------------------------------------------------------------------------------------------
+
+
+def test_the_app_server_binds_to_loopback_with_an_upload_limit_by_default():
+    import tomllib
+
+    server = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8"))["server"]
+    assert server["address"] == "127.0.0.1"
+    assert 0 < server["maxUploadSize"] <= 2048  # MB; larger files are read from a path on the server
