@@ -325,6 +325,7 @@ class RunWriter:
         self.heartbeat_interval = float(heartbeat_interval)
         self._lock = threading.RLock()
         self._status = _read_json(self.run_dir / "status.json") or {}
+        self._status.pop("stopping", None)  # a new process has not seen STOP yet
         self._last_beat = 0.0
         self._metrics_handle = None
         self._beat_thread: threading.Thread | None = None
@@ -441,7 +442,15 @@ class RunWriter:
         return path
 
     def stop_requested(self) -> bool:
-        return (self.run_dir / "STOP").exists()
+        """Whether STOP exists. The first time it is seen, the status says so (``stopping``), which tells
+        ``cancel_run`` and the app that the trainer is ending by itself (saving its checkpoints)."""
+        requested = (self.run_dir / "STOP").exists()
+        if requested and not self._status.get("stopping"):
+            try:
+                self.write_status(None, stopping=time.time(), message="cancel requested: saving and stopping")
+            except UserError:
+                pass  # a full disk must not keep the trainer from stopping
+        return requested
 
     def close(self) -> None:
         self._beat_stop.set()
@@ -777,7 +786,8 @@ def resume_run(run_dir: str | os.PathLike, overrides: list[str] = ()) -> Path:
         )
     (run_dir / "STOP").unlink(missing_ok=True)
     raw = _read_json(run_dir / "status.json") or {}
-    raw.pop("exit_code", None)
+    for stale in ("exit_code", "stopping"):
+        raw.pop(stale, None)
     fields = {**raw, **_queued_fields(time.time())}
     fields["message"] = "resuming from checkpoints/last.ckpt"
     _spawn(run_dir, _train_command(run_dir, ["training.resume=true", *overrides], config=config), fields)
@@ -822,12 +832,15 @@ def _wait_until(predicate, timeout: float, poll: float = 0.05) -> bool:
         time.sleep(poll)
 
 
-def cancel_run(run_dir: str | os.PathLike, grace_s: float = 2.0, kill_after_s: float = 3.0) -> dict:
+def cancel_run(
+    run_dir: str | os.PathLike, grace_s: float = 2.0, kill_after_s: float = 3.0, saving_s: float = 60.0
+) -> dict:
     """Ask a run to stop and make sure it does; returns its final status (as ``read_status``).
 
-    Writes STOP (the trainer checks it every step and ends as ``cancelled``, keeping its checkpoints).
-    If the process still runs after ``grace_s``, SIGTERM goes to its process group, and SIGKILL after a
-    further ``kill_after_s``. A run that never recorded its end is then marked ``cancelled`` here.
+    Writes STOP (the trainer checks it every step, says ``stopping`` in its status, saves its checkpoints
+    and ends as ``cancelled``). If after ``grace_s`` the trainer has not even seen STOP, SIGTERM goes to its
+    process group, and SIGKILL after a further ``kill_after_s``; a trainer that has seen STOP gets up to
+    ``saving_s`` to finish saving first. A run that never recorded its end is then marked ``cancelled``.
     """
     run_dir = Path(run_dir)
     status = read_status(run_dir)
@@ -844,6 +857,9 @@ def cancel_run(run_dir: str | os.PathLike, grace_s: float = 2.0, kill_after_s: f
 
     signalled = False
     if not _wait_until(finished, grace_s):
+        if read_status(run_dir).get("stopping"):
+            _wait_until(finished, saving_s)
+    if not finished():
         signalled = _signal_run(read_status(run_dir), signal.SIGTERM)
         if signalled and not _wait_until(finished, kill_after_s):
             _signal_run(read_status(run_dir), signal.SIGKILL)

@@ -421,7 +421,9 @@ FAKE_TRAINER = textwrap.dedent(
         worker = subprocess.Popen(["sleep", "60"])
         open(os.path.join(run_dir, "worker.pid"), "w").write(str(worker.pid))
     for step in range(10_000):
-        if mode == "honour-stop" and writer.stop_requested():
+        if mode in ("honour-stop", "slow-save") and writer.stop_requested():
+            if mode == "slow-save":
+                time.sleep(1.5)  # saving a big checkpoint
             writer.write_status("cancelled", step=step, message="cancelled by STOP")
             sys.exit(0)
         writer.append_metrics({"split": "train", "step": step, "loss": 1.0})
@@ -480,6 +482,14 @@ def test_cancel_stops_a_trainer_that_ignores_stop_with_sigterm_to_its_group(fake
     assert final["state"] == "cancelled"
     assert not runs._process_alive(status["pid"], status["heartbeat"])
     assert _wait_gone(worker), "the trainer's worker in the same process group must be stopped too"
+
+
+def test_cancel_lets_a_trainer_that_saw_stop_finish_saving_instead_of_killing_it(fake_trainer):
+    run_dir = runs.launch_run(["slow-save"], name="saving", root=fake_trainer)
+    _wait_for_state(run_dir, {"running"})
+    final = runs.cancel_run(run_dir, grace_s=0.3)
+    assert final["state"] == "cancelled" and final["message"] == "cancelled by STOP"
+    assert final["stopping"] <= final["ended"]
 
 
 def _wait_gone(pid, timeout=5.0):
@@ -584,9 +594,12 @@ def test_real_training_cancelled_mid_run_stops_within_two_seconds_and_keeps_chec
         time.sleep(0.1)
     started = time.monotonic()
     final = runs.cancel_run(run_dir)
-    assert time.monotonic() - started < 2.5
+    # generous for a loaded CI machine: stopping includes saving final.ckpt and last.ckpt
+    assert time.monotonic() - started < 10.0
     assert final["state"] == "cancelled", final
-    # the trainer saw STOP and ended by itself: no signal was needed
+    # the trainer saw STOP within two seconds (within one step) and ended by itself, with no signal
+    requested_at = float((run_dir / "STOP").read_text().split()[3])
+    assert 0 <= final["stopping"] - requested_at < 2.0
     assert not final["message"].startswith("cancelled: its process"), final
     saved = {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")}
     assert "last.ckpt" in saved, (saved, (run_dir / "log.txt").read_text()[-2000:])
