@@ -108,6 +108,7 @@ class TrainingConfig:
     strategy: str = "auto"
     precision: str | None = None  # None: bf16-mixed on CUDA, 32 elsewhere
     mhc_snapshot_every: int = 10
+    num_threads: int | None = None  # CPU threads for torch; None: torch's default (one per core)
     resume: bool = False
 
 
@@ -329,6 +330,7 @@ def validate_config(cfg: Config) -> None:
     _check(t.batch_size >= 1, f"training.batch_size must be >= 1; got {t.batch_size}")
     _check(t.grad_clip >= 0, f"training.grad_clip must be >= 0; got {t.grad_clip}")
     _check(t.val_freq is None or t.val_freq >= 1, f"training.val_freq must be >= 1; got {t.val_freq}")
+    _check(t.num_threads is None or t.num_threads >= 1, f"training.num_threads must be >= 1; got {t.num_threads}")
     _check(t.mhc_snapshot_every >= 1, f"training.mhc_snapshot_every must be >= 1; got {t.mhc_snapshot_every}")
     _check(t.accelerator in ("auto", "cpu", "gpu", "cuda", "mps"),
            f"training.accelerator must be auto, cpu, gpu or mps; got {t.accelerator!r}")

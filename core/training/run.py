@@ -133,6 +133,12 @@ def train(cfg: Config, callbacks: list | None = None) -> Path:
     log.propagate = False
     writer.write_status("running", step=0, message="preparing data", config_name=cfg.run.name)
     writer.start_heartbeat_thread()
+    threads = None
+    if cfg.training.num_threads:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(cfg.training.num_threads)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -144,6 +150,10 @@ def train(cfg: Config, callbacks: list | None = None) -> Path:
         log.error("failed: %s", message)
         raise
     finally:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)  # an in-process caller (tests, notebooks) gets its setting back
         writer.close()
         for handler in handlers:
             log.removeHandler(handler)
