@@ -1,6 +1,6 @@
 """Manifold-constrained hyper-connections (mHC, arXiv 2512.24880) around the blocks of HF transformers.
 
-The residual stream is widened to n streams that persist across layers. Each wrapped block F computes (§4.1)
+The residual stream is widened to n streams that persist across layers. Each wrapped block F computes (§4.1, eq. 3)
     x_next = H_res x + H_post^T F(H_pre x)              x: n x C streams of one token
 and HF blocks, which add their own residual, are used as the delta branch F(u) = block(u) - u.
 
@@ -19,7 +19,16 @@ between the streams without breaking preservation; core/mhc_mappings.py gives ev
 BERT is post-norm, so the paper's identity-mapping argument for stability does not carry over to it;
 preservation at initialisation still holds, since it needs only the algebra above.
 
-Shapes: b batch, t tokens, n streams, c hidden size.
+Computation. With u = H_pre x, the update is x_next = (H_res - H_post H_pre^T) x + H_post^T block(u): the block's
+own residual is folded into the mixing matrix, so one batched matrix product per token, with rows
+[H_pre; H_res - H_post H_pre^T], yields both the block input and the mixed streams, and one rank-1 update adds the
+block output. The last layer of a run multiplies by the read-out first (one row instead of n); the first
+uses that its streams are copies of one h, so A x = (A 1) h. Every form is the same arithmetic as eq. 3.
+
+Hidden states: HF's ``output_hidden_states`` records each block's own input and output ([b, t, c]); at
+initialisation these equal the unwrapped model's.
+
+Shapes: b batch, t tokens, N = b t, n streams, c hidden size, r rows written out (n, or 1 in a run's last layer).
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
-from core.mhc_mappings import mHCMappings
+from core.mhc_kernels import StreamMix
+from core.mhc_mappings import PRE_MAIN_WEIGHT, mHCMappings
 
 # Where each supported architecture keeps its list of blocks (GPT-2, LLaMA and relatives, BERT).
 _LAYER_LISTS = ("h", "layers", "encoder.layer")
@@ -49,52 +59,101 @@ class mHCTransformerLayer(nn.Module):
         if collapse:
             # Learned read-out of the streams, softmax-weighted so it sums to 1 (function preservation). A plain
             # mean would make this layer's H_res inert: the mean of H_res x is the mean of x when columns sum
-            # to 1. It starts as a soft one-hot (0.85) on the stream this layer's H_pre favours.
+            # to 1. It starts as a soft one-hot on the stream this layer's H_pre favours.
             head = torch.zeros(n_streams)
-            head[layer_index % n_streams] = math.log(0.85 * (n_streams - 1) / 0.15)
+            head[layer_index % n_streams] = math.log(PRE_MAIN_WEIGHT * (n_streams - 1) / (1 - PRE_MAIN_WEIGHT))
             self.head_logits = nn.Parameter(head)
 
     def extra_repr(self) -> str:
         return f"layer_index={self.layer_index}, expand={self.expand}, collapse={self.collapse}"
 
-    def mappings(self) -> dict[str, torch.Tensor]:
-        """float32 CPU copies of H_res [n, n], H_pre [n], H_post [n]: means over the last batch seen, or the
-        static (bias-only) mappings before the first forward pass."""
-        return {k: v.detach().float().cpu() for k, v in self.hc.current().items()}
+    @property
+    def dynamic(self) -> bool:
+        return self.hc.dynamic
+
+    @torch.no_grad()
+    def mappings(self, hidden: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """float32 CPU tensors h_res [n, n], h_pre [n], h_post [n].
+
+        Dynamic mappings: their mean over the tokens of ``hidden`` (what this layer's forward receives: [..., c]
+        for the first layer of a run, [..., n c] otherwise) when given, else over the tokens of the last batch
+        seen (padding included), else, before any forward pass, the static (bias-only) part. Static mappings:
+        always the mappings themselves.
+        """
+        if hidden is not None and self.dynamic:
+            tokens = hidden.reshape(-1, hidden.shape[-1])
+            h_pre, h_post, h_res = self.hc.batch_last(tokens, repeated=self.expand, remember=False)
+            current = {"h_pre": h_pre.mean(-1), "h_post": h_post.mean(-1), "h_res": h_res.mean(-1)}
+        else:
+            current = self.hc.current()
+        return {k: current[k].detach().float().cpu() for k in ("h_res", "h_pre", "h_post")}
+
+    def _mixing_rows(self, h_pre, h_post, h_res):
+        """A = [H_pre; R (H_res - H_post H_pre^T)] and the write-out weights R H_post, R the read-out in a run's
+        last layer and the identity elsewhere. Batch-last in, per token out: A [N, 1 + r, n], post [N, r, 1]."""
+        h_eff = h_res - h_post.unsqueeze(1) * h_pre.unsqueeze(0)  # [n, n, (N)]
+        if self.collapse:
+            head = torch.softmax(self.head_logits.float(), -1)
+            h_eff = torch.tensordot(head, h_eff, dims=1).unsqueeze(0)  # [1, n, (N)]
+            h_post = torch.tensordot(head, h_post, dims=1).unsqueeze(0)  # [1, (N)]
+        a = torch.cat([h_pre.unsqueeze(0), h_eff], 0)  # [1 + r, n, (N)]
+        if self.dynamic:
+            return a.permute(2, 0, 1).contiguous(), h_post.t().unsqueeze(-1)
+        return a, h_post.unsqueeze(-1)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         n, c = self.n_streams, self.hidden_dim
-        if self.expand:
-            streams = hidden_states.unsqueeze(-2).expand(*hidden_states.shape[:-1], n, c)
+        lead, dtype = hidden_states.shape[:-1], hidden_states.dtype
+        tokens = hidden_states.reshape(-1, hidden_states.shape[-1])  # [N, c] (first layer of a run) or [N, n c]
+        h_pre, h_post, h_res = self.hc.batch_last(tokens, repeated=self.expand)
+        a, post = self._mixing_rows(h_pre, h_post, h_res)
+        a, post = a.to(dtype), post.to(dtype)
+        if self.expand:  # the n streams are copies of one h: A x = (A 1) h
+            a_sum = a.sum(-1, keepdim=True)
+            if not self.dynamic:
+                a_sum = a_sum.expand(tokens.shape[0], *a_sum.shape)
+            block_input, mixed = torch.bmm(a_sum, tokens.unsqueeze(-2)).split([1, a.shape[-2] - 1], dim=-2)
         else:
-            streams = hidden_states.unflatten(-1, (n, c))
-        h_pre, h_post, h_res = self.hc(streams)
-        dtype = hidden_states.dtype
-        h_pre, h_post, h_res = h_pre.to(dtype), h_post.to(dtype), h_res.to(dtype)
+            if not self.dynamic:
+                a = a.expand(tokens.shape[0], *a.shape)
+            block_input, mixed = StreamMix.apply(a, tokens.view(-1, n, c))
 
-        block_input = (h_pre.unsqueeze(-1) * streams).sum(-2)  # H_pre x: [b, t, c]
-        output = self.block(block_input, *args, **kwargs)
+        output = self.block(block_input.reshape(*lead, c), *args, **kwargs)
         block_output, extras = (output[0], output[1:]) if isinstance(output, tuple) else (output, None)
-        delta = block_output - block_input  # F(u): the block's own residual taken out
 
-        mixed = torch.matmul(h_res, streams) if h_res.ndim > 2 else torch.einsum("ij,...jc->...ic", h_res, streams)
-        streams = mixed + h_post.unsqueeze(-1) * delta.unsqueeze(-2)
-        if self.collapse:
-            head = torch.softmax(self.head_logits.float(), -1).to(dtype)
-            result = torch.einsum("n,...nc->...c", head, streams)
-        else:
-            result = streams.flatten(-2)
+        block_output = block_output.reshape(-1, 1, c)
+        if not self.dynamic:
+            post = post.expand(tokens.shape[0], *post.shape)
+        streams = torch.baddbmm(mixed, post, block_output)  # mixed + H_post^T block(u), per token
+        result = streams.reshape(*lead, streams.shape[-2] * c)
         return (result, *extras) if extras is not None else result
 
 
-def _find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+def _looks_like_block_list(module: nn.Module) -> bool:
+    return len(module) > 0 and len({type(m) for m in module}) == 1 and not isinstance(module[0], nn.ModuleList)
+
+
+def _find_layer_list(model: nn.Module) -> tuple[str, nn.Module, nn.ModuleList]:
+    """(name, owner, blocks): the one list of transformer blocks in ``model`` and the module that holds it."""
+    found = []
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and any(name == p or name.endswith("." + p) for p in _LAYER_LISTS):
-            return name, module
-    raise ConfigError(
-        f"cannot find the transformer blocks of {type(model).__name__}: mHC supports models with blocks in "
-        f"'.h' (GPT-2), '.layers' (LLaMA) or '.encoder.layer' (BERT)"
-    )
+            if _looks_like_block_list(module) or any(isinstance(m, mHCTransformerLayer) for m in module):
+                found.append((name, module))
+    if not found:
+        raise ConfigError(
+            f"cannot find the transformer blocks of {type(model).__name__}: mHC supports models with blocks in "
+            f"'.h' (GPT-2), '.layers' (LLaMA) or '.encoder.layer' (BERT); pass the backbone itself"
+        )
+    if len(found) > 1:
+        names = ", ".join(repr(n) for n, _ in found)
+        raise ConfigError(f"{type(model).__name__} holds several block lists ({names}); pass the backbone to wrap")
+    name, layers = found[0]
+    owner_name = name.rsplit(".", 1)[0] if "." in name else ""
+    owner = model.get_submodule(owner_name)
+    if name.endswith("encoder.layer"):  # BERT: the config sits on the model that holds .encoder
+        owner = model.get_submodule(owner_name.rsplit(".", 1)[0]) if "." in owner_name else model
+    return name, owner, layers
 
 
 def _contiguous_runs(indices: list[int]) -> list[list[int]]:
@@ -111,20 +170,26 @@ def apply_mhc_to_transformer(model: nn.Module, hidden_dim: int, n_streams: int =
                              layer_indices=None, projection: str = "sinkhorn", dynamic: bool = True) -> nn.Module:
     """Wrap the blocks at ``layer_indices`` (all when None) of ``model`` with mHC, in place; returns ``model``.
 
-    Works on GPT2Model, LlamaModel, BertModel, and any module containing one (a peft model, a task head).
-    Raises ConfigError for an unknown architecture, bad indices, or a model that already has mHC.
+    Works on GPT2Model (``.h``), LlamaModel (``.layers``), BertModel (``.encoder.layer``), and any module that
+    contains exactly one of them (a peft model, a task head, a State Transition model), also after LoRA
+    adapters were injected into the blocks. Raises ConfigError for an unknown architecture, bad indices or
+    sizes, or a model that already has mHC.
     """
-    name, layers = _find_layer_list(model)
+    name, owner, layers = _find_layer_list(model)
     if any(isinstance(layer, mHCTransformerLayer) for layer in layers):
         raise ConfigError(f"'{name}' is already wrapped with mHC; apply it once")
     depth = len(layers)
-    config_hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    config_hidden = getattr(getattr(owner, "config", None), "hidden_size", None)
     if config_hidden is not None and config_hidden != hidden_dim:
-        raise ConfigError(f"hidden_dim={hidden_dim} does not match the model's hidden_size={config_hidden}")
+        raise ConfigError(f"mHC hidden_dim={hidden_dim} does not match the model's hidden_size={config_hidden}")
+    if n_streams < 2 or sinkhorn_iters < 1:
+        raise ConfigError(f"mHC needs n_streams >= 2 and sinkhorn_iters >= 1; got {n_streams} and {sinkhorn_iters}")
+    if projection not in ("sinkhorn", "permutations"):
+        raise ConfigError(f"mHC projection must be 'sinkhorn' or 'permutations'; got {projection!r}")
     if layer_indices is None:
         indices = list(range(depth))
     else:
-        indices = sorted(set(int(i) for i in layer_indices))
+        indices = sorted({int(i) for i in layer_indices})
         bad = [i for i in indices if not 0 <= i < depth]
         if bad or not indices:
             raise ConfigError(
@@ -146,14 +211,16 @@ def find_mhc_layers(model: nn.Module) -> list[mHCTransformerLayer]:
 
 
 def mhc_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The mHC mapping parameters (phi, b, alpha of every layer), e.g. to keep them trainable under LoRA."""
+    """The mHC mapping parameters (phi, b, alpha of every layer, read-out heads), e.g. to keep them trainable
+    under LoRA; never the wrapped blocks' own weights."""
     return [p for layer in find_mhc_layers(model) for name, p in layer.named_parameters()
             if not name.startswith("block.")]
 
 
 def composite_gain(h_res_list) -> dict[str, float]:
-    """Amax gain magnitude of H_res over depth (paper §5.4): max |row sum| and max |column sum| of the product
-    H_L ... H_1. Doubly stochastic factors give 1 for both; Sinkhorn's column error can only drift it."""
+    """Amax gain magnitude of H_res over depth (paper §5.4, Fig. 7): max |row sum| and max |column sum| of the
+    product H_L ... H_1 (``h_res_list`` in depth order). Row-stochastic factors give a row gain of 1; the
+    column gain drifts from 1 only through Sinkhorn's column error."""
     mats = [torch.as_tensor(h, dtype=torch.float64) for h in h_res_list]
     if not mats:
         raise ValueError("composite_gain needs at least one H_res matrix")

@@ -1,20 +1,27 @@
 """The three mHC mappings of one layer: read-in H_pre, write-out H_post and residual mixing H_res.
 
-mHC (Xie et al., arXiv 2512.24880, §4.1, eqs. 5-8), for the n streams x of one token (n x C):
+mHC (Xie et al., arXiv 2512.24880, §4.1, eqs. 7-8), for the n streams x of one token (n x C):
     x~       = RMSNorm(vec(x))                                   1 x nC, unweighted as in DeepSeek V4
     H~_pre   = alpha_pre  * (x~ phi_pre)       + b_pre           1 x n
     H~_post  = alpha_post * (x~ phi_post)      + b_post          1 x n
     H~_res   = alpha_res  * mat(x~ phi_res)    + b_res           n x n
     H_pre    = sigmoid(H~_pre),  H_post = 2 sigmoid(H~_post),  H_res = Sinkhorn-Knopp(H~_res), t_max = 20
 The gates alpha start at 0.01 (§4.3) and phi at 0, so every mapping starts at its static bias and the dynamic,
-input-dependent part grows only as training asks for it. One fused linear map computes all 2n + n^2 dynamic
-terms at once: on a CPU the time goes into launching many tiny operations, not into arithmetic.
+input-dependent part grows only as training asks for it. Coefficients are float32 whatever the streams' dtype
+(§4.4), also under autocast.
+
+How it is computed, for speed on CPUs where launching many tiny operations is what costs: one matrix product
+gives all 2n + n^2 dynamic terms at once; RMSNorm is applied to that product's rows (a per-token scalar) instead
+of to the nC-wide streams; and the coefficients are laid out batch-last ([n, tokens], [n, n, tokens]) so every
+elementwise step and every Sinkhorn sum runs along the long token axis. For the first layer of a run, whose
+streams are n copies of one hidden state h, x~ phi = RMSNorm(h) (sum of phi's n column blocks): n times fewer
+multiplications, same numbers.
 
 mHC-lite (arXiv 2601.05732) is the ``projection="permutations"`` alternative: H_res is a convex combination
 of the n! permutation matrices, softmax-weighted, so it is doubly stochastic to float precision by
 construction, with no iteration.
 
-Shapes: b batch, t tokens, n streams, c hidden size, m number of H_res logits (n^2 or n!).
+Shapes: N tokens (batch x sequence), n streams, C hidden size, m = 2n + (n^2 or n!) dynamic terms.
 """
 
 from __future__ import annotations
@@ -25,17 +32,22 @@ import math
 import torch
 from torch import nn
 
-from core.sinkhorn import sinkhorn_knopp
+from core.mhc_kernels import RMSProjection
+from core.sinkhorn import sinkhorn_knopp_batch_last
 
-# Why these initial values (see README "mHC"):
 GATE_INIT = 0.01  # alpha, paper §4.3
-# H_res starts at Sinkhorn(tau I), diagonal e^tau / (e^tau + n - 1): 0.87 at n = 4. Near identity so each
+# H_res starts at Sinkhorn(tau I), diagonal e^tau / (e^tau + n - 1): 0.87 at n = 4. Near identity, so each
 # stream first keeps its own content, yet far from saturation: the mean |gradient| through Sinkhorn at tau = 3
-# is about 0.05, against 4.5e-4 at tau = 8 (which would freeze H_res in place).
+# is about 0.05, against 4.5e-4 at tau = 8, which would freeze H_res in place (tests/test_mhc_mappings.py).
 RES_DIAG_INIT = 3.0
-# Hard bound on H_res logits. Sinkhorn in 20 iterations leaves column errors of 5e-2 at logit scale 3 and
-# fails to converge at all beyond 10; a bound of 6 keeps every logit gap below e^12.
-RES_LOGIT_BOUND = 6.0
+# Hard bound on the H_res logits, applied after removing each column's mean (Sinkhorn's first, column step
+# removes any column shift exactly, so the centring changes nothing else and a drift of all logits never hits
+# the bound). Sinkhorn does not converge in 20 iterations at logit scale >= 10; within +-3 the worst column
+# error we found over 3e5 adversarial 4 x 4 matrices is 2.5e-2, the same worst matrix repeated over 60 layers has
+# a column gain of 1.59 (the paper reports a maximum near 1.6), and random ones stay within 1.01 of 1. Rows are
+# exact, so the forward (row) gain is 1. The bound caps the diagonal of an identity-like H_res at
+# e^4 / (e^4 + 3) = 0.948 for n = 4; mHC-lite (permutations) reaches exact permutations if a task needs them.
+RES_LOGIT_BOUND = 3.0
 # H_pre starts as a soft one-hot on stream (layer index mod n), 0.85 on it and 0.15 shared by the others:
 # its entries sum to 1 (function preservation) yet differ across streams, so the streams can diverge.
 PRE_MAIN_WEIGHT = 0.85
@@ -44,13 +56,19 @@ RMS_EPS = 1e-6
 
 def permutation_matrices(n: int) -> torch.Tensor:
     """All n! permutation matrices [n!, n, n], the identity first."""
-    perms = list(itertools.permutations(range(n)))
     eye = torch.eye(n)
-    return torch.stack([eye[list(p)] for p in perms])
+    return torch.stack([eye[list(p)] for p in itertools.permutations(range(n))])
 
 
 def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
+
+
+def soft_one_hot_logits(n: int, index: int, main_weight: float = PRE_MAIN_WEIGHT) -> torch.Tensor:
+    """Logits whose sigmoids are ``main_weight`` at ``index`` and share 1 - main_weight elsewhere (sum 1)."""
+    logits = torch.full((n,), _logit((1.0 - main_weight) / (n - 1)))
+    logits[index] = _logit(main_weight)
+    return logits
 
 
 class mHCMappings(nn.Module):
@@ -68,88 +86,103 @@ class mHCMappings(nn.Module):
         if projection == "permutations" and n_streams > 6:
             raise ValueError(f"projection='permutations' enumerates n! matrices; n_streams={n_streams} is too many")
         n = n_streams
-        self.n_streams, self.sinkhorn_iters, self.dynamic, self.projection = n, sinkhorn_iters, dynamic, projection
-        self.hidden_dim = hidden_dim
+        self.n_streams, self.hidden_dim = n, hidden_dim
+        self.sinkhorn_iters, self.dynamic, self.projection = sinkhorn_iters, dynamic, projection
 
-        main = layer_index % n
-        pre_off = (1.0 - PRE_MAIN_WEIGHT) / (n - 1)
-        b_pre = torch.full((n,), _logit(pre_off))
-        b_pre[main] = _logit(PRE_MAIN_WEIGHT)
-        self.b_pre = nn.Parameter(b_pre)
+        self.b_pre = nn.Parameter(soft_one_hot_logits(n, layer_index % n))
         self.b_post = nn.Parameter(torch.zeros(n))  # 2 sigmoid(0) = 1: every stream receives the block's output
         if projection == "sinkhorn":
             self.b_res = nn.Parameter(torch.eye(n) * RES_DIAG_INIT)
-            n_res = n * n
+            self.n_res = n * n
         else:
             self.register_buffer("permutations", permutation_matrices(n), persistent=False)
-            n_res = self.permutations.shape[0]
-            b_res = torch.zeros(n_res)
-            # Start at the same diagonal as Sinkhorn(tau I). With weight w on the identity and the rest spread
-            # evenly, a diagonal entry is w + (1 - w) q, q = ((n-1)! - 1) / (n! - 1) being the share of the
-            # other permutations that fix a given stream; solve for w, then for the identity's logit.
-            diag = math.exp(RES_DIAG_INIT) / (math.exp(RES_DIAG_INIT) + n - 1)
-            others = n_res - 1
-            q = (math.factorial(n - 1) - 1) / others
-            w_id = (diag - q) / (1 - q)
-            b_res[0] = math.log(w_id * others / (1 - w_id))
-            self.b_res = nn.Parameter(b_res)
-        self.n_res = n_res
+            self.n_res = self.permutations.shape[0]
+            self.b_res = nn.Parameter(self._lite_init_logits(n, self.n_res))
         if dynamic:
-            self.phi = nn.Parameter(torch.zeros(2 * n + n_res, n * hidden_dim))
+            self.phi = nn.Parameter(torch.zeros(2 * n + self.n_res, n * hidden_dim))
             self.alpha = nn.Parameter(torch.full((3,), GATE_INIT))  # pre, post, res
-        self._last: dict[str, torch.Tensor] | None = None
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @staticmethod
+    def _lite_init_logits(n: int, n_perms: int) -> torch.Tensor:
+        # Start at the same diagonal as Sinkhorn(tau I). With weight w on the identity and the rest spread evenly,
+        # a diagonal entry is w + (1 - w) q, q = ((n-1)! - 1) / (n! - 1) being the share of the other permutations
+        # that fix a given stream; solve for w, then for the identity's logit.
+        diag = math.exp(RES_DIAG_INIT) / (math.exp(RES_DIAG_INIT) + n - 1)
+        others = n_perms - 1
+        q = (math.factorial(n - 1) - 1) / others
+        w_id = (diag - q) / (1 - q)
+        logits = torch.zeros(n_perms)
+        logits[0] = math.log(w_id * others / (1 - w_id))
+        return logits
 
     def extra_repr(self) -> str:
         return (f"n_streams={self.n_streams}, projection={self.projection}, dynamic={self.dynamic}, "
                 f"sinkhorn_iters={self.sinkhorn_iters}")
 
-    def _res_from_logits(self, res_logits: torch.Tensor) -> torch.Tensor:
+    def _res_batch_last(self, res_logits: torch.Tensor) -> torch.Tensor:
+        """H_res [n, n, ...] from its logits ([n, n, ...] for Sinkhorn, [n!, ...] for permutations)."""
+        n = self.n_streams
         if self.projection == "sinkhorn":
-            # plain domain is exact and cheaper here because the logits are bounded
-            return sinkhorn_knopp(res_logits.clamp(-RES_LOGIT_BOUND, RES_LOGIT_BOUND), self.sinkhorn_iters,
-                                  log_domain=False)
-        weights = torch.softmax(res_logits, dim=-1)  # [..., n!]
-        return torch.einsum("...k,kij->...ij", weights, self.permutations.to(weights.dtype))
+            flat = res_logits.reshape(n, n, -1)
+            bounded = (flat - flat.mean(0, keepdim=True)).clamp_(-RES_LOGIT_BOUND, RES_LOGIT_BOUND)
+            # plain domain: equal to the log domain and cheaper here, because the logits are bounded
+            return sinkhorn_knopp_batch_last(bounded, self.sinkhorn_iters, log_domain=False).view(res_logits.shape)
+        weights = torch.softmax(res_logits, dim=0)  # [n!, ...]
+        perms = self.permutations.to(weights.dtype).flatten(1).t()  # [n*n, n!]
+        return (perms @ weights.flatten(1)).view(n, n, *res_logits.shape[1:])
+
+    def static_mappings(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The bias-only mappings h_pre [n], h_post [n], h_res [n, n] (float32)."""
+        n = self.n_streams
+        h_res = self._res_batch_last(self.b_res.float().unsqueeze(-1)).view(n, n)
+        return torch.sigmoid(self.b_pre.float()), 2.0 * torch.sigmoid(self.b_post.float()), h_res
+
+    def batch_last(self, tokens: torch.Tensor, repeated: bool = False, remember: bool = True):
+        """Per-token mappings, batch-last: h_pre [n, N], h_post [n, N], h_res [n, n, N] (float32).
+
+        ``tokens`` is [N, n C], the flattened streams, or [N, C] with ``repeated``: one hidden state standing for
+        n identical streams (the first layer of a run). Static mappings come back as [n], [n], [n, n].
+        """
+        with torch.autocast(tokens.device.type, enabled=False):
+            mappings = self._dynamic(tokens.float(), repeated) if self.dynamic else self.static_mappings()
+        if remember:  # references only: the means are taken when someone asks (current())
+            self._last = tuple(t.detach() for t in mappings)
+        return mappings
+
+    def _dynamic(self, x: torch.Tensor, repeated: bool):
+        n, m = self.n_streams, self.phi.shape[0]
+        phi = self.phi.float()
+        if repeated:
+            # the n copies share x~; x~ phi^T sums phi's n column blocks, and the RMS of n copies is that of one
+            phi = phi.view(m, n, -1).sum(1)
+        projected = RMSProjection.apply(x, phi, RMS_EPS)  # [N, m]
+        a = self.alpha.float()
+        gates = torch.cat([a[:1].expand(n), a[1:2].expand(n), a[2:].expand(self.n_res)])
+        bias = torch.cat([self.b_pre.float(), self.b_post.float(), self.b_res.float().flatten()])
+        logits = torch.addcmul(bias, projected, gates).t().contiguous()  # [m, N]
+        pre_post = torch.sigmoid(logits[: 2 * n])
+        h_pre, h_post = pre_post[:n], pre_post[n:] * 2.0
+        res_logits = logits[2 * n:]
+        if self.projection == "sinkhorn":
+            res_logits = res_logits.view(n, n, -1)
+        return h_pre, h_post, self._res_batch_last(res_logits)
 
     def forward(self, streams: torch.Tensor):
-        """streams [b, t, n, c] -> h_pre [b, t, n] (or [n]), h_post likewise, h_res [b, t, n, n] (or [n, n]).
-
-        Coefficients are float32 whatever the streams' dtype (paper §4.4: the mappings stay in full precision).
-        """
-        n = self.n_streams
+        """streams [..., n, C] -> h_pre [..., n], h_post [..., n], h_res [..., n, n] (float32; static: [n], [n, n])."""
+        lead = streams.shape[:-2]
+        h_pre, h_post, h_res = self.batch_last(streams.reshape(-1, streams.shape[-2] * streams.shape[-1]))
         if not self.dynamic:
-            pre, post, res = self.b_pre.float(), self.b_post.float(), self.b_res.float()
-        else:
-            flat = streams.flatten(-2).float()  # [b, t, n c]
-            flat = flat * torch.rsqrt(flat.square().mean(-1, keepdim=True) + RMS_EPS)
-            dyn = flat @ self.phi.float().t()  # [b, t, 2n + m]
-            d_pre, d_post, d_res = dyn.split([n, n, self.n_res], dim=-1)
-            a = self.alpha.float()
-            pre = a[0] * d_pre + self.b_pre.float()
-            post = a[1] * d_post + self.b_post.float()
-            res = a[2] * d_res + self.b_res.float().flatten()
-            if self.projection == "sinkhorn":
-                res = res.unflatten(-1, (n, n))
-        h_pre, h_post, h_res = torch.sigmoid(pre), 2.0 * torch.sigmoid(post), self._res_from_logits(res)
-        self._remember(h_pre, h_post, h_res)
-        return h_pre, h_post, h_res
-
-    def _remember(self, h_pre, h_post, h_res):
-        # Detached batch means, kept on device: reading them costs nothing until someone asks.
-        with torch.no_grad():
-            lead = tuple(range(h_pre.ndim - 1))
-            self._last = {
-                "h_pre": h_pre.mean(lead) if lead else h_pre.detach(),
-                "h_post": h_post.mean(lead) if lead else h_post.detach(),
-                "h_res": h_res.mean(lead) if lead else h_res.detach(),
-            }
+            return h_pre, h_post, h_res
+        return h_pre.t().reshape(*lead, -1), h_post.t().reshape(*lead, -1), h_res.permute(2, 0, 1).reshape(
+            *lead, self.n_streams, self.n_streams)
 
     @torch.no_grad()
     def current(self) -> dict[str, torch.Tensor]:
-        """Mean mappings over the last batch seen; the static (bias-only) mappings before any batch."""
-        if self._last is None:
-            n = self.n_streams
-            pre, post = torch.sigmoid(self.b_pre.float()), 2 * torch.sigmoid(self.b_post.float())
-            res_logits = self.b_res.float() if self.projection == "permutations" else self.b_res.float().view(n, n)
-            return {"h_pre": pre, "h_post": post, "h_res": self._res_from_logits(res_logits)}
-        return dict(self._last)
+        """Mean mappings over the tokens of the last batch seen; the static (bias-only) mappings before any batch
+        and whenever the mappings are static."""
+        if self._last is None or not self.dynamic:
+            h_pre, h_post, h_res = self.static_mappings()
+            return {"h_pre": h_pre, "h_post": h_post, "h_res": h_res}
+        h_pre, h_post, h_res = self._last
+        return {"h_pre": h_pre.mean(-1), "h_post": h_post.mean(-1), "h_res": h_res.mean(-1)}
