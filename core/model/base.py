@@ -28,12 +28,25 @@ def _base_config():
     return load_config(overrides=BASE_OVERRIDES)
 
 
-def demo_base_path() -> Path:
-    from core.data.demo import CACHE_VERSION, cache_dir
+# Bump when the model code changes what a base checkpoint holds.
+BASE_VERSION = 2
 
-    cfg = _base_config().to_dict()
-    cfg.pop("run")
-    digest = hashlib.sha256(json.dumps([cfg, CACHE_VERSION], sort_keys=True).encode()).hexdigest()[:10]
+
+def _identity() -> list:
+    """What the base depends on: the demo data version, the model's sizes, the pretraining recipe."""
+    from core.data.demo import CACHE_VERSION
+
+    cfg = _base_config()
+    m, t, d = cfg.model.kwargs, cfg.training, cfg.data.kwargs
+    return [BASE_VERSION, CACHE_VERSION, BASE_OVERRIDES,
+            [m.hidden_dim, m.n_layers, m.n_heads, m.backbone, m.cell_set_len, m.dist_loss, m.blur],
+            [t.batch_size, t.weight_decay, t.grad_clip], [d.split, d.val_fraction, d.test_fraction]]
+
+
+def demo_base_path() -> Path:
+    from core.data.demo import cache_dir
+
+    digest = hashlib.sha256(json.dumps(_identity()).encode()).hexdigest()[:10]
     return cache_dir() / f"demo_base_{digest}.ckpt"
 
 
@@ -53,4 +66,7 @@ def demo_base_checkpoint() -> str:
         partial = path.with_suffix(f".tmp{os.getpid()}")
         shutil.copyfile(run_dir / "checkpoints" / "final.ckpt", partial)
         os.replace(partial, path)  # a second process building at the same time just replaces it with its twin
+    for stale in path.parent.glob("demo_base_*.ckpt"):
+        if stale != path:
+            stale.unlink(missing_ok=True)  # bases of older code or data; open readers keep their copy
     return str(path)

@@ -149,6 +149,12 @@ def train(cfg: Config, callbacks: list | None = None) -> Path:
         writer.write_status("failed", message=message)
         log.error("failed: %s", message)
         raise
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (Lightning turns it into SystemExit)
+        if writer.stop_requested() or not isinstance(sys.exc_info()[1], SystemExit):
+            writer.write_status("cancelled", message="cancelled: the training process was interrupted")
+        else:
+            writer.write_status("failed", message="the training process was terminated (SIGTERM)")
+        raise
     finally:
         if threads is not None:
             import torch
@@ -204,6 +210,8 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
     data, mapping, data_notes = _prepare_data(cfg, run_dir, writer)
     for note in data_notes:
         log.info(note)
+    if _stopped_early(writer, "preparing data"):
+        return run_dir
 
     accelerator, device = device_choice(t.accelerator)
     torch.manual_seed(t.seed)  # the model's initial weights do not depend on how much data preparation drew
@@ -227,6 +235,8 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
                "embed_dim": int(data.table.z.shape[1]), "batch_map": data.batch_map,
                "lora_applied": bool(cfg.model.init_from) and m.lora.enable}
     module = STModule(model, hparams)
+    if _stopped_early(writer, "building the model"):
+        return run_dir
 
     steps_per_epoch = math.ceil(len(data.train_sets) / t.batch_size)
     max_epochs = t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else 5)
@@ -276,6 +286,15 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
     writer.write_status(state, step=trainer.global_step, message="cancelled by request" if callback.cancelled else "")
     log.info("%s after %d steps in %.1f s; run folder %s", state, trainer.global_step, seconds, run_dir)
     return run_dir
+
+
+def _stopped_early(writer, phase: str) -> bool:
+    """STOP seen before training started (data preparation or the demo base can take a while)."""
+    if not writer.stop_requested():
+        return False
+    writer.write_status("cancelled", message=f"cancelled while {phase}, before training")
+    log.info("cancelled while %s, before training", phase)
+    return True
 
 
 def _final_validation(trainer, module, data, checkpoint, ckpt_dir: Path) -> None:

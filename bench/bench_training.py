@@ -1,0 +1,162 @@
+"""Training the ST model on the demo: what mHC costs per step, whole fine-tunes, throughput and memory.
+
+Rows (issue 6):
+- one LoRA fine-tuning step (forward, backward, AdamW) of the default demo model (hidden 128, 4 layers, 8 sets
+  of 32 cells) with mHC (dynamic, the default; and static) against the same step without; target <= 1.10x.
+  mHC and plain steps are timed alternately, so a busy machine slows both alike.
+- whole 5-epoch fine-tunes of the demo base on burn/sham (``python -m core train model.init_from=demo ...``):
+  LoRA, LoRA+mHC, LoRA+velocity, LoRA+mHC+velocity; wall time (target <= 60 s) and training cells/s.
+- peak memory (max RSS) of a whole training process, LoRA+mHC against LoRA; targets <= 2 GB and <= 1.2x.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.harness import Row, Timing
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "ST-LoRA": [],
+    "ST-LoRA-mHC": ["model.kwargs.use_mhc=true"],
+    "ST-LoRA + velocity": ["model.kwargs.use_velocity_alignment=true"],
+    "ST-LoRA-mHC + velocity": ["model.kwargs.use_mhc=true", "model.kwargs.use_velocity_alignment=true"],
+}
+
+
+def _step_fn(extra: list[str]):
+    """A closure doing one optimisation step of the demo fine-tune on a fixed batch of sets."""
+    import torch
+
+    from core.config import load_config
+    from core.model.build import build_for_training
+    from core.training.data import SetDataModule, load_adata, make_split, resolve_mapping
+    from core.training.module import STModule
+
+    cfg = load_config(overrides=["model.init_from=demo", "run.name=bench", *extra])
+    adata = load_adata(cfg)
+    mapping = resolve_mapping(cfg, adata)
+    d = cfg.data.kwargs
+    data = SetDataModule(cfg, adata, mapping, make_split(adata.obs, mapping, d.split, d.val_fraction,
+                                                         d.test_fraction, 0))
+    batch = next(iter(data.train_dataloader()))
+    torch.manual_seed(0)
+    model, _, _ = build_for_training(cfg, data.table.z.shape[1], data.pert_map, mapping.control_pert)
+    module = STModule(model, {"config": cfg.to_dict(), "pert_map": data.pert_map, "control": mapping.control_pert,
+                              "embed_dim": int(data.table.z.shape[1]), "batch_map": {}, "lora_applied": True})
+    optimizer = module.configure_optimizers()
+
+    def step():
+        total, _, _ = module.losses(batch, 10)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+
+    return step, int(batch["z_control"].shape[0] * batch["z_control"].shape[1])
+
+
+def _alternating(fns: dict, repeats: int, steps_per_sample: int, warmup: int = 3) -> dict[str, Timing]:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(steps_per_sample):
+                fn()
+            samples[name].append((time.perf_counter() - start) / steps_per_sample)
+    return {name: Timing.of(values) for name, values in samples.items()}
+
+
+def _step_rows(quick: bool) -> list[Row]:
+    from core.model.base import demo_base_checkpoint
+
+    demo_base_checkpoint()  # build the cached base outside the timings
+    plain, cells = _step_fn([])
+    fns = {"plain": plain, "mhc": _step_fn(["model.kwargs.use_mhc=true"])[0],
+           "mhc_static": _step_fn(["model.kwargs.use_mhc=true", "model.kwargs.mhc.dynamic=false"])[0]}
+    timings = _alternating(fns, repeats=5 if quick else 9, steps_per_sample=3 if quick else 10)
+    base = timings["plain"]
+    rows = []
+    for name, label in (("mhc", "dynamic mHC (default)"), ("mhc_static", "static mHC (mhc.dynamic=false)")):
+        t = timings[name]
+        ratio = t.median_s / base.median_s
+        rows.append(Row("training", f"demo LoRA step with {label}, 8x32 cells", t, "same step without mHC", base,
+                        target="<= 1.10x (CPU)", met=ratio <= 1.10,
+                        extra={"cells_per_s": round(cells / t.median_s), "cells_per_s_baseline":
+                               round(cells / base.median_s)}))
+    return rows
+
+
+def _finetune_rows(quick: bool) -> list[Row]:
+    from core.config import load_config
+    from core.runs import read_metrics
+    from core.training.run import train
+
+    epochs, repeats = (1, 1) if quick else (5, 5)
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as root:
+        for i in range(repeats + 1):  # the first round warms caches (demo, velocity, base) and is dropped
+            for name, extra in VARIANTS.items():
+                cfg = load_config(overrides=["model.init_from=demo", f"training.max_epochs={epochs}",
+                                             f"run.root={root}", f"run.name={name.replace(' + ', '-')}", *extra])
+                start = time.perf_counter()
+                run_dir = train(cfg)
+                wall = time.perf_counter() - start
+                rows = read_metrics(run_dir)
+                rows = rows[rows["split"] == "train"]
+                if i > 0:
+                    results[name].append((wall, rows["cells"].sum() / rows["step_time"].sum()))
+    base = Timing.of([w for w, _ in results["ST-LoRA"]])
+    out = []
+    for name in VARIANTS:
+        walls = [w for w, _ in results[name]]
+        timing = Timing.of(walls)
+        out.append(Row("training", f"demo fine-tune {epochs} epochs, {name} (from the demo base)", timing,
+                       "ST-LoRA" if name != "ST-LoRA" else None, base if name != "ST-LoRA" else None,
+                       target="<= 60 s", met=timing.median_s <= 60,
+                       extra={"train_cells_per_s": round(statistics.median(c for _, c in results[name]))}))
+    return out
+
+
+_PEAK = """
+import resource, sys
+from core.config import load_config
+from core.training.run import train
+train(load_config(overrides=sys.argv[1:]))
+print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _peak_mb(extra: list[str], root: str) -> float:
+    out = subprocess.run([sys.executable, "-c", _PEAK, "model.init_from=demo", "training.max_epochs=1",
+                          f"run.root={root}", "run.name=peak", *extra], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), check=True)
+    line = next(line for line in out.stdout.splitlines() if line.startswith("PEAK_KB"))
+    return int(line.split()[1]) / 1024
+
+
+def _memory_rows() -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="bench-mem-") as root:
+        plain = _peak_mb([], root)
+        mhc = _peak_mb(["model.kwargs.use_mhc=true", "model.kwargs.use_velocity_alignment=true"], root)
+    zero = Timing(0.0, 0.0, 0.0, 1)
+    return [Row("training", "peak memory (max RSS) of a demo fine-tune process, LoRA-mHC + velocity", zero,
+                target="<= 2 GB; <= 1.2x ST-LoRA", met=mhc <= 2048 and mhc / plain <= 1.2,
+                extra={"peak_mb": round(mhc), "peak_mb_st_lora": round(plain), "ratio": round(mhc / plain, 3)})]
+
+
+def run(quick: bool) -> list[Row]:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    rows = _step_rows(quick) + _finetune_rows(quick) + _memory_rows()
+    for row in rows:
+        row.extra["load_average_at_start"] = load
+    return rows
