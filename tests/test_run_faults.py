@@ -208,8 +208,6 @@ def test_a_nan_loss_fails_the_run_naming_the_step_and_keeps_the_last_good_checkp
     assert train_rows["step"].max() == step - 1 and np.isfinite(train_rows["loss"]).all()
 
 
-@pytest.mark.xfail(strict=True, reason="core/training/module.py training_step checks 'loss' (the total) before "
-                   "its terms, so a NaN velocity term is reported as 'training loss'; check the terms first")
 def test_a_nan_velocity_term_is_named_in_the_failure(small_h5ad, tmp_path, monkeypatch):
     from core.training.module import NonFiniteLossError
 

@@ -97,7 +97,8 @@ class STModule(L.LightningModule):
         total, named, velocity_metrics = self.losses(batch, step)
         values = torch.stack([total.detach()] + [v.detach() for v in named.values()]).float().tolist()
         names = ["loss"] + list(named)
-        for name, value in zip(names, values):
+        # name the term that broke, not the total that inherits it: terms first, the total last
+        for name, value in sorted(zip(names, values), key=lambda pair: pair[0] == "loss"):
             if value != value or abs(value) == float("inf"):
                 raise NonFiniteLossError(step, "training loss" if name == "loss" else name.replace("_", " "))
         self.last_metrics = {**dict(zip(names, values)), **velocity_metrics,
