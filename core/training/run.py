@@ -25,6 +25,7 @@ from core.runs import RunWriter, atomic_checkpoint_io, atomic_write_json, atomic
 
 log = logging.getLogger("core.training")
 SHARED_RUN_DIR_ENV = "ST_SHARED_RUN_DIR"
+_DEFAULT_THREADS: int | None = None
 
 
 def device_choice(accelerator: str) -> tuple[str, str]:
@@ -51,6 +52,21 @@ def device_choice(accelerator: str) -> tuple[str, str]:
 
 def _is_rank_zero() -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _cpu_threads(cfg: Config) -> int:
+    """training.num_threads, or half of torch's default when the run trains on the CPU (see config.py: two
+    threads on a busy 2-core machine spin against other processes and ran 10x slower than one)."""
+    import torch
+
+    if cfg.training.num_threads:
+        return cfg.training.num_threads
+    global _DEFAULT_THREADS
+    if _DEFAULT_THREADS is None:
+        _DEFAULT_THREADS = torch.get_num_threads()  # before any run changed it (a nested run, the demo base)
+    if device_choice(cfg.training.accelerator)[1] == "cpu":
+        return max(1, _DEFAULT_THREADS // 2)
+    return _DEFAULT_THREADS
 
 
 def _git_commit() -> str | None:
@@ -107,7 +123,9 @@ def _log_handlers(run_dir: Path) -> list[logging.Handler]:
     """Progress goes to stdout (stderr is kept for the one-line error of a failed run), and to log.txt unless
     stdout already is log.txt (a run launched by core.runs.launch_run)."""
     log_path = run_dir / "log.txt"
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    # a run started inside another (the demo base) logs through the outer run's handlers as well
+    nested = any(type(h) is logging.StreamHandler for h in log.handlers)
+    handlers: list[logging.Handler] = [] if nested else [logging.StreamHandler(sys.stdout)]
     try:
         same = log_path.exists() and os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(log_path))
     except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
@@ -133,13 +151,11 @@ def train(cfg: Config, callbacks: list | None = None) -> Path:
     log.propagate = False
     writer.write_status("running", step=0, message="preparing data", config_name=cfg.run.name)
     writer.start_heartbeat_thread()
-    threads = None
-    if cfg.training.num_threads:
-        import torch
+    import torch
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(cfg.training.num_threads)
+    threads = torch.get_num_threads()
     try:
+        torch.set_num_threads(_cpu_threads(cfg))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -156,10 +172,7 @@ def train(cfg: Config, callbacks: list | None = None) -> Path:
             writer.write_status("failed", message="the training process was terminated (SIGTERM)")
         raise
     finally:
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)  # an in-process caller (tests, notebooks) gets its setting back
+        torch.set_num_threads(threads)  # an in-process caller (tests, notebooks) gets its setting back
         writer.close()
         for handler in handlers:
             log.removeHandler(handler)
