@@ -13,9 +13,12 @@ program genes are induced then repressed with transcription-splicing-degradation
 unspliced counts carry a velocity that scvelo can recover. Every gene also has a constant baseline in steady
 state (zero velocity). Burn does two things: it advances each cell along its lineage by ``BURN_TIME_SHIFT``
 (the part aligned with velocity), and it raises the baseline of a shared wound-response gene set (a shift
-that velocity knows nothing about). ``uns["demo"]["burn_alignment"]`` gives, per cell type, the cosine
-between the true burn effect and the mean true velocity: the share of the effect velocity can explain.
-Mice differ by a per-mouse factor on baselines and on sequencing depth (mouse is nested in condition).
+that velocity knows nothing about). ``uns["demo"]`` states how much of the effect velocity can explain, per
+cell type (see ``_burn_truth``). Mice differ by a per-mouse factor on baselines and on sequencing depth
+(mouse is nested in condition, as in a real experiment).
+
+The latent space: X = log1p(spliced counts per 10k); z = (X - var["pca_mean"]) @ varm["PCs"], 50 components,
+the same map for the burn/sham data and the atlas, so a base model pretrained on the atlas works on burn/sham.
 """
 
 from __future__ import annotations
@@ -45,16 +48,19 @@ TARGET_DEPTH = 4000.0  # mean spliced counts per cell
 ATLAS_PERTURBATIONS = 12
 ATLAS_CELLS_PER_GROUP = 120
 ATLAS_BATCHES = 3
-CACHE_VERSION = "v1"
+CACHE_VERSION = "v3"
+NAMES = ("burn_sham", "atlas")
 
 
 def cache_dir() -> Path:
+    """``$ST_DATA_CACHE`` if set, else ``data/cache/`` of the checkout (git-ignored)."""
     root = os.environ.get("ST_DATA_CACHE")
     return Path(root) if root else Path(__file__).resolve().parents[2] / "data" / "cache"
 
 
 def demo_path(name: str = "burn_sham") -> Path:
-    if name not in ("burn_sham", "atlas"):
+    """Where the cached demo file ``name`` ('burn_sham' or 'atlas') lives (it may not exist yet)."""
+    if name not in NAMES:
         raise ValueError(f"demo name must be 'burn_sham' or 'atlas'; got {name!r}")
     return cache_dir() / f"demo_{name}_{CACHE_VERSION}.h5ad"
 
@@ -62,8 +68,8 @@ def demo_path(name: str = "burn_sham") -> Path:
 class _World:
     """Gene-level parameters shared by the burn/sham data and the atlas (one biology, two experiments)."""
 
-    def __init__(self, rng: np.random.Generator):
-        g = N_GENES
+    def __init__(self, rng: np.random.Generator, n_genes: int):
+        g = self.n_genes = n_genes
         self.beta = rng.uniform(0.8, 1.6, g)
         self.gamma = self.beta * rng.uniform(0.25, 0.6, g)  # gamma < beta, never equal
         self.alpha_base = rng.lognormal(np.log(0.15), 0.8, g)
@@ -79,6 +85,8 @@ class _World:
             markers = rng.choice(g, 40, replace=False)
             self.type_fold[k, markers] = rng.uniform(3.0, 8.0, 40)
         self.wound_genes = rng.choice(g, WOUND_GENES, replace=False)
+        self.wound_fold = np.ones(g)
+        self.wound_fold[self.wound_genes] = WOUND_FOLD
 
     def expected(self, type_idx, t, base_fold):
         """Expected (u, s) [n, g] for cells of types type_idx [n] at times t [n] with baseline folds [n, g]."""
@@ -88,54 +96,70 @@ class _World:
         return u + u_base, s + s_base
 
 
-def _log_normalise(s: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """log1p of counts per 10k; also returns the scale kappa so that x = log1p(kappa s)."""
-    kappa = 1e4 / np.maximum(depth, 1.0)
-    return np.log1p(s * kappa[:, None]), kappa
+def _log_normalise(s: np.ndarray) -> np.ndarray:
+    """log1p of counts per 10k, the usual scanpy normalisation (normalize_total(1e4) + log1p)."""
+    return np.log1p(s * (1e4 / np.maximum(s.sum(1), 1.0))[:, None])
 
 
-def _sample_counts(rng, u, s, depth_factor):
-    scale = TARGET_DEPTH / s.sum(1).mean()
+def _depth_scale(s: np.ndarray) -> float:
+    """Molecules per unit of expected abundance, so that cells average TARGET_DEPTH spliced counts."""
+    return TARGET_DEPTH / s.sum(1).mean()
+
+
+def _sample_counts(rng, u, s, depth_factor, scale: float):
     lam_s, lam_u = s * scale * depth_factor[:, None], u * scale * depth_factor[:, None]
     return rng.poisson(lam_s).astype(np.int32), rng.poisson(lam_u).astype(np.int32)
 
 
-def _burn_sham(world: _World, rng: np.random.Generator, cells_per_group: int = CELLS_PER_GROUP) -> ad.AnnData:
+def _pca(x: np.ndarray, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean [g], loadings [g, c], explained variance ratio [c]) by eigendecomposition of the g x g
+    covariance: exact like a full SVD of the cells x genes matrix but about 20x faster for g << n. Signs are
+    fixed (largest loading positive) so that a seed always gives the same axes."""
+    mean = x.mean(0)
+    centred = x - mean
+    cov = centred.T @ centred / (len(x) - 1)
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1][:n_comps]
+    pcs = eigvec[:, order]
+    pcs *= np.sign(pcs[np.abs(pcs).argmax(0), np.arange(n_comps)])
+    return mean, pcs, eigval[order] / eigval.sum()
+
+
+def _cells(rng, cells_per_group: int) -> pd.DataFrame:
     rows = []
     for k, _ in enumerate(CELL_TYPES):
         for condition in ("sham", "burn"):
             mouse = rng.integers(1, MICE_PER_CONDITION + 1, cells_per_group)
             t = rng.uniform(0, T_MAX - BURN_TIME_SHIFT, cells_per_group)
             rows.append(pd.DataFrame({"type_idx": k, "condition": condition, "mouse": mouse, "t_sham": t}))
-    cells = pd.concat(rows, ignore_index=True)
-    n = len(cells)
+    return pd.concat(rows, ignore_index=True)
+
+
+def _burn_sham(world: _World, rng: np.random.Generator, cells_per_group: int, seed: int) -> ad.AnnData:
+    cells = _cells(rng, cells_per_group)
+    n, g = len(cells), world.n_genes
     type_idx = cells["type_idx"].to_numpy()
     burn = (cells["condition"] == "burn").to_numpy()
     mouse_ids = np.where(burn, "burn_", "sham_") + cells["mouse"].astype(str).to_numpy()
     mouse_levels = sorted(set(mouse_ids))
-    mouse_fold = {m: rng.lognormal(0, 0.12, N_GENES) for m in mouse_levels}
+    mouse_fold = {m: rng.lognormal(0, 0.12, g) for m in mouse_levels}
     mouse_depth = {m: rng.lognormal(0, 0.15) for m in mouse_levels}
     base_fold = np.stack([mouse_fold[m] for m in mouse_ids])
-    wound = np.ones(N_GENES)
-    wound[world.wound_genes] = WOUND_FOLD
     t = cells["t_sham"].to_numpy() + burn * BURN_TIME_SHIFT
-    u, s = world.expected(type_idx, t, base_fold * np.where(burn[:, None], wound, 1.0))
+    u, s = world.expected(type_idx, t, base_fold * np.where(burn[:, None], world.wound_fold, 1.0))
     depth_factor = rng.lognormal(0, 0.25, n) * np.array([mouse_depth[m] for m in mouse_ids])
-    spliced, unspliced = _sample_counts(rng, u, s, depth_factor)
+    scale = _depth_scale(s)
+    spliced, unspliced = _sample_counts(rng, u, s, depth_factor, scale)
 
-    x, _ = _log_normalise(spliced.astype(np.float64), spliced.sum(1))
-    mean = x.mean(0)
-    # PCA by SVD of the centred data; sign fixed so the largest loading of each component is positive
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    pcs = vt[:N_COMPS].T
-    pcs *= np.sign(pcs[np.abs(pcs).argmax(0), np.arange(N_COMPS)])
+    x = _log_normalise(spliced.astype(np.float64))
+    mean, pcs, variance_ratio = _pca(x, N_COMPS)
     z = (x - mean) @ pcs
 
     # truth in latent units: z = (log1p(kappa s) - mean) W, so dz/dt = (kappa ds/dt / (1 + kappa s)) W,
     # with kappa the cell's expected normalisation (depth changes along time are second order and ignored)
-    kappa_expected = 1e4 / s.sum(1)
+    kappa = 1e4 / s.sum(1)
     ds_dt = spliced_velocity(u, s, world.beta, world.gamma)
-    v_z = (kappa_expected[:, None] * ds_dt / (1 + kappa_expected[:, None] * s)) @ pcs
+    v_z = (kappa[:, None] * ds_dt / (1 + kappa[:, None] * s)) @ pcs
 
     obs = pd.DataFrame({
         "condition": pd.Categorical(cells["condition"], categories=["sham", "burn"]),
@@ -143,73 +167,114 @@ def _burn_sham(world: _World, rng: np.random.Generator, cells_per_group: int = C
         "mouse_id": pd.Categorical(mouse_ids, categories=mouse_levels),
         "true_latent_time": t,
     }, index=[f"cell_{i:05d}" for i in range(n)])
-    var = pd.DataFrame({"pca_mean": mean, "wound_response": np.isin(np.arange(N_GENES), world.wound_genes)},
-                       index=[f"gene_{g:04d}" for g in range(N_GENES)])
-    adata = ad.AnnData(X=sp.csr_matrix(x.astype(np.float32)), obs=obs, var=var)
+    var = pd.DataFrame({"pca_mean": mean.astype(np.float32), "wound_response": world.wound_fold > 1},
+                       index=[f"gene_{j:04d}" for j in range(g)])
+    adata = ad.AnnData(X=x.astype(np.float32), obs=obs, var=var)
     adata.layers["spliced"] = sp.csr_matrix(spliced)
     adata.layers["unspliced"] = sp.csr_matrix(unspliced)
     adata.obsm["X_pca"] = z.astype(np.float32)
     adata.varm["PCs"] = pcs.astype(np.float32)
+    adata.uns["pca"] = _pca_uns(variance_ratio)
     adata.obsm["true_velocity_pca"] = v_z.astype(np.float32)
-    adata.uns["true_burn_effect"], adata.uns["demo"] = _burn_truth(world, cells, burn, base_fold, pcs, mean, v_z)
+    truth_rng = np.random.default_rng([seed, 1])  # a separate stream: the truth does not change the data
+    effect, meta = _burn_truth(world, cells, burn, base_fold, depth_factor, scale, pcs, mean, v_z, truth_rng)
+    adata.uns["true_burn_effect"] = effect
+    adata.uns["demo"] = {**meta, "seed": seed, "n_cells": n, "n_genes": g, "cells_per_group": cells_per_group,
+                         "mice_per_condition": MICE_PER_CONDITION, "burn_time_shift": BURN_TIME_SHIFT,
+                         "wound_fold": WOUND_FOLD, "wound_genes": WOUND_GENES, "t_max": T_MAX,
+                         "version": CACHE_VERSION}
     return adata
 
 
-def _burn_truth(world, cells, burn, base_fold, pcs, mean, v_z):
-    """Per cell type: the mean latent shift of burn cells against their own sham counterfactual (same cell,
-    same mouse factor, no time shift, no wound program), free of counting noise."""
+def _pca_uns(variance_ratio) -> dict:
+    return {"variance_ratio": np.asarray(variance_ratio, dtype=np.float32),
+            "normalisation": "log1p(spliced counts per 10k)", "mean_key": "var['pca_mean']",
+            "loadings_key": "varm['PCs']"}
+
+
+def _burn_truth(world, cells, burn, base_fold, depth_factor, scale, pcs, mean, v_z, rng):
+    """The true burn effect and how much of it velocity can explain.
+
+    Each burn cell i has a sham counterfactual: the same cell (type, sham time, mouse factor, sequencing
+    depth) without the time shift and without the wound programme. ``true_burn_effect[type]`` is the mean
+    over the type's burn cells of z(burn) - z(counterfactual), each z from its own fresh count draw (the
+    expected latent shift including what counting noise does to log-normalised data, so it is what a
+    burn-minus-sham mean shows up to mouse effects). How much velocity can explain is measured on the
+    noise-free shifts e_i against the unit true velocity v_i of the counterfactual, e_i = (e_i.v_i) v_i + r_i:
+    ``burn_aligned_ratio`` = mean |e_i.v_i| / mean |r_i| (the part the velocity loss can use over the part
+    it cannot) and ``burn_cell_alignment`` = mean cosine(e_i, v_i); ``burn_alignment`` is the cosine between
+    the type's mean effect and its mean sham velocity.
+    """
     idx = np.flatnonzero(burn)
     type_idx = cells["type_idx"].to_numpy()[idx]
     t_sham = cells["t_sham"].to_numpy()[idx]
-    wound = np.ones(N_GENES)
-    wound[world.wound_genes] = WOUND_FOLD
 
-    def latent(t, fold):
-        _, s = world.expected(type_idx, t, fold)
-        return (np.log1p(s * (1e4 / s.sum(1))[:, None]) - mean) @ pcs
+    def states(t, fold):
+        u, s = world.expected(type_idx, t, fold)
+        kappa = (1e4 / s.sum(1))[:, None]
+        z_expected = (np.log1p(s * kappa) - mean) @ pcs
+        v = (kappa * spliced_velocity(u, s, world.beta, world.gamma) / (1 + kappa * s)) @ pcs
+        counts, _ = _sample_counts(rng, u, s, depth_factor[idx], scale)
+        z_sampled = (_log_normalise(counts.astype(np.float64)) - mean) @ pcs
+        return z_expected, z_sampled, v
 
-    effect_cells = latent(t_sham + BURN_TIME_SHIFT, base_fold[idx] * wound) - latent(t_sham, base_fold[idx])
-    effect, alignment = {}, {}
+    z_burn, z_burn_sampled, _ = states(t_sham + BURN_TIME_SHIFT, base_fold[idx] * world.wound_fold)
+    z_sham, z_sham_sampled, v_sham = states(t_sham, base_fold[idx])
+    effect_cells = z_burn - z_sham
+    effect_sampled = z_burn_sampled - z_sham_sampled
+    v_unit = v_sham / np.linalg.norm(v_sham, axis=1, keepdims=True)
+    along = (effect_cells * v_unit).sum(1)
+    across = np.linalg.norm(effect_cells - along[:, None] * v_unit, axis=1)
+    cell_cos = along / np.linalg.norm(effect_cells, axis=1)
+    effect, alignment, cell_alignment, ratio = {}, {}, {}, {}
     sham = ~burn
     for k, name in enumerate(CELL_TYPES):
-        e = effect_cells[type_idx == k].mean(0)
+        in_k = type_idx == k
+        e = effect_sampled[in_k].mean(0)
         v = v_z[sham & (cells["type_idx"].to_numpy() == k)].mean(0)
         effect[name] = e.astype(np.float32)
         alignment[name] = float(e @ v / (np.linalg.norm(e) * np.linalg.norm(v)))
-    meta = {"seed": SEED, "n_genes": N_GENES, "cells_per_group": CELLS_PER_GROUP, "burn_time_shift": BURN_TIME_SHIFT,
-            "wound_fold": WOUND_FOLD, "burn_alignment": alignment, "version": CACHE_VERSION}
-    return effect, meta
+        cell_alignment[name] = float(cell_cos[in_k].mean())
+        ratio[name] = float(np.abs(along[in_k]).mean() / across[in_k].mean())
+    overall = float(np.abs(along).mean() / across.mean())
+    return effect, {"burn_alignment": alignment, "burn_cell_alignment": cell_alignment,
+                    "burn_aligned_ratio": ratio, "burn_aligned_ratio_overall": overall}
 
 
-def _atlas(world: _World, rng: np.random.Generator, pcs: np.ndarray, mean: np.ndarray) -> ad.AnnData:
+def _atlas(world: _World, rng: np.random.Generator, pcs: np.ndarray, mean: np.ndarray, seed: int,
+           cells_per_group: int) -> ad.AnnData:
+    g = world.n_genes
     perts = ["control"] + [f"pert_{p:02d}" for p in range(1, ATLAS_PERTURBATIONS + 1)]
     time_shift = np.concatenate([[0.0], rng.uniform(-1.0, 2.0, ATLAS_PERTURBATIONS)])
-    folds = [np.ones(N_GENES)]
+    folds = [np.ones(g)]
     for _ in range(ATLAS_PERTURBATIONS):
-        f = np.ones(N_GENES)
-        genes = rng.choice(N_GENES, 40, replace=False)
+        f = np.ones(g)
+        genes = rng.choice(g, 40, replace=False)
         f[genes] = rng.choice([0.3, 3.0], 40) * rng.uniform(0.7, 1.3, 40)
         folds.append(f)
     rows = []
     for k in range(len(CELL_TYPES)):
         for p in range(len(perts)):
             rows.append(pd.DataFrame({"type_idx": k, "pert_idx": p,
-                                      "batch": rng.integers(1, ATLAS_BATCHES + 1, ATLAS_CELLS_PER_GROUP)}))
+                                      "batch": rng.integers(1, ATLAS_BATCHES + 1, cells_per_group)}))
     cells = pd.concat(rows, ignore_index=True)
     type_idx, pert_idx = cells["type_idx"].to_numpy(), cells["pert_idx"].to_numpy()
     t = np.clip(rng.uniform(0, T_MAX - 2.0, len(cells)) + time_shift[pert_idx], 0, T_MAX)
     u, s = world.expected(type_idx, t, np.stack(folds)[pert_idx])
-    spliced, _ = _sample_counts(rng, u, s, rng.lognormal(0, 0.25, len(cells)))
-    x, _ = _log_normalise(spliced.astype(np.float64), spliced.sum(1))
+    spliced, _ = _sample_counts(rng, u, s, rng.lognormal(0, 0.25, len(cells)), _depth_scale(s))
+    x = _log_normalise(spliced.astype(np.float64))
     obs = pd.DataFrame({
         "perturbation": pd.Categorical(np.array(perts)[pert_idx], categories=perts),
         "cell_types_simple_short": pd.Categorical(np.array(CELL_TYPES)[type_idx], categories=CELL_TYPES),
         "batch": pd.Categorical("plate_" + cells["batch"].astype(str)),
     }, index=[f"atlas_{i:05d}" for i in range(len(cells))])
-    adata = ad.AnnData(X=sp.csr_matrix(x.astype(np.float32)), obs=obs,
-                       var=pd.DataFrame(index=[f"gene_{g:04d}" for g in range(N_GENES)]))
+    adata = ad.AnnData(X=x.astype(np.float32), obs=obs,
+                       var=pd.DataFrame({"pca_mean": mean.astype(np.float32)},
+                                        index=[f"gene_{j:04d}" for j in range(g)]))
     adata.obsm["X_pca"] = ((x - mean) @ pcs).astype(np.float32)
-    adata.uns["demo"] = {"seed": SEED, "time_shift": dict(zip(perts, time_shift.tolist())), "version": CACHE_VERSION}
+    adata.varm["PCs"] = pcs.astype(np.float32)
+    adata.uns["demo"] = {"seed": seed, "time_shift": dict(zip(perts, time_shift.tolist())),
+                         "genes_per_perturbation": 40, "version": CACHE_VERSION}
     return adata
 
 
@@ -217,18 +282,26 @@ def _add_umap(adata: ad.AnnData, seed: int) -> None:
     import scanpy as sc
 
     # exact neighbours: pynndescent 0.7 fails on csr_array at >= 4,096 cells (FIELD_NOTES)
-    sc.pp.neighbors(adata, n_neighbors=15, use_rep="X_pca", transformer="sklearn", random_state=seed)
-    sc.tl.umap(adata, random_state=seed)
+    sc.pp.neighbors(adata, n_neighbors=15, use_rep="X_pca", transformer="sklearn", random_state=seed % 2**32)
+    sc.tl.umap(adata, random_state=seed % 2**32)
+    # the graph was only needed for the UMAP; velocity builds its own, and it would double the file size
+    del adata.obsp["connectivities"], adata.obsp["distances"], adata.uns["neighbors"]
 
 
-def generate(seed: int = SEED, umap: bool = True, cells_per_group: int = CELLS_PER_GROUP,
-             ) -> tuple[ad.AnnData, ad.AnnData]:
-    """Build (burn_sham, atlas) from ``seed``; the same seed gives the same data. ``cells_per_group`` (per cell
-    type and condition) scales the burn/sham set, e.g. for benchmarks."""
+def generate(seed: int = SEED, cells_per_group: int = CELLS_PER_GROUP, n_genes: int = N_GENES,
+             atlas_cells_per_group: int = ATLAS_CELLS_PER_GROUP, umap: bool = True) -> tuple[ad.AnnData, ad.AnnData]:
+    """Build (burn_sham, atlas) from ``seed``; the same arguments give the same data.
+
+    ``cells_per_group`` is per cell type and condition (6 types x 2 conditions), ``atlas_cells_per_group``
+    per cell type and perturbation (6 x 13); the defaults make the cached demo (12,000 x 1,000 and 9,360 x
+    1,000). Other sizes are for benchmarks (bench/bench_velocity.py) and quick tests.
+    """
     rng = np.random.default_rng(seed)
-    world = _World(rng)
-    burn_sham = _burn_sham(world, rng, cells_per_group)
-    atlas = _atlas(world, rng, burn_sham.varm["PCs"].astype(np.float64), burn_sham.var["pca_mean"].to_numpy())
+    world = _World(rng, n_genes)
+    burn_sham = _burn_sham(world, rng, cells_per_group, seed)
+    atlas = _atlas(world, rng, burn_sham.varm["PCs"].astype(np.float64),
+                   burn_sham.var["pca_mean"].to_numpy().astype(np.float64), seed, atlas_cells_per_group)
+    atlas.uns["pca"] = burn_sham.uns["pca"]
     if umap:
         _add_umap(burn_sham, seed)
     return burn_sham, atlas
@@ -236,26 +309,30 @@ def generate(seed: int = SEED, umap: bool = True, cells_per_group: int = CELLS_P
 
 def ensure_demo(force: bool = False) -> dict[str, Path]:
     """Generate the demo files once; later calls return their paths at once."""
-    paths = {name: demo_path(name) for name in ("burn_sham", "atlas")}
+    paths = {name: demo_path(name) for name in NAMES}
     if force or not all(p.exists() for p in paths.values()):
         burn_sham, atlas = generate()
         paths["burn_sham"].parent.mkdir(parents=True, exist_ok=True)
         for name, adata in (("burn_sham", burn_sham), ("atlas", atlas)):
-            tmp = paths[name].with_suffix(f".tmp{os.getpid()}.h5ad")
+            tmp = paths[name].with_name(f".{paths[name].stem}.tmp{os.getpid()}.h5ad")
             adata.write_h5ad(tmp)
             os.replace(tmp, paths[name])  # never leave a half-written cache file under the real name
     return paths
 
 
 def load_demo(name: str = "burn_sham", with_velocity: bool = False) -> ad.AnnData:
-    """The demo as an AnnData (generated on first use). ``with_velocity`` adds scvelo's latent velocity
-    (``obsm["velocity_pca"]``, ``obs["velocity_confidence"]``), computed once and cached."""
+    """The demo as an AnnData, generated on first use (about 30 s) and read from the cache afterwards.
+
+    ``with_velocity`` (burn_sham only) adds scvelo's RNA velocity in the latent space through
+    ``core.velocity.compute_velocity`` (its keys: ``obsm["velocity_pca"]``, ``obsm["velocity_pca_scvelo"]``,
+    ``obs["velocity_confidence"]``, ``layers["velocity"]``), computed once and cached.
+    """
     path = demo_path(name)
+    if with_velocity and name != "burn_sham":
+        raise ValueError("velocity is available for the burn_sham demo only (the atlas has no spliced counts)")
     ensure_demo()
     adata = ad.read_h5ad(path)
     if with_velocity:
-        if name != "burn_sham":
-            raise ValueError("velocity is available for the burn_sham demo only (the atlas has no spliced counts)")
         from core.velocity import compute_velocity
 
         compute_velocity(adata, basis="pca")

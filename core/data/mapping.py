@@ -17,6 +17,17 @@ _EMBED_HINTS = ("X_state", "X_state_baseline", "X_pca", "X_scvi", "X_emb")
 
 @dataclass
 class ColumnMapping:
+    """What each part of a user's AnnData means.
+
+    pert_col        obs column of the condition or perturbation (demo: 'condition')
+    control_pert    its control value (demo: 'sham'; atlas: 'control')
+    cell_type_key   obs column of cell types (demo: 'cell_types_simple_short')
+    batch_col       obs column of batches, e.g. mice or plates, or None (demo: 'mouse_id')
+    embed_key       obsm key of the latent embedding the model works in (demo: 'X_pca')
+    velocity_key    obsm key of a latent velocity of the embedding's shape, or None (demo: 'velocity_pca')
+    confidence_key  obs column of a per-cell velocity confidence >= 0, or None ('velocity_confidence')
+    """
+
     pert_col: str
     control_pert: str
     cell_type_key: str
@@ -54,24 +65,36 @@ def _rank(candidates: list[str], hints: tuple[str, ...]) -> list[str]:
 
 
 def control_candidates(values) -> list[str]:
-    """Values that look like a control (sham, control, ctrl, DMSO, ...), best first."""
+    """Values that look like a control, best first: those starting with a control word (sham, control,
+    ctrl, DMSO, vehicle, ...) not followed by a letter, so 'Control', 'sham_d3' and 'DMSO_0.1%' count but
+    'controlled' does not."""
     names = [str(v) for v in pd.unique(pd.Series(values).dropna())]
-    hits = [v for v in names if any(re.fullmatch(rf"{w}[\W_]*\w*", v.lower()) or v.lower() == w for w in CONTROL_WORDS)]
-    return sorted(hits, key=lambda v: min((i for i, w in enumerate(CONTROL_WORDS) if v.lower().startswith(w)),
-                                          default=99))
+
+    def rank(value: str) -> int | None:
+        lowered = value.lower()
+        return next((i for i, w in enumerate(CONTROL_WORDS) if re.match(rf"{re.escape(w)}(?![a-z])", lowered)), None)
+
+    ranked = [(rank(v), v) for v in names]
+    return [v for r, v in sorted((r, v) for r, v in ranked if r is not None)]
 
 
 def candidates(adata) -> dict[str, list[str]]:
     """Ranked options for each mapping field, for the UI's select boxes."""
     cats = categorical_columns(adata)
     pert = [c for c in _rank(cats, _PERT_HINTS) if control_candidates(adata.obs[c])] or _rank(cats, _PERT_HINTS)
-    embeds = _rank([k for k in adata.obsm.keys() if "velocity" not in k], _EMBED_HINTS)
+    matrices = [k for k in adata.obsm.keys() if getattr(adata.obsm[k], "ndim", 0) == 2]
+    embeds = _rank([k for k in matrices if "velocity" not in k], _EMBED_HINTS)
+    two_d = ("X_umap", "X_tsne", "X_draw_graph_fa")
+    velocities = [k for k in matrices if "velocity" in k]
     return {
         "pert_col": pert,
         "cell_type_key": _rank(cats, _CELL_TYPE_HINTS),
         "batch_col": _rank(cats, _BATCH_HINTS),
-        "embed_key": [e for e in embeds if e not in ("X_umap", "X_tsne")] + [e for e in embeds if e == "X_umap"],
-        "velocity_key": [k for k in adata.obsm.keys() if "velocity" in k],
+        # 2-D layouts last: they are pictures, not a latent space to learn in
+        "embed_key": [e for e in embeds if e not in two_d] + [e for e in embeds if e in two_d],
+        # the demo's ground truth ("true_...") last: offered for experiments, never guessed
+        "velocity_key": [k for k in velocities if not k.startswith("true_")] + [k for k in velocities
+                                                                             if k.startswith("true_")],
         "confidence_key": [c for c in adata.obs.columns if "confidence" in c.lower()],
     }
 
@@ -84,13 +107,26 @@ def guess_mapping(adata) -> ColumnMapping:
     cell_type = next((c for c in opts["cell_type_key"] if c != pert_col), "")
     batch = next((c for c in opts["batch_col"] if c not in (pert_col, cell_type) and
                   any(h in c.lower() for h in _BATCH_HINTS)), None)
-    velocity = next((k for k in opts["velocity_key"] if k.startswith("velocity") and not k.endswith("_scvelo")), None)
+    embed = opts["embed_key"][0] if opts["embed_key"] else ""
+    velocity = _guess_velocity(adata, embed, opts["velocity_key"])
     return ColumnMapping(
         pert_col=pert_col,
         control_pert=controls[0] if controls else "",
         cell_type_key=cell_type,
         batch_col=batch,
-        embed_key=opts["embed_key"][0] if opts["embed_key"] else "",
+        embed_key=embed,
         velocity_key=velocity,
         confidence_key=opts["confidence_key"][0] if opts["confidence_key"] and velocity else None,
     )
+
+
+def _guess_velocity(adata, embed: str, options: list[str]) -> str | None:
+    """A latent velocity of the embedding's shape: velocity_<basis> (core.velocity's key) first, never the
+    unit-less ``*_scvelo`` projection or the demo's truth."""
+    if not embed:
+        return None
+    shape = adata.obsm[embed].shape
+    fits = [k for k in options if adata.obsm[k].shape == shape and not k.endswith("_scvelo")
+            and not k.startswith("true_")]
+    preferred = f"velocity_{embed.removeprefix('X_')}"
+    return preferred if preferred in fits else (fits[0] if fits else None)

@@ -1,7 +1,9 @@
 """Check a dataset against a column mapping before anything runs, and report every problem at once.
 
-Errors stop a run (missing keys, absent control value, NaN in the embedding, ...); warnings do not (cell types
-left out, batch nested in condition, ...). Messages are plain sentences that say what to change.
+Errors stop a run (a missing key, an absent control value, NaN in the embedding, duplicated cell names, an
+embedding of the wrong size, no usable cell type, bad precomputed velocities); warnings do not (cell types
+left out for lack of control or perturbed cells, or of cells for the set size; unlabelled cells; batch
+nested in condition). Every message is one plain sentence that says what to change.
 """
 
 from __future__ import annotations
@@ -19,80 +21,106 @@ from core.errors import DataError
 class ValidationReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    usable_cell_types: list[str] = field(default_factory=list)
-    perturbations: list[str] = field(default_factory=list)
+    usable_cell_types: list[str] = field(default_factory=list)  # with enough control and perturbed cells
+    perturbations: list[str] = field(default_factory=list)  # the values of the perturbation column but control
 
     @property
     def ok(self) -> bool:
         return not self.errors
 
     def raise_if_errors(self) -> None:
+        """DataError with every error, numbered, on one line."""
+        if len(self.errors) == 1:
+            raise DataError(self.errors[0])
         if self.errors:
-            raise DataError(" ".join(f"({i}) {e}" for i, e in enumerate(self.errors, 1)) if len(self.errors) > 1
-                            else self.errors[0])
+            raise DataError(" ".join(f"({i}) {e}" for i, e in enumerate(self.errors, 1)))
 
 
-def _finite(matrix) -> bool:
-    return bool(np.isfinite(np.asarray(matrix, dtype=np.float64)).all())
+def _columns_present(adata, mapping: ColumnMapping, report: ValidationReport) -> dict[str, bool]:
+    obs, shown = adata.obs, list(adata.obs.columns)[:12]
+    present = {}
+    for name, what, col in (("pert", "perturbation column", mapping.pert_col),
+                            ("cell_type", "cell-type column", mapping.cell_type_key),
+                            ("batch", "batch column", mapping.batch_col)):
+        if name == "batch" and col is None:
+            present[name] = False
+            continue
+        if not col:
+            report.errors.append(f"no {what} chosen; pick one of the obs columns {shown}")
+        elif col not in obs.columns:
+            report.errors.append(f"{what} '{col}' is not in obs; available: {shown}")
+        present[name] = bool(col) and col in obs.columns
+    if mapping.pert_col and mapping.pert_col == mapping.cell_type_key:
+        report.errors.append(f"'{mapping.pert_col}' is chosen as both the perturbation and the cell-type column")
+        present["pert"] = present["cell_type"] = False
+    return present
+
+
+def _check_embedding(adata, mapping: ColumnMapping, expected_dim: int | None, report: ValidationReport) -> None:
+    if not mapping.embed_key or mapping.embed_key not in adata.obsm:
+        report.errors.append(f"embedding obsm['{mapping.embed_key}'] not found; available: {list(adata.obsm)}")
+        return
+    z = np.asarray(adata.obsm[mapping.embed_key])
+    if z.ndim != 2 or z.shape[0] != adata.n_obs or not np.issubdtype(z.dtype, np.number):
+        report.errors.append(f"obsm['{mapping.embed_key}'] must be a numeric cells x dimensions array; "
+                             f"got shape {z.shape}")
+        return
+    finite = np.isfinite(z.astype(np.float64))
+    if not finite.all():
+        report.errors.append(f"obsm['{mapping.embed_key}'] has NaN or inf in {int((~finite).any(1).sum())} cells; "
+                             "drop or fix them")
+    if expected_dim is not None and z.shape[1] != expected_dim:
+        report.errors.append(f"the embedding has {z.shape[1]} dimensions but the base model expects {expected_dim}; "
+                             "choose the embedding the base model was trained on, or train from scratch")
 
 
 def validate(adata, mapping: ColumnMapping, set_size: int | None = None, expected_dim: int | None = None,
              ) -> ValidationReport:
+    """Every problem of ``adata`` under ``mapping`` at once. ``set_size``: cells per set the model samples
+    (a cell type needs that many control and perturbed cells); ``expected_dim``: the base model's latent
+    dimension. Usable cell types are in ``report.usable_cell_types``."""
     report = ValidationReport()
     obs = adata.obs
-    for what, col in (("perturbation column", mapping.pert_col), ("cell-type column", mapping.cell_type_key),
-                      ("batch column", mapping.batch_col)):
-        if col is None and what == "batch column":
-            continue
-        if not col:
-            report.errors.append(f"no {what} chosen; pick one of the obs columns {list(obs.columns)[:12]}")
-        elif col not in obs.columns:
-            report.errors.append(f"{what} '{col}' is not in obs; available: {list(obs.columns)[:12]}")
-    if not mapping.embed_key or mapping.embed_key not in adata.obsm:
-        report.errors.append(f"embedding obsm['{mapping.embed_key}'] not found; available: {list(adata.obsm)}")
+    present = _columns_present(adata, mapping, report)
+    _check_embedding(adata, mapping, expected_dim, report)
     if adata.obs_names.has_duplicates:
         dup = adata.obs_names[adata.obs_names.duplicated()][:3].tolist()
         report.errors.append(f"cell names are duplicated (e.g. {dup}); run adata.obs_names_make_unique()")
-    if report.errors:
-        return report
-
-    pert = obs[mapping.pert_col].astype(str)
-    levels = sorted(pert.unique())
-    report.perturbations = [p for p in levels if p != mapping.control_pert]
-    if mapping.control_pert not in levels:
-        report.errors.append(
-            f"control value '{mapping.control_pert}' does not occur in '{mapping.pert_col}' (values: {levels[:10]}); "
-            "pick the value that marks control (e.g. sham) cells"
-        )
-    elif not report.perturbations:
-        report.errors.append(f"'{mapping.pert_col}' has only the control value '{mapping.control_pert}': "
-                             "a perturbed condition (e.g. burn) is needed to learn from")
-
-    z = np.asarray(adata.obsm[mapping.embed_key])
-    if z.ndim != 2 or z.shape[0] != adata.n_obs:
-        report.errors.append(f"obsm['{mapping.embed_key}'] must be cells x dimensions; got shape {z.shape}")
-    elif not _finite(z):
-        bad = int((~np.isfinite(z.astype(np.float64))).any(1).sum())
-        report.errors.append(f"obsm['{mapping.embed_key}'] has NaN or inf in {bad} cells; drop or fix them")
-    elif expected_dim is not None and z.shape[1] != expected_dim:
-        report.errors.append(f"the embedding has {z.shape[1]} dimensions but the base model expects {expected_dim}; "
-                             "choose the embedding the base model was trained on, or train from scratch")
-
-    if mapping.velocity_key:
+    if mapping.velocity_key and mapping.embed_key in adata.obsm:
         from core.velocity import use_precomputed
 
         try:
             use_precomputed(adata, mapping.velocity_key, mapping.embed_key, mapping.confidence_key)
         except DataError as err:
             report.errors.append(str(err))
-
-    if report.errors:
+    if not (present["pert"] and present["cell_type"]):
         return report
-    cell_type = obs[mapping.cell_type_key].astype(str)
-    control = pert == mapping.control_pert
-    for ct in sorted(cell_type.unique()):
+
+    for what, col in (("perturbation", mapping.pert_col), ("cell type", mapping.cell_type_key)):
+        missing = int(obs[col].isna().sum())
+        if missing:
+            report.warnings.append(f"{missing} cells have no {what} in '{col}' and are left out")
+    labelled = (obs[mapping.pert_col].notna() & obs[mapping.cell_type_key].notna()).to_numpy()
+    pert = obs[mapping.pert_col].astype(str).to_numpy()
+    cell_type = obs[mapping.cell_type_key].astype(str).to_numpy()
+    levels = sorted(set(pert[labelled]))
+    report.perturbations = [p for p in levels if p != mapping.control_pert]
+    if mapping.control_pert not in levels:
+        report.errors.append(
+            f"control value '{mapping.control_pert}' does not occur in '{mapping.pert_col}' (values: {levels[:10]}); "
+            "pick the value that marks control (e.g. sham) cells"
+        )
+        return report
+    if not report.perturbations:
+        report.errors.append(f"'{mapping.pert_col}' has only the control value '{mapping.control_pert}': "
+                             "a perturbed condition (e.g. burn) is needed to learn from")
+        return report
+
+    control = labelled & (pert == mapping.control_pert)
+    perturbed = labelled & (pert != mapping.control_pert)
+    for ct in sorted(set(cell_type[labelled])):
         in_ct = cell_type == ct
-        n_ctrl, n_pert = int((in_ct & control).sum()), int((in_ct & ~control).sum())
+        n_ctrl, n_pert = int((in_ct & control).sum()), int((in_ct & perturbed).sum())
         if n_ctrl == 0 or n_pert == 0:
             side = "control" if n_ctrl == 0 else "perturbed"
             report.warnings.append(f"cell type '{ct}' has no {side} cells and is left out")
@@ -104,9 +132,9 @@ def validate(adata, mapping: ColumnMapping, set_size: int | None = None, expecte
     if not report.usable_cell_types:
         report.errors.append("no cell type has enough control and perturbed cells"
                              + (f" for set size {set_size}; lower the set size" if set_size else ""))
-    if mapping.batch_col:
-        nested = obs.groupby(obs[mapping.batch_col].astype(str), observed=True)[mapping.pert_col].nunique()
-        if (nested <= 1).all():
+    if present["batch"]:
+        per_batch = pd.Series(pert[labelled]).groupby(obs[mapping.batch_col].astype(str).to_numpy()[labelled]).nunique()
+        if len(per_batch) > 1 and (per_batch <= 1).all():
             report.warnings.append(
                 f"every '{mapping.batch_col}' value belongs to a single condition (batch nested in condition): "
                 "a batch covariate could learn the condition itself; match controls by cell type only"
@@ -114,6 +142,8 @@ def validate(adata, mapping: ColumnMapping, set_size: int | None = None, expecte
     return report
 
 
-def usable_mask(adata, mapping: ColumnMapping, report: ValidationReport) -> pd.Series:
-    """Cells of the usable cell types."""
-    return adata.obs[mapping.cell_type_key].astype(str).isin(report.usable_cell_types)
+def usable_mask(adata, mapping: ColumnMapping, report: ValidationReport) -> np.ndarray:
+    """Cells of the usable cell types that have a perturbation label."""
+    obs = adata.obs
+    return (obs[mapping.cell_type_key].astype(str).isin(report.usable_cell_types) & obs[mapping.pert_col].notna()
+            ).to_numpy()
