@@ -21,46 +21,92 @@ def test_kinetics_closed_form_matches_numerical_integration():
     assert spliced_velocity(u, s, beta, gamma)[0, 0] == pytest.approx(beta * u[0, 0] - gamma * s[0, 0])
 
 
-def test_demo_has_the_documented_layout(demo_adata, atlas_adata):
+def test_demo_has_the_documented_layout(demo_adata):
     a = demo_adata
     assert 10_000 <= a.n_obs <= 20_000 and 1_000 <= a.n_vars <= 2_000
     assert list(a.obs["condition"].cat.categories) == ["sham", "burn"]
-    assert 5 <= a.obs["cell_types_simple_short"].nunique() <= 7
-    mice = a.obs.groupby("condition", observed=True)["mouse_id"].nunique()
-    assert mice["sham"] in (3, 4) and mice["burn"] in (3, 4)
-    for key in ("X_pca", "X_umap", "true_velocity_pca"):
-        assert key in a.obsm
-    assert a.obsm["X_pca"].shape[1] == 50
-    assert set(a.uns["true_burn_effect"]) == set(a.obs["cell_types_simple_short"].cat.categories)
-    counts = a.layers["spliced"].data
-    assert np.all(counts == np.round(counts)) and a.layers["unspliced"].sum() > 0
-    # the atlas: same cell types, 10-20 perturbations, same latent space (same genes, same PCA)
-    assert set(atlas_adata.obs["cell_types_simple_short"].cat.categories) == set(CELL_TYPES := demo.CELL_TYPES)
-    assert 11 <= atlas_adata.obs["perturbation"].nunique() <= 21 and "control" in set(atlas_adata.obs["perturbation"])
-    ctrl = atlas_adata.obs["perturbation"] == "control"
-    for ct in CELL_TYPES:
-        sham_mean = a.obsm["X_pca"][((a.obs["condition"] == "sham") & (a.obs["cell_types_simple_short"] == ct)).values]
-        atlas_mean = atlas_adata.obsm["X_pca"][(ctrl & (atlas_adata.obs["cell_types_simple_short"] == ct)).values]
-        # controls of the same cell type sit in the same place of the shared latent space
-        assert np.linalg.norm(sham_mean.mean(0) - atlas_mean.mean(0)) < 0.5 * np.linalg.norm(sham_mean.mean(0))
+    assert list(a.obs["cell_types_simple_short"].cat.categories) == demo.CELL_TYPES
+    mice = a.obs.groupby("condition", observed=True)["mouse_id"].unique()
+    assert len(mice["sham"]) == len(mice["burn"]) == demo.MICE_PER_CONDITION
+    assert not set(mice["sham"]) & set(mice["burn"])  # mouse is nested in condition
+    assert a.obsm["X_pca"].shape == (a.n_obs, 50) and a.obsm["X_umap"].shape == (a.n_obs, 2)
+    assert a.obsm["true_velocity_pca"].shape == (a.n_obs, 50)
+    assert set(a.uns["true_burn_effect"]) == set(demo.CELL_TYPES)
+    for layer in ("spliced", "unspliced"):
+        counts = a.layers[layer].data
+        assert counts.min() >= 0 and np.array_equal(counts, np.round(counts))
+    # X is log1p(spliced per 10k) and X_pca its projection with the stored loadings: the atlas can be mapped
+    spliced = a.layers["spliced"][:50].toarray().astype(np.float64)
+    x = np.log1p(spliced / spliced.sum(1, keepdims=True) * 1e4)
+    assert np.allclose(a.X[:50], x, atol=1e-5)
+    z = (x - a.var["pca_mean"].to_numpy()) @ a.varm["PCs"]
+    assert np.allclose(z, a.obsm["X_pca"][:50], atol=1e-3)
+    assert a.uns["pca"]["variance_ratio"].shape == (50,) and np.all(np.diff(a.uns["pca"]["variance_ratio"]) <= 0)
+
+
+def test_atlas_lives_in_the_same_latent_space(demo_adata, atlas_adata):
+    a, atlas = demo_adata, atlas_adata
+    perts = atlas.obs["perturbation"]
+    assert "control" in set(perts) and 10 <= perts.nunique() - 1 <= 20
+    assert list(atlas.obs["cell_types_simple_short"].cat.categories) == demo.CELL_TYPES
+    assert atlas.obs["batch"].nunique() == demo.ATLAS_BATCHES
+    assert np.array_equal(atlas.varm["PCs"], a.varm["PCs"]) and list(atlas.var_names) == list(a.var_names)
+    x = np.asarray(atlas.X[:50], dtype=np.float64)
+    assert np.allclose((x - atlas.var["pca_mean"].to_numpy()) @ atlas.varm["PCs"], atlas.obsm["X_pca"][:50], atol=1e-3)
+    ctrl = (perts == "control").to_numpy()
+    sham = (a.obs["condition"] == "sham").to_numpy()
+    centroid_gap, spread = [], []
+    for ct in demo.CELL_TYPES:
+        in_atlas = ctrl & (atlas.obs["cell_types_simple_short"] == ct).to_numpy()
+        in_demo = sham & (a.obs["cell_types_simple_short"] == ct).to_numpy()
+        centroid_gap.append(np.linalg.norm(atlas.obsm["X_pca"][in_atlas].mean(0) - a.obsm["X_pca"][in_demo].mean(0)))
+        spread.append(np.linalg.norm(a.obsm["X_pca"][in_demo].std(0)))
+    # controls of one cell type sit together across the two experiments: their centroids are closer than one
+    # within-type standard deviation (time windows differ slightly: atlas t in [0, 6], sham t in [0, 6.5])
+    assert np.all(np.array(centroid_gap) < np.array(spread)), (centroid_gap, spread)
 
 
 def test_generator_is_reproducible_for_a_seed(demo_adata):
-    again, _ = demo.generate(umap=False)
-    assert np.array_equal(again.layers["spliced"].toarray(), demo_adata.layers["spliced"].toarray())
-    assert np.allclose(again.obsm["X_pca"], demo_adata.obsm["X_pca"], atol=1e-5)
+    """The cached demo (made in another process, maybe on another day) is what the seed gives now; a cache
+    left over from an older generator with the same CACHE_VERSION would fail here too. The atlas is drawn
+    after the burn/sham data, so a tiny atlas leaves the burn/sham data unchanged and saves time."""
+    fresh, _ = demo.generate(seed=demo.SEED, atlas_cells_per_group=1, umap=False)
+    assert demo_adata.uns["demo"]["seed"] == demo.SEED and demo_adata.uns["demo"]["version"] == demo.CACHE_VERSION
+    for layer in ("spliced", "unspliced"):
+        assert np.array_equal(fresh.layers[layer].toarray(), demo_adata.layers[layer].toarray())
+    assert np.allclose(fresh.obsm["X_pca"], demo_adata.obsm["X_pca"], atol=1e-4)
+    for ct, effect in fresh.uns["true_burn_effect"].items():
+        assert np.allclose(effect, demo_adata.uns["true_burn_effect"][ct], atol=1e-5)
+    other, _ = demo.generate(seed=demo.SEED + 1, cells_per_group=5, atlas_cells_per_group=1, umap=False)
+    assert not np.array_equal(other.layers["spliced"][:10].toarray(), demo_adata.layers["spliced"][:10].toarray())
 
 
 def test_stored_burn_effect_is_what_the_data_shows(demo_adata):
     a = demo_adata
     z, obs = a.obsm["X_pca"], a.obs
     for ct, truth in a.uns["true_burn_effect"].items():
-        in_ct = (obs["cell_types_simple_short"] == ct).values
-        burn, sham = in_ct & (obs["condition"] == "burn").values, in_ct & (obs["condition"] == "sham").values
+        in_ct = (obs["cell_types_simple_short"] == ct).to_numpy()
+        burn = in_ct & (obs["condition"] == "burn").to_numpy()
+        sham = in_ct & (obs["condition"] == "sham").to_numpy()
         observed = z[burn].mean(0) - z[sham].mean(0)
         cos = observed @ truth / (np.linalg.norm(observed) * np.linalg.norm(truth))
-        assert cos > 0.9, (ct, cos)
-        assert np.linalg.norm(observed) == pytest.approx(np.linalg.norm(truth), rel=0.25)
-    # burn is partly aligned with velocity, by design (stated in data/README.md)
-    alignment = np.array(list(a.uns["demo"]["burn_alignment"].values()))
-    assert np.all((alignment > 0.1) & (alignment < 0.6))
+        # measured: cosine 0.989-0.996, norm ratio 1.08-1.10 over the six types; the excess is the mouse
+        # effects (burn and sham are different mice): without them the ratio was 0.99-1.02, the cosine 0.998
+        assert cos > 0.97, (ct, cos)
+        assert np.linalg.norm(observed) == pytest.approx(np.linalg.norm(truth), rel=0.15)
+
+
+def test_burn_is_partly_aligned_with_velocity_as_documented(demo_adata):
+    meta = demo_adata.uns["demo"]
+    ratio = np.array(list(meta["burn_aligned_ratio"].values()))
+    cell_cos = np.array(list(meta["burn_cell_alignment"].values()))
+    # data/README.md states: aligned/unaligned about 0.56 (0.52-0.58 per type), per-cell cosine about 0.42
+    assert meta["burn_aligned_ratio_overall"] == pytest.approx(0.56, abs=0.03)
+    assert np.all((ratio > 0.45) & (ratio < 0.7)) and np.all((cell_cos > 0.3) & (cell_cos < 0.55))
+    # the true velocity of a burn cell points along its lineage: time advances along it
+    v, t = demo_adata.obsm["true_velocity_pca"], demo_adata.obs["true_latent_time"].to_numpy()
+    z = demo_adata.obsm["X_pca"]
+    basal = (demo_adata.obs["cell_types_simple_short"] == "Basal_KC").to_numpy()
+    early, late = basal & (t < 2), basal & (t > 5)
+    drift = z[late].mean(0) - z[early].mean(0)
+    assert np.mean(v[early] @ drift > 0) > 0.9
