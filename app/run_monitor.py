@@ -106,7 +106,7 @@ def _live() -> None:
 
     metrics = cache.run_metrics(run["path"])
     c1, c2 = st.columns([1, 3])
-    log_y = c1.toggle("Log-scale loss", value=False, key="train_log_y")
+    log_y = c1.toggle("Log-scale loss", value=True, key="train_log_y")
     smoothing = c2.slider("Smoothing (exponential moving average weight)", 0.0, 0.99, 0.9, key="train_smooth")
     figures = training.training_figures(metrics, log_y=log_y, smoothing=smoothing)
     show_figure(figures["loss"], f"{run['name']}_loss", key="train_loss")

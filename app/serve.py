@@ -70,17 +70,30 @@ def stop_server(process) -> None:
         process.wait(timeout=5)
 
 
-def wait_for_page(page, title: str, timeout_ms: float = 60_000, charts: int = 0) -> None:
-    """Wait until the page's heading is ``title``, the script has finished running, and at least ``charts``
-    plotly figures have drawn their SVG."""
-    page.get_by_role("heading", name=title, exact=False).first.wait_for(timeout=timeout_ms)
-    if charts:
-        page.wait_for_function(
-            "n => document.querySelectorAll('.js-plotly-plot .main-svg').length >= n", arg=charts,
-            timeout=timeout_ms)
-    # Streamlit shows its status widget ("Running...") while the script runs.
+VISIBLE_CHARTS_JS = ("() => [...document.querySelectorAll('.js-plotly-plot .main-svg')]"
+                     ".filter(e => e.getClientRects().length > 0).length")
+
+
+def visible_charts(page) -> int:
+    """Plotly figures drawn on screen (a hidden tab's figures do not count)."""
+    return page.evaluate(VISIBLE_CHARTS_JS)
+
+
+def wait_until_idle(page, timeout_ms: float = 60_000, charts: int = 0) -> None:
+    """Wait until Streamlit's script has finished (the app root's ``data-test-script-state``) and at least
+    ``charts`` plotly figures are drawn and visible."""
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+        "() => document.querySelector('[data-testid=\"stApp\"]')?.dataset.testScriptState === 'notRunning'",
+        timeout=timeout_ms)
+    if charts:
+        page.wait_for_function(f"n => ({VISIBLE_CHARTS_JS})() >= n", arg=charts, timeout=timeout_ms)
+
+
+def wait_for_page(page, title: str, timeout_ms: float = 60_000, charts: int = 0) -> None:
+    """Wait until the page's heading is ``title`` (so the new page's run has started), its script has
+    finished, and ``charts`` figures are drawn."""
+    page.get_by_role("heading", name=title, exact=False).first.wait_for(timeout=timeout_ms)
+    wait_until_idle(page, timeout_ms, charts)
 
 
 def open_page(page, name: str) -> None:

@@ -30,63 +30,64 @@ with shown_errors("validating the data set"):
 
 st.subheader("Cells per condition × cell type × batch")
 with shown_errors("summarising the data set"):
-    st.dataframe(cache.summary(ref, mapping_fields), key="summary_table")
+    st.dataframe(cache.summary(ref, mapping_fields), key="summary_table", height=250)
 
-# ---------------------------------------------------------------------------------------------- embedding
-st.subheader("Embedding")
+# ---------------------------------------------------------------------------------------- embedding, velocity
+st.subheader("Embedding and RNA velocity")
 two_d = [k for k in adata.obsm.keys()
          if getattr(adata.obsm[k], "ndim", 0) == 2 and adata.obsm[k].shape[1] >= 2]
 if not two_d:
     st.info("This data set has no 2-D embedding in obsm (e.g. X_umap); compute one with scanpy first.")
     st.stop()
 preferred = [k for k in ("X_umap", "X_tsne", "X_draw_graph_fa") if k in two_d]
-left, right = st.columns(2)
-basis_key = left.selectbox("Embedding to draw (first two columns)", two_d,
-                           index=two_d.index(preferred[0]) if preferred else 0, key="data_basis")
 obs_columns = [str(c) for c in adata.obs.columns]
 default_colour = mapping.get("cell_type_key")
 default_colour = default_colour if default_colour in obs_columns else obs_columns[0]
-colour = right.selectbox("Colour by", obs_columns, index=obs_columns.index(default_colour), key="data_colour")
+c1, c2, c3 = st.columns([1, 1, 2])
+basis_key = c1.selectbox("Embedding to draw (first two columns)", two_d,
+                         index=two_d.index(preferred[0]) if preferred else 0, key="data_basis")
+colour = c2.selectbox("Colour by", obs_columns, index=obs_columns.index(default_colour), key="data_colour")
+velocity_source = c3.radio(
+    "Velocity", ["Precomputed (the obsm key chosen in the sidebar)", "Compute from spliced/unspliced counts"],
+    key="velocity_source")
 basis_label = basis_key.removeprefix("X_").upper()
-with shown_errors("drawing the embedding"):
-    coords = adata.obsm[basis_key][:, :2]
+coords = adata.obsm[basis_key][:, :2]
+embed_key = mapping.get("embed_key")
+
+left, right = st.columns(2)
+with left, shown_errors("drawing the embedding"):
     show_figure(embedding_scatter(coords, adata.obs[colour], colour, basis=basis_label),
                 f"{basis_label.lower()}_by_{colour}")
 
-# ---------------------------------------------------------------------------------------------- velocity
-st.subheader("RNA velocity")
-embed_key = mapping.get("embed_key")
-velocity_source = st.radio(
-    "Velocity", ["Precomputed (the obsm key chosen in the sidebar)", "Compute from spliced/unspliced counts"],
-    key="velocity_source", horizontal=True)
+with right:
+    vectors_key, source_kind, confidence = None, "obsm", None
+    if velocity_source.startswith("Precomputed"):
+        vectors_key = mapping.get("velocity_key")
+        if vectors_key is None:
+            st.info("No velocity key is chosen in the sidebar's column mapping: pick one there, choose the "
+                    "demo with scvelo velocity, or compute velocity here.")
+        if mapping.get("confidence_key"):
+            confidence = adata.obs[mapping["confidence_key"]].to_numpy()
+    else:
+        from app.velocity_panel import velocity_panel
 
-vectors_key, source_kind, confidence = None, "obsm", None
-if velocity_source.startswith("Precomputed"):
-    vectors_key = mapping.get("velocity_key")
-    if vectors_key is None:
-        st.info("No velocity key is chosen in the sidebar's column mapping: pick one there, or compute "
-                "velocity here.")
-    if mapping.get("confidence_key"):
-        confidence = adata.obs[mapping["confidence_key"]].to_numpy()
-else:
-    from app.velocity_panel import velocity_panel
-
-    with shown_errors("computing RNA velocity"):
-        vectors_key, confidence = velocity_panel(ref, adata, embed_key)
-        source_kind = "computed"
-
-if vectors_key is not None and embed_key:
-    arrows_left, arrows_right = st.columns([2, 1])
-    grid = arrows_right.slider("Grid size", 10, 50, 25, key="velocity_grid")
-    mode = arrows_right.radio("Arrows", ["grid-averaged", "per cell (subsample)"], key="velocity_arrow_mode")
-    with shown_errors("drawing velocity arrows"):
-        arrows = cache.projected_arrows(ref, embed_key, vectors_key, basis_key, source_kind)
-        per_grid = mode.startswith("grid")
-        how = "grid-averaged" if per_grid else "per cell"
-        fig = arrows_figure(coords, {"velocity": arrows}, mode="grid" if per_grid else "cells",
-                            grid_size=grid, basis=basis_label, title=f"Velocity on the {basis_label} ({how})")
-        with arrows_left:
+        with shown_errors("computing RNA velocity"):
+            vectors_key, confidence = velocity_panel(ref, adata, embed_key)
+            source_kind = "computed"
+    if vectors_key is not None and embed_key:
+        with shown_errors("drawing velocity arrows"):
+            arrows = cache.projected_arrows(ref, embed_key, vectors_key, basis_key, source_kind)
+            mode = st.session_state.get("velocity_arrow_mode", "grid-averaged")
+            grid = st.session_state.get("velocity_grid", 25)
+            per_grid = mode.startswith("grid")
+            how = f"grid-averaged, {grid}×{grid}" if per_grid else "per cell, subsample"
+            fig = arrows_figure(coords, {"velocity": arrows}, mode="grid" if per_grid else "cells",
+                                grid_size=grid, basis=basis_label, title=f"Velocity on the {basis_label} ({how})")
             show_figure(fig, f"velocity_arrows_{basis_label.lower()}")
-if confidence is not None:
-    show_figure(confidence_histogram(confidence, st.session_state.get("min_confidence")),
-                "velocity_confidence")
+            a1, a2 = st.columns(2)
+            a1.radio("Arrows", ["grid-averaged", "per cell (subsample)"], key="velocity_arrow_mode",
+                     horizontal=True)
+            a2.slider("Grid size", 10, 50, 25, key="velocity_grid")
+    if confidence is not None:
+        show_figure(confidence_histogram(confidence, st.session_state.get("min_confidence")),
+                    "velocity_confidence")

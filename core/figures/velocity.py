@@ -36,6 +36,8 @@ def _axis_titles(fig: go.Figure, basis: str) -> None:
     # Embedding coordinates have no physical unit; say so rather than leave the axes unlabelled.
     fig.update_xaxes(title_text=f"{basis} 1 (a.u.)", showticklabels=False, ticks="")
     fig.update_yaxes(title_text=f"{basis} 2 (a.u.)", showticklabels=False, ticks="", scaleanchor="x")
+    # Legend below the plot, so a half-width figure keeps its (equal-aspect) plotting area.
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.12, x=0, xanchor="left"))
 
 
 def embedding_scatter(coords: np.ndarray, values, colour_name: str, basis: str = "UMAP",
@@ -54,7 +56,7 @@ def embedding_scatter(coords: np.ndarray, values, colour_name: str, basis: str =
             fig.add_trace(go.Scattergl(x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=category,
                                        marker=dict(size=3, color=colour, opacity=0.7),
                                        hovertemplate=category + "<extra></extra>"))
-        fig.update_layout(legend=dict(itemsizing="constant", title_text=colour_name))
+        fig.update_layout(legend=dict(itemsizing="constant"))  # the title already names the column
     else:
         numbers = pd.to_numeric(shown, errors="coerce").to_numpy(dtype=float)
         fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", name=colour_name,
@@ -119,7 +121,9 @@ def arrows_figure(coords: np.ndarray, arrow_fields: dict[str, np.ndarray], mode:
         return message_figure("No vectors to draw.", title=title)
     fig = go.Figure()
     _background(fig, coords, MAX_SCATTER_POINTS, seed)
-    colours = [ROLE_COLOURS["delta_z"], ROLE_COLOURS["v_z"], "#009E73", "#CC79A7"]
+    spare = iter(["#009E73", "#CC79A7", "#E69F00", "#56B4E9"])
+    roles = {"Δz": ROLE_COLOURS["delta_z"], "v_z": ROLE_COLOURS["v_z"], "velocity": ROLE_COLOURS["v_z"]}
+    colours = [roles.get(name) or next(spare) for name in arrow_fields]
     if mode == "grid":
         averaged = {name: grid_average(coords, a, grid_size) for name, a in arrow_fields.items()}
         scale = _display_scale(coords, {n: np.stack([g[2], g[3]], -1) for n, g in averaged.items()},
