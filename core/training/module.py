@@ -118,11 +118,16 @@ class STModule(L.LightningModule):
         self._val_sets += n
 
     def on_validation_epoch_end(self):
-        # mean over validation sets; the fixed validation sets make successive values comparable
-        summary = {k: float(v) / max(self._val_sets, 1) for k, v in self._val_sums.items()}
+        # mean over validation sets (of every DDP rank); the fixed sets make successive values comparable
+        keys = sorted(self._val_sums)
+        totals = torch.stack([torch.as_tensor(self._val_sums[k], dtype=torch.float64) for k in keys]
+                             + [torch.tensor(float(self._val_sets), dtype=torch.float64)])
+        if self.trainer is not None and self.trainer.world_size > 1:
+            totals = self.trainer.strategy.reduce(totals.to(self.device), reduce_op="sum").cpu()
+        summary = {k: float(v) / max(float(totals[-1]), 1.0) for k, v in zip(keys, totals[:-1])}
         summary["val_loss"] = summary.get("val_dist_loss", float("nan"))
         self.val_summary = summary
-        self.log("val_loss", summary["val_loss"], sync_dist=True)
+        self.log("val_loss", summary["val_loss"])
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         # clip here, recording the norm before clipping: it tells a stable run from an unstable one

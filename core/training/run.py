@@ -179,7 +179,7 @@ def train(cfg: Config, callbacks: list | None = None) -> Path:
             handler.close()
 
 
-def _prepare_data(cfg: Config, run_dir: Path, writer):
+def _prepare_data(cfg: Config, run_dir: Path):
     from core.data.validate import validate
     from core.training.data import SetDataModule, load_adata, loss_mapping, make_split, resolve_mapping
 
@@ -194,7 +194,7 @@ def _prepare_data(cfg: Config, run_dir: Path, writer):
         notes.append(f"WARNING: model.kwargs.use_batch=true while '{mapping.batch_col}' is nested in condition: the "
                      "batch embedding can encode the condition itself; consider model.kwargs.use_batch=false")
     split = make_split(adata.obs, mapping, d.split, d.val_fraction, d.test_fraction, cfg.training.seed)
-    if writer is not None:
+    if _is_rank_zero():
         import pandas as pd
 
         frame = pd.DataFrame({"obs_name": adata.obs_names.astype(str), "split": split})
@@ -220,7 +220,7 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     L.seed_everything(t.seed, workers=True, verbose=False)
-    data, mapping, data_notes = _prepare_data(cfg, run_dir, writer)
+    data, mapping, data_notes = _prepare_data(cfg, run_dir)
     for note in data_notes:
         log.info(note)
     if _stopped_early(writer, "preparing data"):
@@ -236,13 +236,14 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
     n_all = sum(p.numel() for p in model.parameters())
     log.info("model: %d of %d parameters trainable", n_train, n_all)
 
-    save_config(cfg, run_dir / "config.yaml")
-    atomic_write_json(run_dir / "pert_map.json", {"map": data.pert_map, "control": mapping.control_pert,
-                                                  "rebuilt": load_report.get("new_perturbations", []),
-                                                  "batch_map": data.batch_map})
-    atomic_write_json(run_dir / "load_report.json", {**load_report, "notes": notes, "data_notes": data_notes,
-                                                     "trainable_parameters": n_train, "parameters": n_all})
-    atomic_write_json(run_dir / "env.json", environment(device))
+    if _is_rank_zero():
+        save_config(cfg, run_dir / "config.yaml")
+        atomic_write_json(run_dir / "pert_map.json", {"map": data.pert_map, "control": mapping.control_pert,
+                                                      "rebuilt": load_report.get("new_perturbations", []),
+                                                      "batch_map": data.batch_map})
+        atomic_write_json(run_dir / "load_report.json", {**load_report, "notes": notes, "data_notes": data_notes,
+                                                         "trainable_parameters": n_train, "parameters": n_all})
+        atomic_write_json(run_dir / "env.json", environment(device))
 
     hparams = {"config": cfg.to_dict(), "pert_map": data.pert_map, "control": mapping.control_pert,
                "embed_dim": int(data.table.z.shape[1]), "batch_map": data.batch_map,
@@ -251,8 +252,10 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
     if _stopped_early(writer, "building the model"):
         return run_dir
 
-    steps_per_epoch = math.ceil(len(data.train_sets) / t.batch_size)
     max_epochs = t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else 5)
+    devices = _devices(t.devices, accelerator)
+    world = _world_size(devices, t.strategy)
+    steps_per_epoch = math.ceil(len(data.train_sets) / (t.batch_size * world))
     total = min(x for x in (t.max_steps if t.max_steps > 0 else math.inf,
                             max_epochs * steps_per_epoch if max_epochs > 0 else math.inf))
     val_every = min(t.val_freq, total) if t.val_freq else None
@@ -262,11 +265,6 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
                                  save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
                                  save_on_train_epoch_end=False)
     precision = t.precision or ("bf16-mixed" if device == "cuda" else "32-true")
-    devices = t.devices
-    if devices != "auto":
-        devices = int(devices) if devices.isdigit() else devices
-    elif accelerator == "cpu":
-        devices = 1
     resume = ckpt_dir / "last.ckpt" if t.resume and (ckpt_dir / "last.ckpt").exists() else None
     trainer = L.Trainer(
         accelerator=accelerator, devices=devices, strategy=t.strategy, precision=precision,
@@ -299,6 +297,26 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
     writer.write_status(state, step=trainer.global_step, message="cancelled by request" if callback.cancelled else "")
     log.info("%s after %d steps in %.1f s; run folder %s", state, trainer.global_step, seconds, run_dir)
     return run_dir
+
+
+def _devices(devices: str, accelerator: str):
+    """training.devices as Lightning takes it: "auto" (1 on a CPU), a count, or a list of GPU ids ("0,1")."""
+    if devices == "auto":
+        return 1 if accelerator == "cpu" else "auto"
+    return int(devices) if devices.isdigit() else devices
+
+
+def _world_size(devices, strategy: str) -> int:
+    """How many processes share an epoch's sets (for the step count shown before training starts)."""
+    if isinstance(devices, int):
+        return max(devices, 1)
+    if isinstance(devices, str) and "," in devices:
+        return len([d for d in devices.split(",") if d.strip()])
+    if devices == "auto" and strategy != "auto":
+        import torch
+
+        return max(torch.cuda.device_count(), 1)
+    return 1
 
 
 def _stopped_early(writer, phase: str) -> bool:
