@@ -33,6 +33,7 @@ class RMSProjection(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, phi, projected, inv_rms = ctx.saved_tensors
+        grad = grad.contiguous()  # it arrives transposed from the batch-last coefficients
         grad_projected = grad * inv_rms.unsqueeze(-1)
         grad_x = grad_phi = None
         if ctx.needs_input_grad[1]:
@@ -56,7 +57,8 @@ class StreamMix(torch.autograd.Function):
     def forward(ctx, a: torch.Tensor, x: torch.Tensor):
         y = torch.bmm(a, x)
         ctx.save_for_backward(a, x)
-        return y[:, :1], y[:, 1:]
+        # the block input is handed on contiguous: a strided one costs more inside the block than this copy
+        return y[:, :1].contiguous(), y[:, 1:]
 
     @staticmethod
     @once_differentiable

@@ -58,7 +58,8 @@ class _PlainSinkhorn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         out, *sums = ctx.saved_tensors
-        g, y = grad, out
+        # a gradient arriving through a permute keeps its strides through every op below unless made dense
+        g, y = grad.contiguous(), out
         for k in range(len(sums) - 1, -1, -1):
             dim, s = _HALF_STEPS[k % 2], sums[k]
             g = torch.sub(g, (g * y).sum(dim, keepdim=True)).div_(s)
@@ -87,7 +88,7 @@ class _LogSinkhorn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         out, f, *lses = ctx.saved_tensors
-        g = grad * out
+        g = grad.contiguous() * out
         softmax = out
         for k in range(len(lses) - 1, -1, -1):
             dim = _HALF_STEPS[k % 2]
