@@ -110,3 +110,19 @@ def test_burn_is_partly_aligned_with_velocity_as_documented(demo_adata):
     early, late = basal & (t < 2), basal & (t > 5)
     drift = z[late].mean(0) - z[early].mean(0)
     assert np.mean(v[early] @ drift > 0) > 0.9
+
+
+def test_a_new_demo_version_replaces_the_old_files_and_keeps_the_rest(tmp_path, monkeypatch):
+    import anndata as ad
+
+    monkeypatch.setenv("ST_DATA_CACHE", str(tmp_path))
+    tiny = ad.AnnData(np.zeros((2, 3), dtype=np.float32))
+    monkeypatch.setattr(demo, "generate", lambda: (tiny, tiny.copy()))
+    stale = [tmp_path / "demo_burn_sham_v1.h5ad", tmp_path / "demo_atlas_v2.h5ad"]
+    unrelated = tmp_path / "my_data_v1.h5ad"
+    for path in [*stale, unrelated]:
+        path.write_bytes(b"old")
+    paths = demo.ensure_demo()
+    assert sorted(p.name for p in tmp_path.glob("*.h5ad")) == sorted(
+        [paths["burn_sham"].name, paths["atlas"].name, unrelated.name])
+    assert ad.read_h5ad(paths["atlas"]).shape == (2, 3)

@@ -317,7 +317,17 @@ def ensure_demo(force: bool = False) -> dict[str, Path]:
             tmp = paths[name].with_name(f".{paths[name].stem}.tmp{os.getpid()}.h5ad")
             adata.write_h5ad(tmp)
             os.replace(tmp, paths[name])  # never leave a half-written cache file under the real name
+        _remove_older_versions(paths)
     return paths
+
+
+def _remove_older_versions(current: dict[str, Path]) -> None:
+    """Earlier demo versions are never read again; they would only hold ~200 MB of the user's disk."""
+    keep = set(current.values())
+    for name in NAMES:
+        for old in cache_dir().glob(f"demo_{name}_v*.h5ad"):
+            if old not in keep:
+                old.unlink(missing_ok=True)
 
 
 def load_demo(name: str = "burn_sham", with_velocity: bool = False) -> ad.AnnData:
