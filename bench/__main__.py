@@ -14,6 +14,7 @@ import pkgutil
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import bench
@@ -51,11 +52,16 @@ def main(argv=None) -> int:
     names = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_"))
     if args.only:
         names = [n for n in names if n.removeprefix("bench_") in args.only]
-    rows, started = [], time.time()
+    rows, failed, seconds, started = [], {}, {}, time.time()
     for name in names:
-        module = importlib.import_module(f"bench.{name}")
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        rows.extend(module.run(quick=args.quick))
+        t0 = time.time()
+        try:  # one broken benchmark must not cost the others' results
+            rows.extend(importlib.import_module(f"bench.{name}").run(quick=args.quick))
+        except Exception:
+            failed[name] = traceback.format_exc()
+            print(f"[bench] {name} FAILED:\n{failed[name]}", file=sys.stderr, flush=True)
+        seconds[name] = round(time.time() - t0, 1)
 
     header = f"{'benchmark':<58} {'median (min-max)':<28} {'baseline':<28} {'ratio':>6}  target  met"
     print(header)
@@ -66,12 +72,15 @@ def main(argv=None) -> int:
         extra = "  " + ", ".join(f"{k}={v}" for k, v in row.extra.items()) if row.extra else ""
         print(f"{row.group + ': ' + row.name:<58} {fmt_time(row.timing):<28} {fmt_time(row.baseline):<28} "
               f"{ratio:>6}  {row.target or '-'}  {met}{extra}")
-    result = {"machine": machine(), "seconds": round(time.time() - started, 1), "rows": [r.to_json() for r in rows]}
+    result = {"machine": machine(), "seconds": round(time.time() - started, 1), "module_seconds": seconds,
+              "failed": failed, "rows": [r.to_json() for r in rows]}
     out = args.json or Path("bench/results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"\nmachine: {result['machine']}\nwrote {out} in {result['seconds']} s")
-    return 0
+    print(f"\nmachine: {result['machine']}\nseconds per module: {seconds}\nwrote {out} in {result['seconds']} s")
+    if failed:
+        print(f"benchmarks that failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

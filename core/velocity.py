@@ -254,7 +254,6 @@ def _preprocess(adata, params: dict, step=lambda name: None):
 def _pipeline(adata, embedding: np.ndarray, params: dict, report) -> tuple[dict, dict]:
     import scvelo as scv
     from scvelo.tools.transition_matrix import transition_matrix
-    from scvelo.tools.utils import get_indices
 
     from core import velocity_fast as fast
 
@@ -267,6 +266,51 @@ def _pipeline(adata, embedding: np.ndarray, params: dict, report) -> tuple[dict,
         timings[name] = round(now - clock[0], 3)
         clock[0] = now
         report(name, fractions[name])
+
+    work, vel, keep, knn = velocity_graph(adata, params, step)
+    use_fast = params["engine"] == "fast"
+    mode = params["mode"]
+
+    T = transition_matrix(work, scale=10, self_transitions=True, use_negative_cosines=True)
+    if use_fast:
+        v_unit, v_latent = fast.transition_projection(T, embedding)
+    else:
+        work.obsm["X_latent"] = embedding
+        scv.tl.velocity_embedding(work, basis="latent", autoscale=False)
+        v_unit = np.asarray(work.obsm["velocity_latent"], dtype=np.float32)
+        _, v_latent = fast.transition_projection(T, embedding)
+    step("projection")
+
+    if use_fast:
+        confidence = fast.velocity_confidence(vel[:, keep], knn)
+    else:
+        scv.tl.velocity_confidence(work)
+        confidence = work.obs["velocity_confidence"].to_numpy()
+    confidence = np.nan_to_num(np.asarray(confidence, dtype=np.float32), nan=0.0)
+    step("confidence")
+
+    result = {
+        "v_latent": np.nan_to_num(v_latent),
+        "v_scvelo": np.nan_to_num(v_unit),
+        "confidence": np.clip(confidence, 0, 1),
+        "velocity": np.nan_to_num(_as_dense_f32(work.layers["velocity"])),
+        "gene_index": work.var["gene_index"].to_numpy(),
+        "velocity_genes": work.var["velocity_genes"].to_numpy(dtype=bool),
+    }
+    summary = {"timings_s": timings, "seconds": round(sum(timings.values()), 2), "n_cells": int(adata.n_obs),
+               "n_velocity_genes": int(result["velocity_genes"].sum()), "engine": params["engine"],
+               "mode": mode, "median_confidence": float(np.median(result["confidence"])), "cached": False}
+    return result, summary
+
+
+def velocity_graph(adata, params: dict, step=lambda name: None):
+    """The pipeline up to scvelo's velocity graph, on a private AnnData ``work`` that scvelo's own
+    ``transition_matrix`` and ``velocity_embedding`` accept. Returns (work, gene velocity [n, g] float32,
+    mask of the genes the graph used, kNN indices [n, k]); the last three are None for the scvelo engine."""
+    import scvelo as scv
+    from scvelo.tools.utils import get_indices
+
+    from core import velocity_fast as fast
 
     work = _preprocess(adata, params, step)
     use_fast = params["engine"] == "fast"
@@ -299,38 +343,9 @@ def _pipeline(adata, embedding: np.ndarray, params: dict, report) -> tuple[dict,
             x, v, knn, sqrt_transform=mode == "stochastic")
     else:
         scv.tl.velocity_graph(work, n_jobs=1, approx=True, show_progress_bar=False)
+        vel = keep = knn = None  # scvelo's engine keeps them inside work
     step("velocity graph")
-
-    T = transition_matrix(work, scale=10, self_transitions=True, use_negative_cosines=True)
-    if use_fast:
-        v_unit, v_latent = fast.transition_projection(T, embedding)
-    else:
-        work.obsm["X_latent"] = embedding
-        scv.tl.velocity_embedding(work, basis="latent", autoscale=False)
-        v_unit = np.asarray(work.obsm["velocity_latent"], dtype=np.float32)
-        _, v_latent = fast.transition_projection(T, embedding)
-    step("projection")
-
-    if use_fast:
-        confidence = fast.velocity_confidence(vel[:, keep], knn)
-    else:
-        scv.tl.velocity_confidence(work)
-        confidence = work.obs["velocity_confidence"].to_numpy()
-    confidence = np.nan_to_num(np.asarray(confidence, dtype=np.float32), nan=0.0)
-    step("confidence")
-
-    result = {
-        "v_latent": np.nan_to_num(v_latent),
-        "v_scvelo": np.nan_to_num(v_unit),
-        "confidence": np.clip(confidence, 0, 1),
-        "velocity": np.nan_to_num(_as_dense_f32(work.layers["velocity"])),
-        "gene_index": work.var["gene_index"].to_numpy(),
-        "velocity_genes": work.var["velocity_genes"].to_numpy(dtype=bool),
-    }
-    summary = {"timings_s": timings, "seconds": round(sum(timings.values()), 2), "n_cells": int(adata.n_obs),
-               "n_velocity_genes": int(result["velocity_genes"].sum()), "engine": params["engine"],
-               "mode": mode, "median_confidence": float(np.median(result["confidence"])), "cached": False}
-    return result, summary
+    return work, vel, keep, knn
 
 
 def use_precomputed(adata, velocity_key: str, embed_key: str, confidence_key: str | None = None) -> None:
