@@ -46,7 +46,7 @@ def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, sync: C
 class Row:
     group: str
     name: str
-    timing: Timing
+    timing: Timing | None  # None for rows that measure something else (memory): see ``extra``
     baseline_name: str | None = None
     baseline: Timing | None = None
     target: str | None = None  # e.g. "<= 0.8x" or "<= 60 s"

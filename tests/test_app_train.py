@@ -150,6 +150,7 @@ def test_inspect_evaluates_the_run_and_shows_delta_z_against_velocity(trained, d
 
     at, run_dir, _ = trained
     at.session_state["selected_run"] = "ui-lora-mhc-velocity"
+    at.session_state["inspect_tab"] = "Δz vs velocity"  # only the open tab is drawn
     at.switch_page("views/inspect.py").run()
     at.button(key="evaluate_run").click().run(timeout=300)
     assert not at.exception and not at.error, [e.value for e in at.error]

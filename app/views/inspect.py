@@ -8,6 +8,8 @@ from app.guard import shown_errors
 from core.figures import mhc as mhc_figures
 from core.runs import list_runs
 
+TABS = ["mHC mappings (H_res, H_pre, H_post)", "Δz vs velocity"]
+
 st.title("Inspect a run")
 runs = list_runs()
 if not runs:
@@ -18,32 +20,35 @@ path = run_path(run)
 status = run["status"]
 st.caption(f"State: **{run['state']}**" + (f": {status.get('message')}" if status.get("message") else ""))
 
-mhc_tab, velocity_tab = st.tabs(["mHC mappings (H_res, H_pre, H_post)", "Δz vs velocity"])
+# Only the open tab is drawn (a tab switch reruns the page): drawing both doubled the page switch.
+mhc_tab, velocity_tab = st.tabs(TABS, key="inspect_tab", on_change="rerun")
 
-with mhc_tab, shown_errors("drawing the mHC mappings"):
-    snapshots = cache.mhc_snapshots(path)
-    if not snapshots:
-        st.info("This run saved no mHC snapshots: mHC was off (turn it on in the Train form), or the run "
-                "has not reached its first snapshot yet.")
-    else:
-        steps = [int(s["step"]) for s in snapshots]
-        step = steps[0] if len(steps) == 1 else st.select_slider(
-            "Training step of the snapshot", options=steps, value=steps[-1], key="inspect_step")
-        snapshot = snapshots[steps.index(step)]
-        show_figure(mhc_figures.h_res_heatmaps(snapshot), f"{run['name']}_h_res_step{step}", key="h_res")
-        left, right = st.columns(2)
-        with left:
-            show_figure(mhc_figures.sum_error_bars(snapshot), f"{run['name']}_h_res_sum_error_step{step}",
-                        key="sum_error")
-        with right:
-            show_figure(mhc_figures.composite_gain_figure(snapshot),
-                        f"{run['name']}_composite_gain_step{step}", key="composite_gain")
-        show_figure(mhc_figures.h_pre_post_bars(snapshot), f"{run['name']}_h_pre_post_step{step}",
-                    key="pre_post")
-        show_figure(mhc_figures.sum_error_over_steps(snapshots), f"{run['name']}_h_res_sum_error_over_steps",
-                    key="sum_error_steps")
+if mhc_tab.open:
+    with mhc_tab, shown_errors("drawing the mHC mappings"):
+        snapshots = cache.mhc_snapshots(path)
+        if not snapshots:
+            st.info("This run saved no mHC snapshots: mHC was off (turn it on in the Train form), or the run "
+                    "has not reached its first snapshot yet.")
+        else:
+            steps = [int(s["step"]) for s in snapshots]
+            step = steps[0] if len(steps) == 1 else st.select_slider(
+                "Training step of the snapshot", options=steps, value=steps[-1], key="inspect_step")
+            snapshot = snapshots[steps.index(step)]
+            show_figure(mhc_figures.h_res_heatmaps(snapshot), f"{run['name']}_h_res_step{step}", key="h_res")
+            left, right = st.columns(2)
+            with left:
+                show_figure(mhc_figures.sum_error_bars(snapshot), f"{run['name']}_h_res_sum_error_step{step}",
+                            key="sum_error")
+            with right:
+                show_figure(mhc_figures.composite_gain_figure(snapshot),
+                            f"{run['name']}_composite_gain_step{step}", key="composite_gain")
+            show_figure(mhc_figures.h_pre_post_bars(snapshot), f"{run['name']}_h_pre_post_step{step}",
+                        key="pre_post")
+            show_figure(mhc_figures.sum_error_over_steps(snapshots), f"{run['name']}_h_res_sum_error_over_steps",
+                        key="sum_error_steps")
 
-with velocity_tab, shown_errors("drawing Δz against velocity"):
-    from app.delta_panel import delta_panel
+if velocity_tab.open:
+    with velocity_tab, shown_errors("drawing Δz against velocity"):
+        from app.delta_panel import delta_panel
 
-    delta_panel(run)
+        delta_panel(run)
