@@ -1,5 +1,7 @@
 """``python -m bench [--quick] [--only NAME ...] [--json PATH]``: run every benchmark, print one table.
 
+``python -m bench --markdown RESULTS.json`` prints an earlier run as the README's Markdown table.
+
 The table gives median (min-max) over the repeats after warm-up, the baseline measured in the same run,
 their ratio and the target. JSON with the machine description goes to ``bench/results/``.
 """
@@ -42,12 +44,48 @@ def fmt_time(t) -> str:
     return f"{t.median_s * scale:.3g} ({t.min_s * scale:.3g}-{t.max_s * scale:.3g}) {unit}"
 
 
+# The extras worth a column in the README table; the JSON keeps them all.
+README_EXTRAS = ("col_error", "their_col_error", "max_abs_diff_vs_deepseek", "hyper_connections_vs_plain",
+                 "cells_per_s", "cells_per_s_baseline", "train_cells_per_s", "peak_mb", "peak_mb_st_lora")
+
+
+def _fmt_json_time(t: dict | None) -> str:
+    if not t:
+        return "-"
+    scale, unit = (1e3, "ms") if t["median_s"] < 1 else (1.0, "s")
+    return f"{t['median_s'] * scale:.3g} ({t['min_s'] * scale:.3g}–{t['max_s'] * scale:.3g}) {unit}"
+
+
+def markdown(result: dict) -> str:
+    """A results JSON as the README's Markdown table, with the machine it came from."""
+    lines = ["| benchmark | median (min–max) | baseline, same run | ratio | target | met | notes |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in result["rows"]:
+        ratio = f"{row['ratio']:.2f}×" if row.get("ratio") is not None else "-"
+        met = {True: "yes", False: "**no**", None: "-"}[row.get("met")]
+        baseline = f"{row['baseline_name']}: {_fmt_json_time(row['baseline'])}" if row.get("baseline") else "-"
+        notes = ", ".join(f"{k} {v}" for k, v in row.get("extra", {}).items() if k in README_EXTRAS)
+        lines.append(f"| {row['group']}: {row['name']} | {_fmt_json_time(row['timing'])} | {baseline} | {ratio} | "
+                     f"{row.get('target') or '-'} | {met} | {notes} |")
+    m = result["machine"]
+    lines.append("")
+    lines.append(f"Machine: {m['cpus']} CPUs ({m['processor']}), {m['platform']}, Python {m['python']}, torch "
+                 f"{m['torch']} ({m['torch_threads']} threads), GPU: {m['cuda'] or 'none'}; whole suite "
+                 f"{result['seconds']:.0f} s.")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (smoke run)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these modules, e.g. sinkhorn mhc")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON results")
+    parser.add_argument("--markdown", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="print an earlier run's results as the README's Markdown table, run nothing")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
 
     names = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_"))
     if args.only:
