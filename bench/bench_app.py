@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.harness import Row, Timing, measure
@@ -67,6 +68,22 @@ def _apptest_rows(root: Path, repeats: int) -> list[Row]:
     return rows
 
 
+@contextmanager
+def _data_page(browser, env: dict):
+    """A fresh ``streamlit run app/main.py`` and a browser tab on it, once the Data page is drawn."""
+    from app import serve
+
+    process, url = serve.start_server(env=env)
+    try:
+        serve.wait_healthy(url, process)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(url)
+        serve.wait_for_page(page, HEADINGS["Data"], charts=MIN_CHARTS["Data"])
+        yield page
+    finally:
+        serve.stop_server(process)
+
+
 def _browser_rows(root: Path, repeats: int) -> list[Row]:
     from playwright.sync_api import sync_playwright
 
@@ -80,16 +97,9 @@ def _browser_rows(root: Path, repeats: int) -> list[Row]:
         try:
             def cold_start():
                 start = time.perf_counter()
-                process, url = serve.start_server(env=env)
-                try:
-                    serve.wait_healthy(url, process)
-                    page = browser.new_page(viewport={"width": 1400, "height": 1600})
-                    page.goto(url)
-                    serve.wait_for_page(page, HEADINGS["Data"], charts=MIN_CHARTS["Data"])
+                with _data_page(browser, env) as page:
                     samples.append(time.perf_counter() - start)
                     page.close()
-                finally:
-                    serve.stop_server(process)
 
             samples: list[float] = []
             cold_start()  # warm-up: file caches, the demo data on disk, numba/pyc compilation
@@ -101,12 +111,7 @@ def _browser_rows(root: Path, repeats: int) -> list[Row]:
                             target=f"<= {COLD_START_TARGET_S:g} s",
                             met=timing.median_s <= COLD_START_TARGET_S))
 
-            process, url = serve.start_server(env=env)
-            try:
-                serve.wait_healthy(url, process)
-                page = browser.new_page(viewport={"width": 1400, "height": 1600})
-                page.goto(url)
-                serve.wait_for_page(page, HEADINGS["Data"], charts=MIN_CHARTS["Data"])
+            with _data_page(browser, env) as page:
                 order = list(PAGE_FILES)[1:] + ["Data"]
                 for name in order:  # warm-up: each page's first visit imports its modules
                     serve.open_page(page, name)
@@ -124,8 +129,6 @@ def _browser_rows(root: Path, repeats: int) -> list[Row]:
                                     target=f"<= {PAGE_SWITCH_TARGET_S:g} s",
                                     met=timing.median_s <= PAGE_SWITCH_TARGET_S))
                 rows.append(_velocity_tab_row(page, repeats))
-            finally:
-                serve.stop_server(process)
         finally:
             browser.close()
     return rows
