@@ -70,12 +70,13 @@ def stop_server(process) -> None:
         process.wait(timeout=5)
 
 
-VISIBLE_CHARTS_JS = ("() => [...document.querySelectorAll('.js-plotly-plot .main-svg')]"
-                     ".filter(e => e.getClientRects().length > 0).length")
+# One per figure: plotly draws several '.main-svg' layers into each figure, so counting those overstated it.
+VISIBLE_CHARTS_JS = ("() => [...document.querySelectorAll('.js-plotly-plot')]"
+                     ".filter(e => e.querySelector('.main-svg') && e.getClientRects().length > 0).length")
 
 
 def visible_charts(page) -> int:
-    """Plotly figures drawn on screen (a hidden tab's figures do not count)."""
+    """Plotly figures drawn on screen, one per figure (a hidden tab's figures do not count)."""
     return page.evaluate(VISIBLE_CHARTS_JS)
 
 

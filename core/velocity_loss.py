@@ -82,8 +82,11 @@ class _VelocityLoss(nn.Module):
         weights = _cell_weights(delta_z.shape[0], confidence, self.min_confidence, delta_z.device)
         norm_st, norm_v = _safe_norm(delta_z), _safe_norm(v_z)
         cos = (delta_z * v_z).sum(-1) / (norm_st * norm_v)
-        # A cell with no velocity has no direction to align to: it is left out of every cosine term.
-        has_direction = (v_z.pow(2).sum(-1) > _EPS**2).float()
+        # A cell with no velocity has no direction to align to, and a zero shift has none to align: either is
+        # left out of every cosine term. The second matters at the first step of a model whose head starts at
+        # zero: the cosine's gradient there is v_hat / ||delta_z||, about 1e8, which made the step's gradient
+        # norm 2.7e5 and swamped the distributional term's direction.
+        has_direction = ((v_z.pow(2).sum(-1) > _EPS**2) & (delta_z.pow(2).sum(-1) > _EPS**2)).float()
         return delta_z, v_z, weights, norm_st, norm_v, cos, has_direction
 
     @staticmethod
@@ -103,8 +106,9 @@ class VelocityAlignmentLoss(_VelocityLoss):
     """Direction (1 - cosine) plus beta times the magnitude gap, confidence-weighted.
 
     Cells whose v_z is zero have no direction and are left out of the direction term (they still count in
-    the magnitude term, where a zero velocity asks for no shift). A batch in which no cell counts returns a
-    zero loss that still backpropagates.
+    the magnitude term, where a zero velocity asks for no shift); so are cells whose delta_z is exactly zero
+    (a zero-initialised head at step 0), whose direction is undefined. A batch in which no cell counts returns
+    a zero loss that still backpropagates.
     """
 
     def __init__(self, beta: float = 1.0, use_magnitude: bool = True, min_confidence: float = 0.0):

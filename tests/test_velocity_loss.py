@@ -85,6 +85,21 @@ def test_gradients_are_finite_at_zero_shift(loss_cls):
     assert torch.isfinite(delta_z.grad).all()
 
 
+def test_a_zero_shift_has_no_direction_and_no_exploding_gradient():
+    # A zero-initialised head predicts delta_z = 0 at step 0: before this rule the cosine's gradient there was
+    # v_hat / 1e-8 (a from-scratch run logged a gradient norm of 2.7e5 at step 1).
+    delta_z = t([[0.0, 0.0], [0.0, 2.0]]).requires_grad_()
+    v_z = t([[3.0, 4.0], [1.0, 0.0]])
+    loss, metrics = VelocityAlignmentLoss(beta=1.0)(delta_z, v_z)
+    loss.backward()
+    assert metrics["n_direction_cells"] == 1
+    assert metrics["direction"] == pytest.approx(1.0)  # only the second cell: orthogonal, 1 - 0
+    # magnitude |0 - 5| and |2 - 1| average to 3; the zero cell's magnitude gradient is 0 (no direction to grow in)
+    assert metrics["magnitude"] == pytest.approx(3.0)
+    # second cell: d(1 - cos)/d(dz) = -(v_hat - cos dz_hat) / |dz| = (-0.5, 0); magnitude: 0.5 * dz_hat = (0, 0.5)
+    assert delta_z.grad.tolist() == [pytest.approx([0.0, 0.0]), pytest.approx([-0.5, 0.5])]
+
+
 def test_alignment_gradient_rotates_shift_towards_velocity():
     delta_z = t([[0.0, 1.0]]).requires_grad_()
     loss, _ = VelocityAlignmentLoss(use_magnitude=False)(delta_z, t([E1]))
