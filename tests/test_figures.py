@@ -325,3 +325,16 @@ def test_overlaid_curves_draw_one_smoothed_line_per_run():
     np.testing.assert_allclose(lines[1].y, metrics["lora-s1"].query("split == 'train'")["grad_norm"])
     fig = compare.overlaid_curves(metrics, "val_loss")
     np.testing.assert_allclose(fig.data[0].y, [1.5, 1.2, 1.1])
+
+
+def test_small_scatters_are_svg_and_large_ones_webgl():
+    # One WebGL context per figure is slow where the browser renders in software; SVG is quick below 5,000 points.
+    from core.figures.velocity import WEBGL_MIN_POINTS, embedding_scatter, norm_scatter
+
+    rng = np.random.default_rng(0)
+    small = norm_scatter(rng.uniform(0.1, 2, 900), rng.uniform(0.1, 2, 900), ["a"] * 450 + ["b"] * 450)
+    assert {t.type for t in small.data} == {"scatter"}
+    n = WEBGL_MIN_POINTS
+    for count, kind in ((n - 1, "scatter"), (n, "scattergl")):
+        fig = embedding_scatter(rng.normal(size=(count, 2)), pd.Series(["x"] * count), "label")
+        assert [t.type for t in fig.data] == [kind]

@@ -25,6 +25,15 @@ from core.figures.style import (
 )
 
 MAX_SCATTER_POINTS = 30_000
+# WebGL pays off only for many points: each WebGL figure opens its own context (slow where the browser renders in
+# software), while SVG draws a few thousand markers quickly. Two small WebGL scatters made the Inspect page's
+# velocity tab take ~1.4 s in headless chromium; as SVG, ~0.5 s.
+WEBGL_MIN_POINTS = 5_000
+
+
+def points_trace(n_points: int):
+    """The plotly scatter class for ``n_points`` markers: SVG below WEBGL_MIN_POINTS, WebGL above."""
+    return go.Scattergl if n_points >= WEBGL_MIN_POINTS else go.Scatter
 
 
 def _is_categorical(values: pd.Series) -> bool:
@@ -48,20 +57,21 @@ def embedding_scatter(coords: np.ndarray, values, colour_name: str, basis: str =
     keep = subsample_index(len(coords), max_points, seed)
     xy, shown = coords[keep], values.iloc[keep]
     fig = go.Figure()
+    scatter = points_trace(len(keep))
     if _is_categorical(values):
         colours = category_colours(values.astype(str).unique())
         labels = shown.astype(str).to_numpy()
         for category, colour in colours.items():
             mask = labels == category
-            fig.add_trace(go.Scattergl(x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=category,
-                                       marker=dict(size=3, color=colour, opacity=0.7),
-                                       hovertemplate=category + "<extra></extra>"))
+            fig.add_trace(scatter(x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=category,
+                                  marker=dict(size=3, color=colour, opacity=0.7),
+                                  hovertemplate=category + "<extra></extra>"))
         fig.update_layout(legend=dict(itemsizing="constant"))  # the title already names the column
     else:
         numbers = pd.to_numeric(shown, errors="coerce").to_numpy(dtype=float)
-        fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", name=colour_name,
-                                   marker=dict(size=3, color=numbers, colorscale=SEQUENTIAL, showscale=True,
-                                               colorbar=dict(title=dict(text=colour_name)))))
+        fig.add_trace(scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name=colour_name,
+                              marker=dict(size=3, color=numbers, colorscale=SEQUENTIAL, showscale=True,
+                                          colorbar=dict(title=dict(text=colour_name)))))
     _axis_titles(fig, basis)
     note = f" ({len(keep):,} of {len(coords):,} cells shown)" if len(keep) < len(coords) else ""
     return apply_style(fig, title=f"{basis} coloured by {colour_name}{note}", height=560)
@@ -69,9 +79,9 @@ def embedding_scatter(coords: np.ndarray, values, colour_name: str, basis: str =
 
 def _background(fig: go.Figure, coords: np.ndarray, max_points: int, seed: int = 0) -> None:
     keep = subsample_index(len(coords), max_points, seed)
-    fig.add_trace(go.Scattergl(x=coords[keep, 0], y=coords[keep, 1], mode="markers", name="cells",
-                               marker=dict(size=3, color=GREY, opacity=0.35), hoverinfo="skip",
-                               showlegend=False))
+    scatter = points_trace(len(keep))
+    fig.add_trace(scatter(x=coords[keep, 0], y=coords[keep, 1], mode="markers", name="cells",
+                          marker=dict(size=3, color=GREY, opacity=0.35), hoverinfo="skip", showlegend=False))
 
 
 def arrow_paths(x, y, u, v, scale: float, head: float = 0.35, angle: float = np.pi / 9):
@@ -208,10 +218,11 @@ def norm_scatter(delta_norm: np.ndarray, v_norm: np.ndarray, cell_types,
         return message_figure("No cells with both Δz and a velocity.", title="‖Δz‖ vs ‖v_z‖")
     idx = np.flatnonzero(ok)[subsample_index(int(ok.sum()), max_points, seed)]
     fig = go.Figure()
+    scatter = points_trace(len(idx))
     for name, colour in category_colours(types[idx]).items():
         m = idx[types[idx] == name]
-        fig.add_trace(go.Scattergl(x=v_norm[m], y=delta_norm[m], mode="markers", name=name,
-                                   marker=dict(size=4, color=colour, opacity=0.6)))
+        fig.add_trace(scatter(x=v_norm[m], y=delta_norm[m], mode="markers", name=name,
+                              marker=dict(size=4, color=colour, opacity=0.6)))
     lo = float(min(v_norm[ok].min(), delta_norm[ok].min()))
     hi = float(max(v_norm[ok].max(), delta_norm[ok].max()))
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="‖Δz‖ = ‖v_z‖",
