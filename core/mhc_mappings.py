@@ -101,6 +101,10 @@ class mHCMappings(nn.Module):
         if dynamic:
             self.phi = nn.Parameter(torch.zeros(2 * n + self.n_res, n * hidden_dim))
             self.alpha = nn.Parameter(torch.full((3,), GATE_INIT))  # pre, post, res
+            # which gate scales each of the m logits: one gather builds the m gates (slices, expands and a
+            # concatenation would cost seven operations forward and more backward)
+            gate_of = torch.tensor([0] * n + [1] * n + [2] * self.n_res)
+            self.register_buffer("gate_index", gate_of, persistent=False)
         self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
@@ -157,8 +161,7 @@ class mHCMappings(nn.Module):
             # the n copies share x~; x~ phi^T sums phi's n column blocks, and the RMS of n copies is that of one
             phi = phi.view(m, n, -1).sum(1)
         projected = RMSProjection.apply(x, phi, RMS_EPS)  # [N, m]
-        a = self.alpha.float()
-        gates = torch.cat([a[:1].expand(n), a[1:2].expand(n), a[2:].expand(self.n_res)])
+        gates = self.alpha.float()[self.gate_index]
         bias = torch.cat([self.b_pre.float(), self.b_post.float(), self.b_res.float().flatten()])
         logits = torch.addcmul(bias, projected, gates).t().contiguous()  # [m, N]
         pre_post = torch.sigmoid(logits[: 2 * n])
