@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,25 +125,44 @@ def projected_arrows(ref: DatasetRef, embed_key: str, vector_key: str, basis_key
 # ------------------------------------------------------------------------------------ computed velocity
 
 
-_COMPUTED: dict = {}
+class _ComputedVelocities:
+    """Velocities computed on the Data page, shared by every session of this server (at most ``size``, oldest
+    dropped first). Sessions are threads of one process, hence the lock."""
+
+    def __init__(self, size: int = 4):
+        self.size, self._lock, self._items = size, threading.Lock(), {}
+
+    def get(self, key):
+        with self._lock:
+            return self._items.get(key)
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.pop(next(iter(self._items)))
+
+
+@st.cache_resource
+def _computed() -> _ComputedVelocities:
+    return _ComputedVelocities()
 
 
 def computed_velocity_vectors(ref: DatasetRef, params_key: str):
-    result = _COMPUTED.get((ref, params_key))
+    result = _computed().get((ref, params_key))
     if result is None:
         raise DataError("velocity has not been computed for this data set yet; compute it on the Data page")
     return result["velocity"]
 
 
 def computed_velocity(ref: DatasetRef, params_key: str) -> dict | None:
-    return _COMPUTED.get((ref, params_key))
+    return _computed().get((ref, params_key))
 
 
 def store_computed_velocity(ref: DatasetRef, params_key: str, result: dict) -> None:
-    """Keep a velocity computed on the Data page for every session of this server (at most a few)."""
-    _COMPUTED[(ref, params_key)] = result
-    while len(_COMPUTED) > 4:
-        _COMPUTED.pop(next(iter(_COMPUTED)))
+    """Keep a velocity computed on the Data page for every session of this server."""
+    _computed().put((ref, params_key), result)
 
 
 # ----------------------------------------------------------------------------------------------- runs

@@ -11,6 +11,7 @@ import streamlit as st
 from app import cache
 from app.cache import DEMO_DATASETS, DatasetRef
 from app.components import show_figure
+from core.data.datasets import run_data
 from core.errors import DataError
 from core.figures.run import data_kwargs, delta_velocity, per_cell_type_table
 from core.figures.velocity import arrows_figure, cos_histograms, norm_scatter
@@ -19,11 +20,10 @@ from core.figures.velocity import arrows_figure, cos_histograms, norm_scatter
 def run_dataset(keys: dict) -> DatasetRef:
     """The data set a run trained on, from its ``data.kwargs`` (no path: the built-in demo, with the
     velocity core computes for it when the run used ``velocity_pca``)."""
-    path = keys.get("path")
+    data = run_data(keys)
+    path = data.path
     if not path:
-        name = keys.get("dataset") or "burn_sham"
-        if name == "burn_sham" and keys.get("velocity_key") == "velocity_pca":
-            name = "burn_sham:velocity"
+        name = f"{data.demo}:velocity" if data.with_velocity else data.demo
         return DatasetRef("demo", name, DEMO_DATASETS.get(name, name), None)
     if not Path(path).is_file():
         raise DataError(f"the run's data file {path} is gone; put it back to see Δz against velocity")
@@ -69,7 +69,7 @@ def evaluate(run_dir: Path) -> None:
     import sys
 
     from core.errors import UserError
-    from core.runs import REPO_ROOT
+    from core.paths import REPO_ROOT
 
     result = subprocess.run([sys.executable, "-m", "core", "evaluate", str(run_dir)], cwd=REPO_ROOT,
                             capture_output=True, text=True)

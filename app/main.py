@@ -5,17 +5,10 @@ no training and no math happen in the views. Heavy imports (torch, scvelo) stay 
 that need them, so the first page appears in a few seconds.
 """
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # streamlit puts app/ on the path, our packages live one level up
-    sys.path.insert(0, str(REPO_ROOT))
-
-import streamlit as st  # noqa: E402
-
-from app import sidebar  # noqa: E402
-from app.guard import shown_errors  # noqa: E402
+from app import sidebar
+from app.guard import shown_errors
 
 st.set_page_config(page_title="Burn vs sham: ST fine-tuning with mHC and velocity",
                    page_icon=":material/biotech:", layout="wide")

@@ -28,7 +28,7 @@ def upload_limit_mb() -> int:
 
 
 def uploads_dir() -> Path:
-    from core.runs import runs_root
+    from core.paths import runs_root
 
     return runs_root() / ".uploads"
 
@@ -36,7 +36,7 @@ def uploads_dir() -> Path:
 def _saved_upload(uploaded) -> DatasetRef:
     """Save the upload (once per content) where the trainer can read it; never unpickled, only read as
     HDF5 by anndata. The file name the user gave is shown, never used as a path."""
-    from core.runs import atomic_write_bytes
+    from core.io.atomic import atomic_write_bytes
 
     cache = st.session_state.setdefault("upload_digests", {})
     digest = cache.get(uploaded.file_id)

@@ -9,6 +9,7 @@ import streamlit as st
 
 from app import cache
 from core.errors import DataError
+from core.io.atomic import atomic_write_with
 
 MODES = {"stochastic (fast, scvelo's default)": "stochastic", "dynamical (slow; full kinetics)": "dynamical"}
 
@@ -32,7 +33,7 @@ def velocity_panel(ref, adata, embed_key: str | None):
     params = dict(mode=mode, n_neighbors=int(n_neighbors), n_top_genes=int(n_top_genes))
     params_key = f"{embed_key}|{mode}|{int(n_neighbors)}|{int(n_top_genes)}"
     if submitted:
-        from core.velocity import compute_velocity
+        from core.velocity.pipeline import compute_velocity
 
         bar = st.progress(0.0, text="Starting the velocity pipeline…")
 
@@ -67,16 +68,13 @@ def save_copy_with_velocity(ref, adata, embed_key: str, params: dict):
     import hashlib
 
     from app.sidebar import uploads_dir
-    from core.velocity import compute_velocity
+    from core.velocity.pipeline import compute_velocity
 
     tag = hashlib.sha1(f"{ref.kind}|{ref.key}|{embed_key}|{sorted(params.items())}".encode()).hexdigest()[:16]
     path = uploads_dir() / f"{tag}-velocity-{params['mode']}.h5ad"
     if not path.is_file():
         work = adata.to_memory() if adata.isbacked else adata.copy()
         compute_velocity(work, basis=embed_key.removeprefix("X_"), embed_key=embed_key, **params)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.h5ad")
-        with st.spinner("Writing the copy…"):
-            work.write_h5ad(tmp)
-        tmp.replace(path)
+        with st.spinner("Writing the copy…"):  # atomic, with a temp name per process: sessions never collide
+            atomic_write_with(path, work.write_h5ad)
     return path

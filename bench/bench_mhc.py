@@ -20,8 +20,8 @@ import torch
 
 from bench.bench_sinkhorn import interleaved
 from bench.harness import Row
-from core.mhc import mHCTransformerLayer
-from core.mhc_mappings import mHCMappings
+from core.mhc.layer import mHCTransformerLayer
+from core.mhc.mappings import mHCMappings
 
 N_STREAMS = 4
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from bench.harness import Row, Timing
-from core.sinkhorn import doubly_stochastic_error, sinkhorn_knopp
+from core.mhc.sinkhorn import doubly_stochastic_error, sinkhorn_knopp
 
 BATCH, ITERS = 3072, 20
 

@@ -37,7 +37,9 @@ def _step_fn(extra: list[str]):
     from core.config import load_config
     from core.model.build import build_for_training
     from core.training.data import SetDataModule, load_adata, make_split, resolve_mapping
+    from core.training.demo_base import demo_base_checkpoint
     from core.training.module import STModule
+    from core.training.run import train
 
     cfg = load_config(overrides=["model.init_from=demo", "run.name=bench", *extra])
     adata = load_adata(cfg)
@@ -46,8 +48,9 @@ def _step_fn(extra: list[str]):
     data = SetDataModule(cfg, adata, mapping, make_split(adata.obs, mapping, d.split, d.val_fraction,
                                                          d.test_fraction, 0))
     batch = next(iter(data.train_dataloader()))
+    base = demo_base_checkpoint(train)
     torch.manual_seed(0)
-    model, _, _ = build_for_training(cfg, data.table.z.shape[1], data.pert_map, mapping.control_pert)
+    model, _, _ = build_for_training(cfg, data.table.z.shape[1], data.pert_map, mapping.control_pert, base_path=base)
     module = STModule(model, {"config": cfg.to_dict(), "pert_map": data.pert_map, "control": mapping.control_pert,
                               "embed_dim": int(data.table.z.shape[1]), "batch_map": {}, "lora_applied": True})
     optimizer = module.configure_optimizers()
@@ -77,9 +80,10 @@ def _alternating(fns: dict, repeats: int, steps_per_sample: int, warmup: int = 3
 
 
 def _step_rows(quick: bool) -> list[Row]:
-    from core.model.base import demo_base_checkpoint
+    from core.training.demo_base import demo_base_checkpoint
+    from core.training.run import train
 
-    demo_base_checkpoint()  # build the cached base outside the timings
+    demo_base_checkpoint(train)  # build the cached base outside the timings
     plain, cells = _step_fn([])
     fns = {"plain": plain, "mhc": _step_fn(["model.kwargs.use_mhc=true"])[0],
            "mhc_static": _step_fn(["model.kwargs.use_mhc=true", "model.kwargs.mhc.dynamic=false"])[0]}
@@ -144,7 +148,7 @@ print("PEAK_KB", int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.
 def _peak_mb(extra: list[str], root: str) -> float:
     out = subprocess.run([sys.executable, "-c", _PEAK, "model.init_from=demo", "training.max_epochs=1",
                           f"run.root={root}", "run.name=peak", *extra], cwd=REPO, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)), check=True)
+                         check=True)
     line = next(line for line in out.stdout.splitlines() if line.startswith("PEAK_KB"))
     return int(line.split()[1]) / 1024
 

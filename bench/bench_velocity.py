@@ -22,7 +22,7 @@ from bench.harness import Row, Timing, measure
 def _pipelines(adata, repeats: int, warmup: int) -> dict[str, tuple[Timing, dict]]:
     """Both engines, alternately, ``repeats`` times after ``warmup`` untimed rounds; per engine the timing and
     the step times of its median run."""
-    from core.velocity import compute_velocity
+    from core.velocity.pipeline import compute_velocity
 
     runs: dict[str, list[tuple[float, dict]]] = {"fast": [], "scvelo": []}
     for i in range(warmup + repeats):
@@ -44,8 +44,8 @@ def run(quick: bool) -> list[Row]:
     from scvelo.tools.transition_matrix import transition_matrix
 
     from core.data.demo import generate
-    from core.velocity import velocity_graph
-    from core.velocity_fast import transition_projection
+    from core.velocity.fast import transition_projection
+    from core.velocity.pipeline import velocity_graph
 
     rows = []
     repeats = 3 if quick else 5

@@ -345,6 +345,6 @@ def validate_config(cfg: Config) -> None:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    from core.runs import atomic_write_text
+    from core.io.atomic import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

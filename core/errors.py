@@ -22,3 +22,7 @@ class ConfigError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is missing, is not a checkpoint of this project, or does not fit the data."""
+
+
+class RunFolderError(UserError):
+    """The runs folder cannot be written (disk full, read-only, no permission) or a run is missing."""

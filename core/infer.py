@@ -23,6 +23,7 @@ import numpy as np
 
 from core.data.mapping import ColumnMapping
 from core.errors import CheckpointError, DataError
+from core.io.atomic import atomic_write_with
 
 log = logging.getLogger("core.infer")
 
@@ -43,8 +44,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 def load_model(checkpoint: str | os.PathLike, device: str | None = None):
     """(model in eval mode on ``device``, its config, its hyper-parameters) from a checkpoint or a run folder."""
+    from core.io.checkpoint import load_checkpoint
     from core.model.build import build_for_checkpoint
-    from core.runs import load_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     model, cfg, hp = build_for_checkpoint(load_checkpoint(path), path)
@@ -74,15 +75,10 @@ def run_mapping(cfg, overrides: ColumnMapping | dict | None = None) -> ColumnMap
 
 
 def run_dataset(cfg):
-    """The AnnData a run trained on: its data.kwargs.path, else the demo it used (without velocities)."""
-    d = cfg.data.kwargs
-    if d.path:
-        from core.data.io import read_h5ad
+    """The AnnData a run trained on (core.data.datasets decides which)."""
+    from core.data.datasets import load_run_data, run_data
 
-        return read_h5ad(d.path)
-    from core.data.demo import load_demo
-
-    return load_demo(d.dataset)
+    return load_run_data(run_data(cfg))
 
 
 def _select(adata, cells) -> np.ndarray:
@@ -247,12 +243,5 @@ def write_predictions(predictions, output: str | os.PathLike, input_path: str | 
         source = Path(input_path).expanduser()
         if output.resolve() == source.resolve() or (output.exists() and os.path.samefile(output, source)):
             raise DataError("--output must differ from --adata: the input file is never overwritten")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp.h5ad")
-    try:
-        predictions.write_h5ad(tmp)
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_with(output, predictions.write_h5ad)
     return output

@@ -1,5 +1,5 @@
 """Shared fixtures: the demo data is generated once per machine (data/cache/ or $ST_DATA_CACHE) and reused by
-every test session; its velocity is computed once and cached beside it (core/velocity.py)."""
+every test session; its velocity is computed once and cached beside it (core/velocity/pipeline.py)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""A checkpoint written before the layout move (d38ca1e: core/mhc.py, core/runs.py as single modules) loads with
+"""A checkpoint written before the layout move (d38ca1e: core/mhc.py and core/runs.py as single modules) loads with
 today's code and gives the same predictions: state-dict keys follow attribute names, not module paths."""
 
 from pathlib import Path

@@ -133,7 +133,7 @@ def test_velocity_agreement_matches_hand_values_and_respects_confidence():
 
 
 def test_velocity_agreement_matches_the_training_loss_metrics():
-    from core.velocity_loss import VelocityAlignmentLoss
+    from core.velocity.loss import VelocityAlignmentLoss
 
     rng = np.random.default_rng(6)
     delta_z, v_z = rng.normal(size=(40, 5)), rng.normal(size=(40, 5))

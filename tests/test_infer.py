@@ -107,3 +107,21 @@ def test_cli_writes_a_new_file_and_never_touches_the_input(trained, tmp_path):
     assert code == 2 and err.strip().splitlines() == ["error: --output must differ from --adata: the input file is "
                                                       "never overwritten"]
     assert _digest(data) == before
+
+
+def test_cli_takes_a_run_name_from_the_runs_folder(trained, tmp_path, monkeypatch):
+    # the README's `infer --run st-lora` must work wherever ST_RUNS_DIR points (a checkpoint path did not)
+    run, data = trained
+    monkeypatch.setenv("ST_RUNS_DIR", str(run.parent))
+    output = tmp_path / "by_name.h5ad"
+    code, out, err = _cli("infer", "--run", run.name, "--adata", str(data), "--output", str(output),
+                          "--split", "val", "--celltype-col", "cell_types_simple_short")
+    assert code == 0, err
+    by_path = tmp_path / "by_path.h5ad"
+    assert _cli("infer", "--checkpoint", str(run), "--adata", str(data), "--output", str(by_path), "--split", "val",
+                "--celltype-col", "cell_types_simple_short")[0] == 0
+    np.testing.assert_array_equal(ad.read_h5ad(output).obsm["X_pred"], ad.read_h5ad(by_path).obsm["X_pred"])
+    code, _, err = _cli("infer", "--run", "no-such-run", "--output", str(tmp_path / "x.h5ad"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no run named 'no-such-run'" in err
+    code, _, err = _cli("infer", "--output", str(tmp_path / "x.h5ad"))
+    assert code == 2 and "--run NAME" in err

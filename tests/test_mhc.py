@@ -6,8 +6,8 @@ from peft import LoraConfig, get_peft_model, inject_adapter_in_model
 from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel
 
 from core.errors import ConfigError
-from core.mhc import apply_mhc_to_transformer, find_mhc_layers, mhc_parameters
-from core.sinkhorn import doubly_stochastic_error
+from core.mhc.layer import apply_mhc_to_transformer, find_mhc_layers, mhc_parameters
+from core.mhc.sinkhorn import doubly_stochastic_error
 
 C = 32
 ARCHS = ["llama", "gpt2", "bert"]

@@ -7,10 +7,10 @@ import torch
 from transformers.models.deepseek_v4.configuration_deepseek_v4 import DeepseekV4Config
 from transformers.models.deepseek_v4.modeling_deepseek_v4 import DeepseekV4HyperConnection
 
-from core.mhc import composite_gain
-from core.mhc_kernels import RMSProjection, StreamMix
-from core.mhc_mappings import RES_DIAG_INIT, RES_LOGIT_BOUND, mHCMappings
-from core.sinkhorn import doubly_stochastic_error, sinkhorn_knopp
+from core.mhc.kernels import RMSProjection, StreamMix
+from core.mhc.layer import composite_gain
+from core.mhc.mappings import RES_DIAG_INIT, RES_LOGIT_BOUND, mHCMappings
+from core.mhc.sinkhorn import doubly_stochastic_error, sinkhorn_knopp
 
 C = 16
 

@@ -6,7 +6,7 @@ import torch
 
 from core.config import load_config
 from core.errors import CheckpointError, ConfigError
-from core.mhc import find_mhc_layers, mhc_parameters
+from core.mhc.layer import find_mhc_layers, mhc_parameters
 from core.model.build import build_for_checkpoint, build_for_training, plain_model
 from core.model.state_transition import StateTransitionModel
 

@@ -16,6 +16,7 @@ import torch
 
 from core import runs
 from core.errors import UserError
+from core.runs import launcher
 
 REPO = Path(__file__).resolve().parents[1]
 MAPPING = ["data.kwargs.pert_col=condition", "data.kwargs.control_pert=sham",
@@ -75,7 +76,7 @@ def killed_and_reference(small_h5ad, tmp_path_factory):
         return "epoch" in rows and bool(((rows["split"] == "train") & (rows["epoch"] >= 1)).any())
 
     _wait(mid_second_epoch, 240, "the second epoch of the run to kill")
-    child = runs._CHILDREN[killed.resolve()] if killed.resolve() in runs._CHILDREN else runs._CHILDREN[killed]
+    child = launcher._CHILDREN.get(killed.resolve()) or launcher._CHILDREN[killed]
     os.kill(child.pid, signal.SIGKILL)
     child.wait(timeout=10)
     killed_status = runs.read_status(killed)
@@ -133,7 +134,7 @@ def test_cancel_ends_the_run_as_cancelled_and_keeps_its_checkpoints(small_h5ad, 
     run_dir = runs.launch_run(_overrides(small_h5ad, "training.max_epochs=200", "training.batch_size=1"),
                               "to-cancel", root=tmp_path)
     _wait(lambda: (run_dir / "checkpoints" / "last.ckpt").exists(), 240, "the first checkpoint")
-    child = runs._CHILDREN.get(run_dir.resolve()) or runs._CHILDREN[run_dir]
+    child = launcher._CHILDREN.get(run_dir.resolve()) or launcher._CHILDREN[run_dir]
     status = runs.cancel_run(run_dir)
     child.wait(timeout=120)
     assert status["state"] == "cancelled"

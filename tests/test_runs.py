@@ -17,7 +17,7 @@ import pytest
 
 from core import runs
 from core.errors import CheckpointError, ConfigError, UserError
-from core.runs import RunWriter
+from core.runs import RunWriter, launcher, reader
 
 # --- names ------------------------------------------------------------------------------------------
 
@@ -124,7 +124,7 @@ def test_disk_errors_during_a_write_keep_the_old_file_and_say_what_to_do(tmp_pat
     def failing_fsync(fd):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(runs.os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(runs.RunFolderError, match=phrase) as err:
         runs.atomic_write_json(target, {"state": "completed"})
     assert runs.RUNS_DIR_ENV in str(err.value) and "\n" not in str(err.value)
@@ -442,7 +442,7 @@ def fake_trainer(tmp_path, monkeypatch):
         extra = ["--config", str(config)] if config else []
         return [sys.executable, str(script), *extra, f"run.dir={run_dir}", *overrides]
 
-    monkeypatch.setattr(runs, "_train_command", command)
+    monkeypatch.setattr(launcher, "_train_command", command)
     return tmp_path / "runs"
 
 
@@ -478,7 +478,7 @@ def test_cancel_stops_a_trainer_that_ignores_stop_with_sigterm_to_its_group(fake
     worker = int((run_dir / "worker.pid").read_text())
     final = runs.cancel_run(run_dir, grace_s=0.5)
     assert final["state"] == "cancelled"
-    assert not runs._process_alive(status["pid"], status["heartbeat"])
+    assert not reader._process_alive(status["pid"], status["heartbeat"])
     assert _wait_gone(worker), "the trainer's worker in the same process group must be stopped too"
 
 
@@ -493,7 +493,7 @@ def test_cancel_lets_a_trainer_that_saw_stop_finish_saving_instead_of_killing_it
 def _wait_gone(pid, timeout=5.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not runs._process_alive(pid, None):
+        if not reader._process_alive(pid, None):
             return True
         time.sleep(0.05)
     return False

@@ -18,6 +18,7 @@ import torch
 from core import runs
 from core.data.io import read_h5ad
 from core.errors import CheckpointError, ConfigError
+from core.runs import launcher
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,10 +131,10 @@ def test_a_run_name_typed_on_the_command_line_cannot_leave_the_runs_folder(tmp_p
 @pytest.mark.parametrize("name", ESCAPING_NAMES)
 def test_launch_run_refuses_an_escaping_name_before_starting_anything(tmp_path, name):
     root = tmp_path / "runs"
-    children = dict(runs._CHILDREN)
+    children = dict(launcher._CHILDREN)
     with pytest.raises(ConfigError):
         runs.launch_run(["training.max_epochs=1"], name, root=root)
-    assert runs._CHILDREN == children
+    assert launcher._CHILDREN == children
     assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["runs"])
     assert not root.exists() or not any(root.iterdir())
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hyper_connections.manifold_constrained_hyper_connections import log_domain_sinkhorn_knopps, sinkhorn_knopps
 
-from core.sinkhorn import SinkhornKnopp, doubly_stochastic_error, sinkhorn_knopp, sinkhorn_knopp_batch_last
+from core.mhc.sinkhorn import SinkhornKnopp, doubly_stochastic_error, sinkhorn_knopp, sinkhorn_knopp_batch_last
 
 
 def random_logits(batch, n, scale, seed=0, dtype=torch.float32):
@@ -29,7 +29,7 @@ def test_sinkhorn_error_against_iterations_at_logit_scale_5():
     # 2,000 matrices, worst column error after 10 / 20 / 50 / 1000 iterations: 0.47 / 0.081 / 0.026 / 1.1e-3;
     # after 20 iterations 26% of the matrices are within 1e-3 and the median is 9.6e-3. 20 iterations are
     # within 1e-3 for logits of scale 5 drawn uniformly in [0, 5) (99.9% of matrices) but not for N(0, 25):
-    # this is why mHC bounds its H_res logits (core/mhc_mappings.py).
+    # this is why mHC bounds its H_res logits (core/mhc/mappings.py).
     logits = random_logits(2000, 4, scale=5.0, dtype=torch.float64)
     per_matrix = {k: (sinkhorn_knopp(logits, n_iters=k).sum(-2) - 1).abs().amax(-1) for k in (10, 20, 50, 1000)}
     worst = [per_matrix[k].max().item() for k in (10, 20, 50, 1000)]

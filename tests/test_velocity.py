@@ -9,8 +9,8 @@ import scipy.sparse as sp
 
 from core.data.io import read_h5ad
 from core.errors import DataError
-from core.velocity import check_layers, compute_velocity, save_with_velocity, use_precomputed
-from core.velocity_fast import transition_projection
+from core.velocity.fast import transition_projection
+from core.velocity.pipeline import check_layers, compute_velocity, save_with_velocity, use_precomputed
 
 REPO = Path(__file__).resolve().parents[1]
 # real mouse pancreas counts (100 cells, scvelo's test data, BSD-3), in ../shared beside the checkout

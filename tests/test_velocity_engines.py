@@ -1,4 +1,4 @@
-"""The fast engine (core/velocity_fast.py) against scvelo itself, step by step and end to end."""
+"""The fast engine (core/velocity/fast.py) against scvelo itself, step by step and end to end."""
 
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.data.io import read_h5ad
-from core.velocity import compute_velocity
+from core.velocity.pipeline import compute_velocity
 
 PANCREAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pancreas_100obs.h5ad"
 

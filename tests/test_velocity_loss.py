@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from core.velocity_loss import VelocityAlignmentLoss, VelocityRegularizationLoss
+from core.velocity.loss import VelocityAlignmentLoss, VelocityRegularizationLoss
 
 E1 = [1.0, 0.0]
 E2 = [0.0, 1.0]

@@ -22,18 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_run_dataset(run_dir: Path):
-    """The data set a run trained on (its data.kwargs.path, else the built-in demo)."""
-    from core.figures.run import data_kwargs
+    """The data set a run trained on (core.data.datasets decides which; a file stays on disk, backed)."""
+    from core.data.datasets import load_run_data, run_data
     from core.runs import read_config
 
-    path = data_kwargs(read_config(run_dir)).get("path")
-    if path:
-        from core.data.io import read_h5ad
-
-        return read_h5ad(path, backed=True)
-    from core.data.demo import load_demo
-
-    return load_demo("burn_sham", with_velocity=False)
+    return load_run_data(run_data(read_config(run_dir)), backed=True)
 
 
 def run(args: argparse.Namespace) -> int:

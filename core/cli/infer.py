@@ -1,4 +1,4 @@
-"""``python -m core infer --checkpoint CKPT_OR_RUN [--adata IN] --output preds.h5ad``: predict perturbed cells.
+"""``python -m core infer --run NAME | --checkpoint CKPT [--adata IN] --output preds.h5ad``: predict perturbed cells.
 
 Flags follow Arc State's ``state tx infer`` (--embed-key --pert-col --control-pert --celltype-col --batch-col);
 each defaults to what the run trained with. Without --adata the run's own data set (or the demo) is used. Writes
@@ -12,7 +12,8 @@ HELP = "predict perturbed embeddings from control cells with a trained ST model;
 
 
 def add_arguments(parser):
-    parser.add_argument("--checkpoint", required=True, help="a .ckpt file or a run folder (best, else final ckpt)")
+    parser.add_argument("--run", default=None, help="a run name in the runs folder ($ST_RUNS_DIR) or a run folder")
+    parser.add_argument("--checkpoint", default=None, help="a .ckpt file or a run folder (best, else final ckpt)")
     parser.add_argument("--adata", type=Path, default=None, help="input .h5ad (default: the run's own data)")
     parser.add_argument("--output", type=Path, required=True, help="where to write the predictions .h5ad")
     parser.add_argument("--embed-key", default=None, help="obsm key of the embedding (default: the run's)")
@@ -32,9 +33,14 @@ def add_arguments(parser):
 def run(args) -> int:
     import pandas as pd
 
-    from core.errors import DataError
+    from core.errors import ConfigError, DataError
     from core.infer import predict, resolve_checkpoint, write_predictions
+    from core.runs import resolve_run
 
+    if (args.run is None) == (args.checkpoint is None):
+        raise ConfigError("give the model as --run NAME (a run in the runs folder) or --checkpoint PATH, not both")
+    if args.run is not None:
+        args.checkpoint = resolve_run(args.run, allow_outside=True)
     if args.adata is not None and args.output.expanduser().resolve() == args.adata.expanduser().resolve():
         raise DataError("--output must differ from --adata: the input file is never overwritten")
     adata = None

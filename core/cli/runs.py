@@ -38,7 +38,8 @@ def _age(seconds: float) -> str:
 
 
 def _list(root) -> int:
-    from core.runs import list_runs, runs_root
+    from core.paths import runs_root
+    from core.runs import list_runs
 
     found = list_runs(root)
     if not found:
@@ -70,7 +71,9 @@ def _resume_info(run_dir: Path) -> dict:
         "state": status["state"],
         "last_step": status.get("step"),
         "checkpoint": str(last) if last.is_file() else None,
-        "checkpoints": sorted(p.name for p in checkpoints.glob("*.ckpt")) if checkpoints.is_dir() else [],
+        # a name starting with "." is a checkpoint being written (core.io.atomic's temp file)
+        "checkpoints": (sorted(p.name for p in checkpoints.glob("*.ckpt") if not p.name.startswith("."))
+                        if checkpoints.is_dir() else []),
     }
     if info["checkpoint"] is None:
         info["note"] = "no last.ckpt yet: resuming starts the run again from the beginning"

@@ -1,6 +1,6 @@
 """``python -m core velocity --adata IN --output OUT``: RNA velocity projected into the latent space.
 
-Writes a copy with the velocity keys (see core/velocity.py); the input file is never modified.
+Writes a copy with the velocity keys (see core/velocity/pipeline.py); the input file is never modified.
 """
 
 from pathlib import Path
@@ -29,7 +29,7 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from core.data.io import read_h5ad
-    from core.velocity import compute_velocity, save_with_velocity
+    from core.velocity.pipeline import compute_velocity, save_with_velocity
 
     if args.output.expanduser().resolve() == args.adata.expanduser().resolve():
         raise DataError("--output must differ from --adata: the input file is never overwritten")

@@ -23,7 +23,6 @@ the same map for the burn/sham data and the atlas, so a base model pretrained on
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import anndata as ad
@@ -32,6 +31,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from core.data.kinetics import spliced_velocity, unspliced_spliced
+from core.io.atomic import atomic_write_with
+from core.paths import cache_dir
 
 CELL_TYPES = ["Basal_KC", "Diff_KC", "Fibroblast", "Macrophage", "Neutrophil", "Endothelial"]
 SEED = 20261124
@@ -50,12 +51,6 @@ ATLAS_CELLS_PER_GROUP = 120
 ATLAS_BATCHES = 3
 CACHE_VERSION = "v3"
 NAMES = ("burn_sham", "atlas")
-
-
-def cache_dir() -> Path:
-    """``$ST_DATA_CACHE`` if set, else ``data/cache/`` of the checkout (git-ignored)."""
-    root = os.environ.get("ST_DATA_CACHE")
-    return Path(root) if root else Path(__file__).resolve().parents[2] / "data" / "cache"
 
 
 def demo_path(name: str = "burn_sham") -> Path:
@@ -312,11 +307,8 @@ def ensure_demo(force: bool = False) -> dict[str, Path]:
     paths = {name: demo_path(name) for name in NAMES}
     if force or not all(p.exists() for p in paths.values()):
         burn_sham, atlas = generate()
-        paths["burn_sham"].parent.mkdir(parents=True, exist_ok=True)
         for name, adata in (("burn_sham", burn_sham), ("atlas", atlas)):
-            tmp = paths[name].with_name(f".{paths[name].stem}.tmp{os.getpid()}.h5ad")
-            adata.write_h5ad(tmp)
-            os.replace(tmp, paths[name])  # never leave a half-written cache file under the real name
+            atomic_write_with(paths[name], adata.write_h5ad)  # never a half-written cache file under the real name
         _remove_older_versions(paths)
     return paths
 
@@ -343,7 +335,7 @@ def load_demo(name: str = "burn_sham", with_velocity: bool = False) -> ad.AnnDat
     ensure_demo()
     adata = ad.read_h5ad(path)
     if with_velocity:
-        from core.velocity import compute_velocity
+        from core.velocity.pipeline import compute_velocity
 
         compute_velocity(adata, basis="pca")
     return adata

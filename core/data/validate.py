@@ -87,7 +87,7 @@ def validate(adata, mapping: ColumnMapping, set_size: int | None = None, expecte
         dup = adata.obs_names[adata.obs_names.duplicated()][:3].tolist()
         report.errors.append(f"cell names are duplicated (e.g. {dup}); run adata.obs_names_make_unique()")
     if mapping.velocity_key and mapping.embed_key in adata.obsm:
-        from core.velocity import use_precomputed
+        from core.velocity.pipeline import use_precomputed
 
         try:
             use_precomputed(adata, mapping.velocity_key, mapping.embed_key, mapping.confidence_key)

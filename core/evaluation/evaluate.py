@@ -41,14 +41,9 @@ def read_split(run_dir: Path):
 def run_data(cfg, data_path=None):
     """The AnnData the run trained on: ``data_path`` if given, else the run's data.kwargs.path, else its demo
     (burn/sham with its latent velocity, so every run can be scored against velocity)."""
-    from core.data.demo import load_demo
-    from core.data.io import read_h5ad
+    from core.data.datasets import RunData, load_run_data, run_data
 
-    path = data_path or cfg.data.kwargs.path
-    if path:
-        return read_h5ad(path)
-    dataset = cfg.data.kwargs.dataset
-    return load_demo(dataset, with_velocity=dataset == "burn_sham" and bool(cfg.data.kwargs.velocity_key))
+    return load_run_data(RunData(str(data_path), None, False) if data_path else run_data(cfg))
 
 
 def evaluate_run(

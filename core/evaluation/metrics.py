@@ -122,7 +122,7 @@ def top_k_overlap(shift_pred, shift_real, k: int = DEFAULT_TOP_K) -> float:
 
 def velocity_agreement(delta_z, v_z, confidence=None, min_confidence: float = 0.0) -> dict[str, float]:
     """How Delta z lines up with RNA velocity, weighted as the training loss weights it
-    (``core.velocity_loss``; a test checks they agree): w_i = confidence_i, or 0 below ``min_confidence``
+    (``core.velocity.loss``; a test checks they agree): w_i = confidence_i, or 0 below ``min_confidence``
     (1 for every cell without confidences); cells with a zero velocity are left out of the cosine; cells
     whose v_z or confidence is NaN (no velocity) are dropped.
 
@@ -151,7 +151,7 @@ def velocity_agreement(delta_z, v_z, confidence=None, min_confidence: float = 0.
     n_cells = int((weights > 0).sum())
     if n_cells == 0:
         return {"cos_delta_v": math.nan, "magnitude_ratio": math.nan, "n_velocity_cells": 0}
-    # Below this norm a velocity has no direction (the same threshold as core.velocity_loss).
+    # Below this norm a velocity has no direction (the same threshold as core.velocity.loss).
     direction_weights = weights * (norm_v > 1e-8)
     denominator = norm_delta * norm_v
     cos = np.divide((delta_z * v_z).sum(1), denominator, out=np.zeros(len(delta_z)), where=denominator > 0)

@@ -10,7 +10,7 @@ import math
 import os
 from pathlib import Path
 
-from core.runs import atomic_write_json, atomic_write_text, disk_error, ensure_dir
+from core.io.atomic import atomic_write_json, atomic_write_text, atomic_write_with, ensure_dir
 
 
 def json_ready(value):
@@ -29,21 +29,8 @@ def json_ready(value):
 
 
 def write_h5ad_atomic(adata, path: Path) -> None:
-    """``adata.write_h5ad`` to a temporary file next to ``path``, then rename over it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        adata.write_h5ad(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        friendly = disk_error(err, path, "write")
-        if friendly is None:
-            raise
-        raise friendly from err
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``adata.write_h5ad``, atomically (core.io.atomic)."""
+    atomic_write_with(path, adata.write_h5ad)
 
 
 def write_evaluation(out_dir, summary: dict, per_group, predictions=None) -> dict[str, Path]:

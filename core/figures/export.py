@@ -8,6 +8,7 @@ about 300 dpi at 13 cm); SVG keeps CSS pixel units.
 
 from __future__ import annotations
 
+import functools
 import io
 import threading
 import warnings
@@ -24,21 +25,19 @@ FORMATS = ("png", "svg", "html")
 MIME = {"png": "image/png", "svg": "image/svg+xml", "html": "text/html", "zip": "application/zip"}
 
 _server_lock = threading.Lock()
-_server_started = False
 
 
 class ExportError(UserError):
     """A static image cannot be rendered on this machine (no Chromium for kaleido)."""
 
 
+@functools.cache  # once per process (the browser belongs to it); called under _server_lock, so never twice at once
 def _ensure_image_server() -> None:
     """Start kaleido's browser once per process: each later image then takes ~0.2 s instead of ~2.5 s.
 
-    MathJax is off because kaleido would otherwise fetch it from a CDN (no internet here).
+    MathJax is off because kaleido would otherwise fetch it from a CDN (no internet here). A failure is not
+    cached (functools.cache keeps only returned values), so installing Chromium and retrying works.
     """
-    global _server_started
-    if _server_started:
-        return
     import kaleido
 
     try:
@@ -48,7 +47,6 @@ def _ensure_image_server() -> None:
             "PNG/SVG export needs Chromium: install it (Debian/Ubuntu: 'sudo apt-get install chromium') "
             f"or set BROWSER_PATH to a Chrome/Chromium binary ({type(err).__name__}: {err})"
         ) from err
-    _server_started = True
 
 
 def export_size(fig: go.Figure, width: int | None = None, height: int | None = None) -> tuple[int, int]:

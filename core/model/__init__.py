@@ -1,9 +1,3 @@
-"""The State Transition model (``state_transition``), how it is built from scratch or from a base with LoRA and
-mHC (``build``), and the demo base model pretrained on the demo atlas (``base``)."""
-
-
-def demo_base_checkpoint() -> str:
-    """Path of the demo base model (pretrained on the demo atlas once, then cached in data/cache/)."""
-    from core.model.base import demo_base_checkpoint as _build
-
-    return _build()
+"""The State Transition model (``state_transition``) and how it is built from scratch or from a base checkpoint,
+with LoRA and mHC (``build``). Training the demo base lives in ``core.training.demo_base``: the model package
+never trains."""

@@ -40,7 +40,7 @@ def add_adapters(model: StateTransitionModel, cfg: Config, lora: bool) -> list[s
     ``model.kwargs.train_encoders`` (the perturbation table always, so new labels can learn); mHC's mapping
     parameters always train.
     """
-    from core.mhc import apply_mhc_to_transformer, mhc_parameters
+    from core.mhc.layer import apply_mhc_to_transformer, mhc_parameters
 
     m, notes = cfg.model.kwargs, []
     if lora:
@@ -153,19 +153,13 @@ def load_base_weights(model: StateTransitionModel, base_state: dict, base_hp: di
     return report
 
 
-def resolve_base(init_from: str) -> str:
-    if init_from == "demo":
-        from core.model.base import demo_base_checkpoint
-
-        return demo_base_checkpoint()
-    return init_from
-
-
 def build_for_training(cfg: Config, embed_dim: int, pert_map: dict[str, int], control: str,
-                       batch_map: dict[str, int] | None = None) -> tuple[StateTransitionModel, dict, list[str]]:
-    """The model to train: from scratch, or from ``model.init_from`` (base weights first), then LoRA, then mHC.
+                       batch_map: dict[str, int] | None = None,
+                       base_path: str | None = None) -> tuple[StateTransitionModel, dict, list[str]]:
+    """The model to train: from scratch, or from the base checkpoint ``base_path`` (``model.init_from`` resolved
+    by the caller: "demo" is a checkpoint the trainer builds), base weights first, then LoRA, then mHC.
     Returns the model, the load report and notes for the log. Sizes come from the base when there is one."""
-    from core.runs import load_checkpoint
+    from core.io.checkpoint import load_checkpoint
 
     batch_map = batch_map or {}
     m, notes = cfg.model.kwargs, []
@@ -179,7 +173,7 @@ def build_for_training(cfg: Config, embed_dim: int, pert_map: dict[str, int], co
         notes += add_adapters(model, cfg, lora=False)
         return model, report, notes
 
-    path = resolve_base(cfg.model.init_from)
+    path = base_path or cfg.model.init_from
     base_cfg, base_hp, base_state = read_checkpoint(load_checkpoint(path), path)
     if base_hp["embed_dim"] != embed_dim:
         raise CheckpointError(f"the base model was trained on {base_hp['embed_dim']}-d embeddings but the data's "

@@ -21,7 +21,7 @@ class RunFolderCallback(L.Callback):
         self.last_val_step: int | None = None  # of the last validation during training (not the sanity pass)
 
     def _snapshot(self, trainer, pl_module) -> None:
-        from core.mhc import find_mhc_layers
+        from core.mhc.layer import find_mhc_layers
 
         step = trainer.global_step
         layers = find_mhc_layers(pl_module.model)

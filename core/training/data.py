@@ -36,18 +36,9 @@ SPLITS = ("train", "val", "test")
 def load_adata(cfg: Config):
     """The run's AnnData: the file at data.kwargs.path (read, never written), or the demo (with its latent
     velocity when the velocity loss is on)."""
-    d = cfg.data.kwargs
-    if d.path:
-        from core.data.io import read_h5ad
+    from core.data.datasets import load_run_data, run_data
 
-        return read_h5ad(d.path)
-    from core.data.demo import load_demo
-
-    with_velocity = cfg.model.kwargs.use_velocity_alignment
-    if with_velocity and d.dataset != "burn_sham":
-        raise ConfigError("the demo atlas has no RNA velocity; use model.kwargs.use_velocity_alignment=false to "
-                          "pretrain on it")
-    return load_demo(d.dataset, with_velocity=with_velocity)
+    return load_run_data(run_data(cfg, need_velocity=bool(cfg.model.kwargs.use_velocity_alignment)))
 
 
 def resolve_mapping(cfg: Config, adata) -> ColumnMapping:

@@ -4,7 +4,7 @@
     lambda_t = min(1, t / velocity_warmup_steps),   t = 1, 2, ... the number of the optimisation step
 
 dist_loss is geomloss's energy distance (default) or Sinkhorn divergence (with ``blur``) between each predicted
-set and its real perturbed set, averaged over the sets of a batch. L_vel is core.velocity_loss's alignment
+set and its real perturbed set, averaged over the sets of a batch. L_vel is core.velocity.loss's alignment
 (1 - cos + beta * magnitude gap) or L2 loss over every control cell of the batch. The warm-up lets the
 distributional loss place delta_z first, so the velocity term does not pull an untrained shift around.
 Validation reports the distributional loss (``val_loss``, what "best" checkpoints are chosen on, so runs with
@@ -19,7 +19,7 @@ import torch
 from geomloss import SamplesLoss
 
 from core.errors import UserError
-from core.velocity_loss import VelocityAlignmentLoss, VelocityRegularizationLoss
+from core.velocity.loss import VelocityAlignmentLoss, VelocityRegularizationLoss
 
 # velocity_loss metric name -> metrics.jsonl column (the run-folder contract)
 VELOCITY_COLUMNS = {"direction": "vel_direction", "magnitude": "vel_magnitude", "regularization": "vel_l2",

@@ -8,6 +8,7 @@ Lightning re-runs this command once per extra GPU; those processes find the run 
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -21,11 +22,12 @@ from pathlib import Path
 
 from core.config import Config, save_config
 from core.errors import UserError
-from core.runs import RunWriter, atomic_checkpoint_io, atomic_write_json, atomic_write_text, new_run_dir, runs_root
+from core.io.atomic import atomic_write_json, atomic_write_text
+from core.io.checkpoint import atomic_checkpoint_io
+from core.paths import SHARED_RUN_DIR_ENV, runs_root
+from core.runs import RunWriter, new_run_dir
 
 log = logging.getLogger("core.training")
-SHARED_RUN_DIR_ENV = "ST_SHARED_RUN_DIR"
-_DEFAULT_THREADS: int | None = None
 
 
 def device_choice(accelerator: str) -> tuple[str, str]:
@@ -57,16 +59,20 @@ def _is_rank_zero() -> bool:
 def _cpu_threads(cfg: Config) -> int:
     """training.num_threads, or half of torch's default when the run trains on the CPU (see config.py: two
     threads on a busy 2-core machine spin against other processes and ran 10x slower than one)."""
-    import torch
 
     if cfg.training.num_threads:
         return cfg.training.num_threads
-    global _DEFAULT_THREADS
-    if _DEFAULT_THREADS is None:
-        _DEFAULT_THREADS = torch.get_num_threads()  # before any run changed it (a nested run, the demo base)
+    default = _torch_default_threads()
     if device_choice(cfg.training.accelerator)[1] == "cpu":
-        return max(1, _DEFAULT_THREADS // 2)
-    return _DEFAULT_THREADS
+        return max(1, default // 2)
+    return default
+
+
+@functools.cache  # read once, before any run in this process changed it (a nested run, the demo base)
+def _torch_default_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _git_commit() -> str | None:
@@ -214,6 +220,7 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
 
     from core.model.build import build_for_training
     from core.training.callbacks import RunFolderCallback
+    from core.training.demo_base import resolve_base
     from core.training.module import STModule
 
     t, m = cfg.training, cfg.model.kwargs
@@ -227,9 +234,10 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
         return run_dir
 
     accelerator, device = device_choice(t.accelerator)
+    base_path = resolve_base(cfg.model.init_from, train)  # may pretrain the demo base: before seeding, not after
     torch.manual_seed(t.seed)  # the model's initial weights do not depend on how much data preparation drew
     model, load_report, notes = build_for_training(cfg, data.table.z.shape[1], data.pert_map, mapping.control_pert,
-                                                   data.batch_map)
+                                                   data.batch_map, base_path=base_path)
     for note in notes:
         log.info("model: %s", note)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)

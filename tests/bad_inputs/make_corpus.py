@@ -176,7 +176,6 @@ def make_corpus(small_demo, folder: Path) -> list[Case]:
 if __name__ == "__main__":
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from core.data.demo import load_demo
 
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "bad_inputs_corpus")

@@ -21,7 +21,7 @@ gene per 1,000 cells), the velocity graph with ``approx=True`` (30 PCs: 16x fast
 nearly the same result), the transition matrix, the projection and the confidence.
 
 Two engines compute the steps after the moments: ``engine="scvelo"`` calls scvelo's functions (the
-reference); ``engine="fast"`` (default) runs ``core/velocity_fast.py``, the same arithmetic vectorised,
+reference); ``engine="fast"`` (default) runs ``core/velocity/fast.py``, the same arithmetic vectorised,
 which agrees with scvelo per cell (cosine of v_z >= 0.99 on the demo; tests/test_velocity_engines.py) and
 is several times faster (bench/bench_velocity.py).
 
@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +56,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from core.errors import DataError
+from core.io.atomic import atomic_write_with
 
 Progress = Callable[[str, float], None] | None
 ENGINES = ("fast", "scvelo")
@@ -66,7 +66,7 @@ _VERSION = 3  # bump when the computation changes, so old cache entries are not 
 
 
 def _cache_root() -> Path:
-    from core.data.demo import cache_dir
+    from core.paths import cache_dir
 
     return cache_dir() / "velocity"
 
@@ -185,10 +185,7 @@ def compute_velocity(adata, basis: str = "pca", embed_key: str | None = None, mo
     else:
         result, summary = _pipeline(adata, embedding, params, report)
         if use_cache:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(f".{cache_file.stem}.tmp{os.getpid()}.npz")
-            np.savez(tmp, summary=json.dumps(summary), **result)
-            os.replace(tmp, cache_file)
+            atomic_write_with(cache_file, lambda tmp: np.savez(tmp, summary=json.dumps(summary), **result))
     _write_keys(adata, result, params, basis, embed_key)
     return summary
 
@@ -237,7 +234,7 @@ def _preprocess(adata, params: dict, step=lambda name: None):
     sc.pp.pca(work, n_comps=n_pcs)
     n_neighbors = min(params["n_neighbors"], work.n_obs - 1)
     if params["engine"] == "fast":
-        from core.velocity_fast import knn_graph
+        from core.velocity.fast import knn_graph
 
         work.obsp["distances"], work.obsp["connectivities"] = knn_graph(work.obsm["X_pca"][:, :n_pcs], n_neighbors)
         work.uns["neighbors"] = {"connectivities_key": "connectivities", "distances_key": "distances",
@@ -255,7 +252,7 @@ def _pipeline(adata, embedding: np.ndarray, params: dict, report) -> tuple[dict,
     import scvelo as scv
     from scvelo.tools.transition_matrix import transition_matrix
 
-    from core import velocity_fast as fast
+    from core.velocity import fast
 
     timings, clock = {}, [time.perf_counter()]
     fractions = {"normalise": 0.1, "neighbours": 0.25, "moments": 0.35, "velocity": 0.6, "velocity graph": 0.75,
@@ -310,7 +307,7 @@ def velocity_graph(adata, params: dict, step=lambda name: None):
     import scvelo as scv
     from scvelo.tools.utils import get_indices
 
-    from core import velocity_fast as fast
+    from core.velocity import fast
 
     work = _preprocess(adata, params, step)
     use_fast = params["engine"] == "fast"
@@ -378,8 +375,4 @@ def save_with_velocity(adata, output, source=None) -> Path:
     output = Path(output).expanduser()
     if source is not None and output.resolve() == Path(source).expanduser().resolve():
         raise DataError("the output path is the input file; choose another path: the input is never overwritten")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.stem}.tmp{os.getpid()}.h5ad")
-    adata.write_h5ad(tmp)
-    os.replace(tmp, output)
-    return output
+    return atomic_write_with(output, adata.write_h5ad)

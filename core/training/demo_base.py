@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from core.io.atomic import atomic_write_with
 
 BASE_OVERRIDES = ["data.kwargs.dataset=atlas", "model.kwargs.lora.enable=false", "training.max_epochs=6",
                   "training.learning_rate=0.002", "training.seed=0", "training.accelerator=cpu"]
@@ -44,29 +45,31 @@ def _identity() -> list:
 
 
 def demo_base_path() -> Path:
-    from core.data.demo import cache_dir
+    from core.paths import cache_dir
 
     digest = hashlib.sha256(json.dumps(_identity()).encode()).hexdigest()[:10]
     return cache_dir() / f"demo_base_{digest}.ckpt"
 
 
-def demo_base_checkpoint() -> str:
-    """Path of the demo base checkpoint, pretraining it first if it is not cached yet."""
+def demo_base_checkpoint(train) -> str:
+    """Path of the demo base checkpoint, pretraining it first with ``train`` (``core.training.run.train``, handed
+    in by the trainer so that this module does not import the trainer that imports it) if it is not cached."""
     path = demo_base_path()
     if path.exists():
         return str(path)
-    from core.training.run import train
-
     log.info("pretraining the demo base model on the demo atlas (once; cached at %s)", path)
     with tempfile.TemporaryDirectory(prefix="demo-base-") as tmp:
         cfg = _base_config()
         cfg.run.dir = f"{tmp}/run"
         run_dir = train(cfg)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".tmp{os.getpid()}")
-        shutil.copyfile(run_dir / "checkpoints" / "final.ckpt", partial)
-        os.replace(partial, path)  # a second process building at the same time just replaces it with its twin
+        # a second process building at the same time just replaces it with its twin
+        atomic_write_with(path, lambda tmp: shutil.copyfile(run_dir / "checkpoints" / "final.ckpt", tmp))
     for stale in path.parent.glob("demo_base_*.ckpt"):
         if stale != path:
             stale.unlink(missing_ok=True)  # bases of older code or data; open readers keep their copy
     return str(path)
+
+
+def resolve_base(init_from: str | None, train) -> str | None:
+    """``model.init_from`` as a checkpoint path: "demo" is the demo base (built with ``train`` on first use)."""
+    return demo_base_checkpoint(train) if init_from == "demo" else init_from

@@ -32,8 +32,8 @@ import math
 import torch
 from torch import nn
 
-from core.mhc_kernels import RMSProjection
-from core.sinkhorn import sinkhorn_knopp_batch_last
+from core.mhc.kernels import RMSProjection
+from core.mhc.sinkhorn import sinkhorn_knopp_batch_last
 
 GATE_INIT = 0.01  # alpha, paper §4.3
 # H_res starts at Sinkhorn(tau I), diagonal e^tau / (e^tau + n - 1): 0.87 at n = 4. Near identity, so each

@@ -15,7 +15,7 @@ Function preservation (what lets mHC be added to a pretrained model at fine-tuni
 identical, H_res has exact row sums (rows are normalised last), sum(H_pre) = 1 and H_post = 1, so every
 stream carries exactly the unwrapped network's hidden state, whatever H_res is, and read-out weights that
 sum to 1 return it. H_pre starts as a soft one-hot on stream (layer index mod n), which breaks the symmetry
-between the streams without breaking preservation; core/mhc_mappings.py gives every initial value and why.
+between the streams without breaking preservation; core/mhc/mappings.py gives every initial value and why.
 BERT is post-norm, so the paper's identity-mapping argument for stability does not carry over to it;
 preservation at initialisation still holds, since it needs only the algebra above.
 
@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
-from core.mhc_kernels import StreamMix
-from core.mhc_mappings import PRE_MAIN_WEIGHT, mHCMappings
+from core.mhc.kernels import StreamMix
+from core.mhc.mappings import PRE_MAIN_WEIGHT, mHCMappings
 
 # Where each supported architecture keeps its list of blocks (GPT-2, LLaMA and relatives, BERT).
 _LAYER_LISTS = ("h", "layers", "encoder.layer")

@@ -1,0 +1,1 @@
+"""Writing and reading files safely: atomic replacement (atomic.py) and weights-only checkpoints (checkpoint.py)."""
