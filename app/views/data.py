@@ -69,7 +69,7 @@ with right:
         if mapping.get("confidence_key"):
             confidence = adata.obs[mapping["confidence_key"]].to_numpy()
     else:
-        from app.velocity_panel import velocity_panel
+        from app.panels.velocity import velocity_panel
 
         with shown_errors("computing RNA velocity"):
             vectors_key, confidence = velocity_panel(ref, adata, embed_key)

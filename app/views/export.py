@@ -6,8 +6,8 @@ import streamlit as st
 
 from app import cache
 from app.components import run_path, run_picker
-from app.delta_panel import run_dataset
 from app.guard import shown_errors
+from app.panels.delta import run_dataset
 from core.figures import export
 from core.figures.run import data_kwargs, run_figures
 from core.runs import list_runs

@@ -49,6 +49,6 @@ if mhc_tab.open:
 
 if velocity_tab.open:
     with velocity_tab, shown_errors("drawing Δz against velocity"):
-        from app.delta_panel import delta_panel
+        from app.panels.delta import delta_panel
 
         delta_panel(run)

@@ -3,8 +3,8 @@
 import streamlit as st
 
 from app.guard import shown_errors
-from app.run_monitor import run_monitor
-from app.train_form import train_form
+from app.panels.run_monitor import run_monitor
+from app.panels.train_form import train_form
 
 st.title("Train")
 st.caption("Each launch runs `python -m core train …` in its own process, writing to the runs folder; "
