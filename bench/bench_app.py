@@ -4,7 +4,7 @@ Browser rows (Debian chromium via playwright) time what a user sees: from spawni
 app/main.py`` to the Data page's figure drawn in the browser (cold start), and from a click in the page
 navigation to the next page's heading with its figures drawn and the script finished (page switch).
 AppTest rows time the server-side script alone for the same actions (no browser, no network), which is
-what our code controls. Targets (issue 6): cold start <= 10 s, page switch <= 1 s.
+what our code controls. Targets: cold start <= 10 s, page switch <= 1 s.
 
 The pages run against a runs folder holding one real, evaluated fine-tune (LoRA + mHC + velocity, one
 epoch), trained once before timing, so Inspect, Compare and Export draw real figures.

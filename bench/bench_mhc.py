@@ -1,10 +1,10 @@
 """mHC: the mapping computation against DeepSeek V4's, and one wrapped HF LLaMA block against its peers.
 
-Rows (issue 6), all forward + backward, n = 4 streams:
+Rows, all forward + backward, n = 4 streams:
 - mappings: H_pre, H_post, H_res (and the H_pre-collapsed block input, which DeepSeek's module also returns)
   for 8 x 256 tokens at hidden 512, against ``DeepseekV4HyperConnection`` holding the same weights. Target <= 1.0x.
 - block: one LlamaDecoderLayer shaped like the project's backbone (hidden 256, MLP 4 x 256, 4 heads; batch 8,
-  sequence 64, the peers' set-up in issue 6), wrapped as a middle layer of a run (n streams in, n streams out:
+  sequence 64, the peers' common set-up), wrapped as a middle layer of a run (n streams in, n streams out:
   the most work any wrapped layer does), against the same block with its plain residual (target <= 1.10x) and
   against hyper-connections' ``ManifoldConstrainedHyperConnections`` around the same block as a delta branch
   (target <= 1.0x). Dynamic mappings (the paper's) are the headline; static ones are reported too.

@@ -2,7 +2,7 @@
 
 Baselines, timed in the same process on the same tensors: lucidrains' hyper-connections
 ``log_domain_sinkhorn_knopps`` (against our log domain, the default) and ``sinkhorn_knopps`` (against our plain
-domain). Target (issue 6): <= 0.8x their time at equal or smaller doubly stochastic error, the error being the
+domain). Target: <= 0.8x their time at equal or smaller doubly stochastic error, the error being the
 worst |column sum - 1| over the batch (rows are exact in both); "equal" allows 1e-6 of float32 rounding.
 Also reported: matrices per second, and our error against the iteration count.
 """

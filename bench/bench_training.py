@@ -1,6 +1,6 @@
 """Training the ST model on the demo: what mHC costs per step, whole fine-tunes, throughput and memory.
 
-Rows (issue 6):
+Rows:
 - one LoRA fine-tuning step (forward, backward, AdamW) of the default demo model (hidden 128, 4 layers, 8 sets
   of 32 cells) with mHC (dynamic, the default; and static) against the same step without; target <= 1.10x.
   mHC and plain steps are timed alternately, so a busy machine slows both alike.

@@ -1,6 +1,6 @@
 """RNA velocity: the whole stochastic pipeline and the latent projection, at 5k and 20k cells of the demo generator.
 
-Rows (issue 6):
+Rows:
 - the pipeline with our fast engine (``core.velocity.compute_velocity(engine="fast")``, no cache) against the
   same pipeline with scvelo's own functions (``engine="scvelo"``), both from the counts to v_z and confidence;
   target: 20k cells <= 60 s. Medians of 5 runs (3 with --quick), the engines alternating; the step times of the

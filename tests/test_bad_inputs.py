@@ -19,7 +19,7 @@ make_corpus = importlib.util.module_from_spec(_spec)
 sys.modules["make_corpus"] = make_corpus  # dataclasses look their module up there
 _spec.loader.exec_module(make_corpus)
 
-# One case per item of issue 7's bad-input list (some items, e.g. NaN or inf, have several cases).
+# One case per item of the bad-input list in README "What happens when…" (NaN or inf have several cases).
 EXPECTED_CASES = 25
 
 

@@ -1,4 +1,4 @@
-"""Faults during a real training run (issue 7): a NaN loss, SIGKILL then resume, cancel, concurrent launches and
+"""Faults during a real training run: a NaN loss, SIGKILL then resume, cancel, concurrent launches and
 an unwritable runs folder. Tiny model (hidden 32, 2 layers) on the small demo written to a tmp .h5ad."""
 
 import math

@@ -1,4 +1,4 @@
-"""Safety (issue 7): a crafted checkpoint never runs code on any path that loads one, user-typed run names stay
+"""Safety: a crafted checkpoint never runs code on any path that loads one, user-typed run names stay
 inside the runs folder, and nothing a user hands over (upload, checkpoint, snapshot) is unpickled."""
 
 import ast

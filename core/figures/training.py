@@ -1,7 +1,7 @@
 """Training curves of one run, from the rows of ``metrics.jsonl`` (``core.runs.read_metrics``).
 
 Train rows carry ``step, loss, dist_loss, vel_loss, cos_similarity, lambda_t, grad_norm, ...``; validation
-rows carry ``split == "val"`` and ``val_loss, val_dist_loss, ...`` (see CONTRACT_RUNS.md). Every builder
+rows carry ``split == "val"`` and ``val_loss, val_dist_loss, ...`` (see core/runs/__init__.py). Every builder
 accepts the whole table, tolerates missing columns (a run without the velocity term has no ``vel_loss``)
 and returns a figure that says so instead of failing.
 """

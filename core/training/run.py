@@ -1,4 +1,4 @@
-"""``train(cfg)``: one complete run, from a config to a finished run folder (the contract in CONTRACT_RUNS.md).
+"""``train(cfg)``: one complete run, from a config to a finished run folder (the layout in core/runs/__init__.py).
 
 The Trainer picks the device (CUDA, then Apple MPS, then CPU, unless training.accelerator says otherwise), uses
 bf16 mixed precision on CUDA, clips gradients, and passes devices/strategy through for multi-GPU DDP. Under DDP

@@ -1,4 +1,4 @@
-"""The corpus of purpose-built bad inputs (issue 7): each case is a file (or none) plus the command line that
+"""The corpus of purpose-built bad inputs: each case is a file (or none) plus the command line that
 feeds it to ``python -m core``, and a phrase the one-line error must contain.
 
 Files are generated from the small demo into a folder (a test's tmp dir), so nothing large is committed:
