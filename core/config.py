@@ -169,66 +169,71 @@ def valid_keys(cls=Config, prefix: str = "") -> list[str]:
     return keys
 
 
-def _coerce(key: str, value, tp):
-    """value (already YAML-parsed) -> tp, or ConfigError naming the key and the expected type."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0])
-    if origin is list:
-        if isinstance(value, (int, str)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list (e.g. [0,1]); got {value!r}")
-        return [_coerce(key, v, args[0]) for v in value]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be true or false; got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key} must be a whole number; got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{key} must be a number; got {value!r}") from None
-        return float(value)
-    if tp is str:
-        if isinstance(value, (list, tuple)):  # e.g. training.devices=[0,1] -> "0,1", as Lightning reads it
-            return ",".join(str(v) for v in value)
-        if value is None or isinstance(value, dict):
-            raise ConfigError(f"{key} must be a text value; got {value!r}")
-        return str(value)
-    raise ConfigError(f"{key}: unsupported type {tp}")
+def _leaf_types(cls=Config, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for name, tp in _field_types(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.update(_leaf_types(tp, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = tp
+    return out
 
 
-def _set(cfg, dotted: str, value) -> None:
-    key = ALIASES.get(dotted, dotted)
-    parts = key.split(".")
-    target = cfg
-    for part in parts[:-1]:
-        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
-            _unknown(dotted)
-        target = getattr(target, part)
-    types_ = _field_types(type(target)) if dataclasses.is_dataclass(target) else {}
-    if parts[-1] not in types_ or dataclasses.is_dataclass(types_[parts[-1]]):
-        if isinstance(value, dict) and parts[-1] in types_:
-            for sub, v in value.items():
-                _set(cfg, f"{key}.{sub}", v)
-            return
-        _unknown(dotted)
-    value = _coerce(dotted, value, types_[parts[-1]])
+_LEAVES = _leaf_types()
+_EXPECTED = {bool: "must be true or false", int: "must be a whole number", float: "must be a number",
+             str: "must be a text value"}
+
+
+def _scalar_type(tp):
+    """(the type OmegaConf checks a value against, whether it is a list of it)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) is list:
+        return typing.get_args(tp)[0], True
+    return tp, False
+
+
+def _prepare(key: str, value, tp, shown: str):
+    """The few conveniences OmegaConf does not have: a single value for a list key is a one-element list,
+    a list for a text key is Lightning's comma form (training.devices=[0,1] -> "0,1"), Arc State's capitalised
+    backbone names are lower-cased, and a bool is never taken for a number (OmegaConf would take True as 1)."""
+    inner, is_list = _scalar_type(tp)
+    if is_list and value is not None and not isinstance(value, (list, tuple)):
+        value = [value]
+    if inner is str and not is_list and isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
     if key in _LOWER_CASE_VALUES and isinstance(value, str):
         value = value.lower()
-    setattr(target, parts[-1], value)
+    items = value if is_list and isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        wrong_bool = inner in (int, float) and isinstance(item, bool)
+        wrong_float = inner is int and isinstance(item, float) and not item.is_integer()
+        wrong_text = inner is str and isinstance(item, dict)
+        not_bool = inner is bool and not isinstance(item, bool)  # OmegaConf would take 1 or "on" for true
+        if wrong_bool or wrong_float or wrong_text or not_bool:
+            raise ConfigError(f"{shown} {_EXPECTED[inner]}; got {value!r}")
+    if inner is int and isinstance(value, float):
+        value = int(value)
+    return value
+
+
+def _assign(schema, dotted: str, value) -> None:
+    """Set one dotted key on the OmegaConf structured config, which checks the value against the field's type."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    key = ALIASES.get(dotted, dotted)
+    if key not in _LEAVES:
+        _unknown(dotted)
+    value = _prepare(key, value, _LEAVES[key], dotted)
+    try:
+        OmegaConf.update(schema, key, value, merge=False)
+    except OmegaConfBaseException:
+        inner, is_list = _scalar_type(_LEAVES[key])
+        expected = _EXPECTED.get(inner, f"must be of type {inner}")
+        if is_list:
+            expected = f"must be a list (e.g. [0,1]); each item {expected}"
+        raise ConfigError(f"{dotted} {expected}; got {value!r}") from None
 
 
 def _unknown(key: str):
@@ -237,13 +242,26 @@ def _unknown(key: str):
     raise ConfigError(f"unknown config key '{key}'{hint}")
 
 
-def _apply_dict(cfg: Config, data: dict, prefix: str = "") -> None:
+def _apply_dict(schema, data: dict, prefix: str = "") -> None:
     for k, v in data.items():
         dotted = f"{prefix}{k}"
-        if isinstance(v, dict) and ALIASES.get(dotted, dotted) not in valid_keys():
-            _apply_dict(cfg, v, f"{dotted}.")
+        if isinstance(v, dict) and ALIASES.get(dotted, dotted) not in _LEAVES:
+            _apply_dict(schema, v, f"{dotted}.")
         else:
-            _set(cfg, dotted, v)
+            _assign(schema, dotted, v)
+
+
+def _schema():
+    """The defaults as an OmegaConf structured config over the dataclasses: every later value is type-checked."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.structured(Config)
+
+
+def _to_config(schema) -> Config:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(schema)
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -261,7 +279,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 preset: str | None = None) -> Config:
     """Defaults, then the ``preset`` (small | gpu), then the YAML file at ``path``, then the ``key=value``
     overrides; validated."""
-    cfg = Config()
+    cfg = _schema()
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -279,16 +297,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _apply_dict(cfg, data)
     for text in overrides or []:
         key, value = parse_override(text)
-        _set(cfg, key, value)
-    validate_config(cfg)
-    return cfg
+        _assign(cfg, key, value)
+    config = _to_config(cfg)
+    validate_config(config)
+    return config
 
 
 def config_from_dict(data: dict) -> Config:
-    cfg = Config()
+    cfg = _schema()
     _apply_dict(cfg, data)
-    validate_config(cfg)
-    return cfg
+    config = _to_config(cfg)
+    validate_config(config)
+    return config
 
 
 def _check(ok: bool, message: str) -> None:

@@ -1,5 +1,7 @@
 """The typed training config: YAML + dotted overrides, Arc State's key names, presets, and one-line errors."""
 
+import re
+
 import pytest
 import yaml
 
@@ -129,3 +131,23 @@ def test_a_saved_config_yaml_loads_back_to_the_same_config(tmp_path):
                                  "data.kwargs.match_by=cell_type_batch", "training.val_freq=5"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.kwargs.use_mhc=1", "model.kwargs.use_mhc must be true or false; got 1"),
+    ("model.kwargs.lora.r=true", "model.kwargs.lora.r must be a whole number; got True"),
+    ("training.max_epochs=2.5", "training.max_epochs must be a whole number; got 2.5"),
+    ("run.name={a: 1}", "run.name must be a text value"),
+])
+def test_the_structured_schema_refuses_values_of_another_type(override, message):
+    # OmegaConf alone would read 1 as true and true as 1; the schema keeps bools and numbers apart
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(overrides=[override])
+
+
+def test_a_single_value_for_a_list_key_is_a_one_element_list_and_whole_floats_are_ints():
+    cfg = load_config(overrides=["model.kwargs.lora.target_modules=q_proj", "model.kwargs.mhc.layer_indices=0",
+                                 "training.max_epochs=2.0"])
+    assert cfg.model.kwargs.lora.target_modules == ["q_proj"]
+    assert cfg.model.kwargs.mhc.layer_indices == [0]
+    assert cfg.training.max_epochs == 2 and isinstance(cfg.training.max_epochs, int)
