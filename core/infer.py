@@ -53,13 +53,9 @@ def load_model(checkpoint: str | os.PathLike, device: str | None = None):
 
 
 def _device() -> str:
-    import torch
+    from core.training.devices import device_choice
 
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    return device_choice("auto")[1]
 
 
 def run_mapping(cfg, overrides: ColumnMapping | dict | None = None) -> ColumnMapping:

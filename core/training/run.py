@@ -26,30 +26,9 @@ from core.io.atomic import atomic_write_json, atomic_write_text
 from core.io.checkpoint import atomic_checkpoint_io
 from core.paths import SHARED_RUN_DIR_ENV, runs_root
 from core.runs import RunWriter, new_run_dir
+from core.training.devices import device_choice, lightning_devices, world_size
 
 log = logging.getLogger("core.training")
-
-
-def device_choice(accelerator: str) -> tuple[str, str]:
-    """(Lightning accelerator, device name) for training.accelerator: auto takes CUDA, then MPS, then CPU."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    if accelerator in ("gpu", "cuda"):
-        if not cuda:
-            raise UserError("training.accelerator=gpu but no CUDA GPU is visible; use auto or cpu, or install the "
-                            "CUDA build of torch (README, 'GPU')")
-        return "gpu", "cuda"
-    if accelerator == "mps":
-        if not mps:
-            raise UserError("training.accelerator=mps but Apple MPS is not available; use auto or cpu")
-        return "mps", "mps"
-    if accelerator == "auto" and cuda:
-        return "gpu", "cuda"
-    if accelerator == "auto" and mps:
-        return "mps", "mps"
-    return "cpu", "cpu"
 
 
 def _is_rank_zero() -> bool:
@@ -261,8 +240,8 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
         return run_dir
 
     max_epochs = t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else 5)
-    devices = _devices(t.devices, accelerator)
-    world = _world_size(devices, t.strategy)
+    devices = lightning_devices(t.devices, accelerator)
+    world = world_size(devices, t.strategy)
     steps_per_epoch = math.ceil(len(data.train_sets) / (t.batch_size * world))
     total = min(x for x in (t.max_steps if t.max_steps > 0 else math.inf,
                             max_epochs * steps_per_epoch if max_epochs > 0 else math.inf))
@@ -305,26 +284,6 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
     writer.write_status(state, step=trainer.global_step, message="cancelled by request" if callback.cancelled else "")
     log.info("%s after %d steps in %.1f s; run folder %s", state, trainer.global_step, seconds, run_dir)
     return run_dir
-
-
-def _devices(devices: str, accelerator: str):
-    """training.devices as Lightning takes it: "auto" (1 on a CPU), a count, or a list of GPU ids ("0,1")."""
-    if devices == "auto":
-        return 1 if accelerator == "cpu" else "auto"
-    return int(devices) if devices.isdigit() else devices
-
-
-def _world_size(devices, strategy: str) -> int:
-    """How many processes share an epoch's sets (for the step count shown before training starts)."""
-    if isinstance(devices, int):
-        return max(devices, 1)
-    if isinstance(devices, str) and "," in devices:
-        return len([d for d in devices.split(",") if d.strip()])
-    if devices == "auto" and strategy != "auto":
-        import torch
-
-        return max(torch.cuda.device_count(), 1)
-    return 1
 
 
 def _stopped_early(writer, phase: str) -> bool:

@@ -1,0 +1,48 @@
+"""Which device a run (or an inference) uses: the one picker, for training and for ``core.infer`` alike. CUDA
+first, then Apple MPS, then the CPU, unless the user says otherwise."""
+
+from __future__ import annotations
+
+from core.errors import UserError
+
+
+def device_choice(accelerator: str) -> tuple[str, str]:
+    """(Lightning accelerator, device name) for training.accelerator: auto takes CUDA, then MPS, then CPU."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if accelerator in ("gpu", "cuda"):
+        if not cuda:
+            raise UserError("training.accelerator=gpu but no CUDA GPU is visible; use auto or cpu, or install the "
+                            "CUDA build of torch (README, 'GPU')")
+        return "gpu", "cuda"
+    if accelerator == "mps":
+        if not mps:
+            raise UserError("training.accelerator=mps but Apple MPS is not available; use auto or cpu")
+        return "mps", "mps"
+    if accelerator == "auto" and cuda:
+        return "gpu", "cuda"
+    if accelerator == "auto" and mps:
+        return "mps", "mps"
+    return "cpu", "cpu"
+
+
+def lightning_devices(devices: str, accelerator: str):
+    """training.devices as Lightning takes it: "auto" (1 on a CPU), a count, or a list of GPU ids ("0,1")."""
+    if devices == "auto":
+        return 1 if accelerator == "cpu" else "auto"
+    return int(devices) if devices.isdigit() else devices
+
+
+def world_size(devices, strategy: str) -> int:
+    """How many processes share an epoch's sets (for the step count shown before training starts)."""
+    if isinstance(devices, int):
+        return max(devices, 1)
+    if isinstance(devices, str) and "," in devices:
+        return len([d for d in devices.split(",") if d.strip()])
+    if devices == "auto" and strategy != "auto":
+        import torch
+
+        return max(torch.cuda.device_count(), 1)
+    return 1
