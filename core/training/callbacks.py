@@ -1,5 +1,5 @@
-"""What a run writes while it trains (rank 0 only): a metrics row every step and after every validation, the
-status with progress and ETA, mHC snapshots every K steps, and the STOP file check (cancel within one step)."""
+"""What a run writes while it trains besides its metrics (those go through core/training/logger.py): the status
+with progress and ETA (rank 0), mHC snapshots every K steps, and the STOP file check (cancel within one step)."""
 
 from __future__ import annotations
 
@@ -55,11 +55,8 @@ class RunFolderCallback(L.Callback):
         step = trainer.global_step
         step_time = time.perf_counter() - self._step_start
         self._step_times.append(step_time)
+        pl_module.log("step_time", step_time, on_step=True, on_epoch=False)  # into this step's metrics row
         if trainer.is_global_zero:
-            row = {"split": "train", "step": step, "epoch": trainer.current_epoch, **pl_module.last_metrics,
-                   "lr": trainer.optimizers[0].param_groups[0]["lr"], "grad_norm": pl_module.last_grad_norm,
-                   "step_time": step_time}
-            self.writer.append_metrics(row)
             recent = sorted(self._step_times[-50:])
             eta = recent[len(recent) // 2] * max(self.total - step, 0)
             self.writer.heartbeat(step=step, total_steps=self.total, progress=min(step / max(self.total, 1), 1.0),
@@ -69,12 +66,8 @@ class RunFolderCallback(L.Callback):
         self._check_stop(trainer)
 
     def on_validation_end(self, trainer, pl_module):
-        # also after the sanity pass before training: a step-0 row, the starting point (e.g. the base model)
         if not trainer.sanity_checking:
             self.last_val_step = trainer.global_step
-        if trainer.is_global_zero and pl_module.val_summary:
-            self.writer.append_metrics({"split": "val", "step": trainer.global_step, "epoch": trainer.current_epoch,
-                                        **pl_module.val_summary})
 
     def on_train_end(self, trainer, pl_module):
         self._snapshot(trainer, pl_module)

@@ -56,13 +56,10 @@ class STModule(L.LightningModule):
         self.save_hyperparameters(hparams)
         self.kw = hparams["config"]["model"]["kwargs"]
         training = hparams["config"]["training"]
-        self.lr, self.weight_decay, self.grad_clip = training["learning_rate"], training["weight_decay"], \
-            training["grad_clip"]
+        self.lr, self.weight_decay = training["learning_rate"], training["weight_decay"]
         self.dist = distributional_loss(self.kw["dist_loss"], self.kw["blur"])
         self.velocity_loss = velocity_loss(self.kw)
-        self.last_metrics: dict = {}
-        self.last_grad_norm = float("nan")
-        self.val_summary: dict = {}
+        self.val_summary: dict = {}  # the last validation's means (the trainer picks best.ckpt from val_loss)
         self._val_sums: dict[str, torch.Tensor] = {}
         self._val_sets = 0
 
@@ -101,8 +98,12 @@ class STModule(L.LightningModule):
         for name, value in sorted(zip(names, values), key=lambda pair: pair[0] == "loss"):
             if value != value or abs(value) == float("inf"):
                 raise NonFiniteLossError(step, "training loss" if name == "loss" else name.replace("_", " "))
-        self.last_metrics = {**dict(zip(names, values)), **velocity_metrics,
-                             "cells": int(batch["z_control"].shape[0] * batch["z_control"].shape[1])}
+        cells = int(batch["z_control"].shape[0] * batch["z_control"].shape[1])
+        # "step" names the row by optimisation steps done (Lightning would use the 0-based batch index)
+        self.log_dict({**dict(zip(names, values)), **velocity_metrics, "cells": float(cells), "step": float(step),
+                       "epoch": float(self.current_epoch),
+                       "lr": self.trainer.optimizers[0].param_groups[0]["lr"]},
+                      on_step=True, on_epoch=False, batch_size=batch["z_control"].shape[0])
         return total
 
     def on_validation_epoch_start(self):
@@ -127,13 +128,18 @@ class STModule(L.LightningModule):
         summary = {k: float(v) / max(float(totals[-1]), 1.0) for k, v in zip(keys, totals[:-1])}
         summary["val_loss"] = summary.get("val_dist_loss", float("nan"))
         self.val_summary = summary
-        self.log("val_loss", summary["val_loss"])
+        self.log_dict({**summary, "step": float(self.global_step), "epoch": float(self.current_epoch)},
+                      batch_size=max(self._val_sets, 1))
+        if self.trainer.sanity_checking and self.logger is not None:
+            # Lightning logs nothing in the sanity pass; its numbers are the step-0 starting point (the base model)
+            self.logger.log_metrics({**summary, "epoch": 0}, step=0)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        # clip here, recording the norm before clipping: it tells a stable run from an unstable one
+        # Lightning's hook, with the Trainer's gradient_clip_val; we clip by norm ourselves only to log the norm
+        # before clipping, which tells a stable run from an unstable one (the Trainer's own clipping hides it)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        clip = self.grad_clip if self.grad_clip > 0 else float("inf")
-        self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        clip = gradient_clip_val if gradient_clip_val else float("inf")
+        self.log("grad_norm", float(torch.nn.utils.clip_grad_norm_(params, clip)), on_step=True, on_epoch=False)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -200,6 +200,7 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
     from core.model.build import build_for_training
     from core.training.callbacks import RunFolderCallback
     from core.training.demo_base import resolve_base
+    from core.training.logger import RunFolderLogger
     from core.training.module import STModule
 
     t, m = cfg.training, cfg.model.kwargs
@@ -257,9 +258,10 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
         accelerator=accelerator, devices=devices, strategy=t.strategy, precision=precision,
         max_epochs=max_epochs, max_steps=t.max_steps,
         val_check_interval=val_every, check_val_every_n_epoch=None if val_every else 1,
-        callbacks=[callback, *extra_callbacks, checkpoint], plugins=[atomic_checkpoint_io()], logger=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0 if resume else -1,
-        default_root_dir=run_dir, deterministic=False, gradient_clip_val=None,
+        callbacks=[callback, *extra_callbacks, checkpoint], plugins=[atomic_checkpoint_io()],
+        logger=RunFolderLogger(writer), log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0 if resume else -1,
+        default_root_dir=run_dir, deterministic=False, gradient_clip_val=t.grad_clip or None,
     )
     if trainer.world_size > 1:
         os.environ[SHARED_RUN_DIR_ENV] = str(run_dir)
