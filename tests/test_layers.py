@@ -1,7 +1,7 @@
 """The code is layered: a module imports only from its own layer or the layers below it, and nothing imports in a
 cycle. Function-level imports count as much as top-level ones (they hid two cycles before the layout move).
 
-    0 core.errors, core.paths, core.keys     what everything may use
+    0 core.errors, core.paths, core.keys, core.progress   what everything may use
     1 core.io                                 atomic writes, checkpoints
     2 core.config                             the typed config
     3 core.mhc, core.velocity                 the science, on tensors and AnnData
@@ -11,7 +11,7 @@ cycle. Function-level imports count as much as top-level ones (they hid two cycl
     7 core.training                           the Lightning module, data, trainer, demo base
     8 core.infer, core.evaluation, core.experiment, core.arc
     9 core.figures                            plotly figures from runs
-   10 core.api, core.cli, core.__main__, core (the public API and the command line)
+   10 core.api, core.pl, core.cli, core.__main__, core (the public API and the command line)
    11 app                                     the Streamlit UI
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
-    ("core.errors", "core.paths", "core.keys"),
+    ("core.errors", "core.paths", "core.keys", "core.progress"),
     ("core.io",),
     ("core.config",),
     ("core.mhc", "core.velocity"),
@@ -30,7 +30,7 @@ LAYERS = [
     ("core.training",),
     ("core.infer", "core.evaluation", "core.experiment", "core.arc"),
     ("core.figures",),
-    ("core.api", "core.cli", "core.__main__", "core"),
+    ("core.api", "core.pl", "core.cli", "core.__main__", "core"),
     ("app",),
 ]
 

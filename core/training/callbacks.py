@@ -11,8 +11,10 @@ from core.runs import RunWriter
 
 
 class RunFolderCallback(L.Callback):
-    def __init__(self, writer: RunWriter, snapshot_every: int):
-        self.writer, self.snapshot_every = writer, snapshot_every
+    def __init__(self, writer: RunWriter, snapshot_every: int, on_progress=None):
+        """``on_progress(event)``: also told each step's progress (the terminal or notebook bar, core/progress.py);
+        the event {step, total, eta_s, loss} is what the status file tells the app."""
+        self.writer, self.snapshot_every, self.on_progress = writer, snapshot_every, on_progress
         self.cancelled = False
         self.total = 0
         self._step_start = time.perf_counter()
@@ -61,6 +63,10 @@ class RunFolderCallback(L.Callback):
             eta = recent[len(recent) // 2] * max(self.total - step, 0)
             self.writer.heartbeat(step=step, total_steps=self.total, progress=min(step / max(self.total, 1), 1.0),
                                   eta_s=eta)
+            if self.on_progress is not None:
+                loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+                self.on_progress({"step": step, "total": self.total, "eta_s": eta,
+                                  "loss": None if loss is None else float(loss)})
         if step % self.snapshot_every == 0:
             self._snapshot(trainer, pl_module)
         self._check_stop(trainer)

@@ -25,6 +25,7 @@ from core.errors import UserError
 from core.io.atomic import atomic_write_json, atomic_write_text
 from core.io.checkpoint import atomic_checkpoint_io
 from core.paths import SHARED_RUN_DIR_ENV, runs_root
+from core.progress import ProgressBar
 from core.runs import RunWriter, new_run_dir
 from core.training.devices import device_choice, lightning_devices, world_size
 
@@ -122,10 +123,11 @@ def _log_handlers(run_dir: Path) -> list[logging.Handler]:
     return handlers
 
 
-def train(cfg: Config, callbacks: list | None = None) -> Path:
+def train(cfg: Config, callbacks: list | None = None, progress: bool | None = None) -> Path:
     """Run training as configured; returns the run folder. A failure ends with status 'failed' and the error in
     plain words in status.json, then is raised again (UserErrors reach the CLI as one line). ``callbacks``: extra
-    Lightning callbacks (run after the run-folder callback)."""
+    Lightning callbacks (run after the run-folder callback). ``progress``: a progress bar (steps, loss, ETA) on the
+    terminal or in the notebook; by default shown when there is one to show it on (core/progress.py)."""
     run_dir = prepare_run_dir(cfg)
     rank_zero = _is_rank_zero()
     writer = RunWriter(run_dir) if rank_zero else _QuietWriter(run_dir)
@@ -144,7 +146,7 @@ def train(cfg: Config, callbacks: list | None = None) -> Path:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            return _train(cfg, run_dir, writer, list(callbacks or []))
+            return _train(cfg, run_dir, writer, list(callbacks or []), progress if rank_zero else False)
     except Exception as err:
         message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
         writer.write_status("failed", message=message)
@@ -192,7 +194,7 @@ def _prepare_data(cfg: Config, run_dir: Path):
     return data, mapping, notes
 
 
-def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
+def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list, progress: bool | None) -> Path:
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -247,7 +249,8 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
     total = min(x for x in (t.max_steps if t.max_steps > 0 else math.inf,
                             max_epochs * steps_per_epoch if max_epochs > 0 else math.inf))
     val_every = min(t.val_freq, total) if t.val_freq else None
-    callback = RunFolderCallback(writer, t.mhc_snapshot_every)
+    bar = ProgressBar(total, f"training {run_dir.name}", enabled=progress)
+    callback = RunFolderCallback(writer, t.mhc_snapshot_every, on_progress=_bar_listener(bar) if bar.shown else None)
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_last=True,
                                  save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
@@ -269,7 +272,8 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
     log.info("training on %s (%s): %d sets of %d cells per epoch, batch %d, %s steps", device, precision,
              len(data.train_sets), m.cell_set_len, t.batch_size, total)
     started = time.time()
-    trainer.fit(module, datamodule=data, ckpt_path=resume)
+    with bar:
+        trainer.fit(module, datamodule=data, ckpt_path=resume)
 
     if not callback.cancelled and trainer.global_step > 0 and callback.last_val_step != trainer.global_step:
         _final_validation(trainer, module, data, checkpoint, ckpt_dir)
@@ -286,6 +290,16 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
     writer.write_status(state, step=trainer.global_step, message="cancelled by request" if callback.cancelled else "")
     log.info("%s after %d steps in %.1f s; run folder %s", state, trainer.global_step, seconds, run_dir)
     return run_dir
+
+
+def _bar_listener(bar):
+    def update(event: dict) -> None:
+        fields = {"eta": f"{event['eta_s']:.0f} s"}
+        if event["loss"] is not None:
+            fields["loss"] = event["loss"]
+        bar.update(event["step"], event["total"], **fields)
+
+    return update
 
 
 def _stopped_early(writer, phase: str) -> bool:
