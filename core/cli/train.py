@@ -24,11 +24,9 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from core.config import load_config
-    from core.training.run import train
+    from core.api import train
 
-    cfg = load_config(args.config, args.overrides, preset=args.preset)
-    run_dir = train(cfg)
+    run_dir = train(args.overrides, config=args.config, preset=args.preset).path  # a progress bar on a terminal
     summary = run_dir / "train_summary.json"
     if summary.exists():
         print(json.dumps({"run_dir": str(run_dir), **json.loads(summary.read_text())}, indent=2))
