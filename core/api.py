@@ -94,6 +94,14 @@ def predict(model: Run | str | os.PathLike, adata=None, **options):
     return predict_cells(model.path if isinstance(model, Run) else model, adata, **options)
 
 
+def export(figures: dict, out_dir: str | os.PathLike, formats: Sequence[str] = ("png", "svg", "html")) -> list:
+    """Write ``figures`` (a dict name -> plotly figure, as ``core.pl`` returns) to ``out_dir`` as ``<name>.<fmt>``,
+    as the app's Export page does (PNG and SVG need Chromium; HTML is self-contained). Returns the paths."""
+    from core.figures.export import write_figures
+
+    return write_figures(figures, out_dir, formats=tuple(formats))
+
+
 def runs(root: str | os.PathLike | None = None) -> list[Run]:
     """Every run in the runs folder, newest first."""
     from core.runs.reader import list_runs
