@@ -698,11 +698,12 @@ def _train_command(run_dir: Path, overrides: list[str], config: Path | None = No
     return [*command, f"run.dir={run_dir}", *[str(o) for o in overrides]]
 
 
-def _spawn(run_dir: Path, command: list[str], status: dict) -> None:
+def _spawn(run_dir: Path, command: list[str], status: dict, extra_env: dict | None = None) -> None:
     """Write ``status`` (queued), then start ``command`` in a new session with its output appended to
-    log.txt, record its pid, and watch it from a daemon thread (see ``_watch_child``)."""
+    log.txt, record its pid, and watch it from a daemon thread (see ``_watch_child``). ``extra_env``: more
+    environment variables for the child (e.g. CUDA_VISIBLE_DEVICES, from the experiment runner)."""
     atomic_write_json(run_dir / "status.json", status)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     try:
         with open(run_dir / "log.txt", "ab") as log:
@@ -749,7 +750,8 @@ def _queued_fields(now: float) -> dict:
     }
 
 
-def launch_run(overrides: list[str], name: str, root: str | os.PathLike | None = None) -> Path:
+def launch_run(overrides: list[str], name: str, root: str | os.PathLike | None = None,
+               extra_env: dict | None = None) -> Path:
     """Create a run folder with status ``queued`` and start ``python -m core train run.dir=<dir>
     <overrides>`` in a new session (its own process group, so cancel can stop it and its workers and a
     Ctrl-C in the launcher does not). stdout and stderr are appended to log.txt. Returns the run folder."""
@@ -765,11 +767,11 @@ def launch_run(overrides: list[str], name: str, root: str | os.PathLike | None =
         "started": None,
         "device": None,
     }
-    _spawn(run_dir, _train_command(run_dir, overrides), status)
+    _spawn(run_dir, _train_command(run_dir, overrides), status, extra_env)
     return run_dir
 
 
-def resume_run(run_dir: str | os.PathLike, overrides: list[str] = ()) -> Path:
+def resume_run(run_dir: str | os.PathLike, overrides: list[str] = (), extra_env: dict | None = None) -> Path:
     """Start an interrupted, failed or cancelled run again in its own folder: ``python -m core train
     --config <run>/config.yaml run.dir=<run> training.resume=true``, which continues from
     checkpoints/last.ckpt (from the start if there is none). Refuses a run that is still going."""
@@ -790,7 +792,7 @@ def resume_run(run_dir: str | os.PathLike, overrides: list[str] = ()) -> Path:
         raw.pop(stale, None)
     fields = {**raw, **_queued_fields(time.time())}
     fields["message"] = "resuming from checkpoints/last.ckpt"
-    _spawn(run_dir, _train_command(run_dir, ["training.resume=true", *overrides], config=config), fields)
+    _spawn(run_dir, _train_command(run_dir, ["training.resume=true", *overrides], config=config), fields, extra_env)
     return run_dir
 
 
