@@ -56,8 +56,13 @@ def run(args) -> int:
     print()
     print(markdown(results), end="")
     folder = experiment_dir(spec.name)
+    from core.figures.experiment import paired_dots
+    from core.figures.export import figure_html
+    from core.runs import atomic_write_bytes
+
+    atomic_write_bytes(folder / "paired_dots.html", figure_html(paired_dots(results)))
     counts = results["counts"]
     print(f"\n{results['seconds']:.0f} s with {results['parallel']} at a time ({counts['trained']} trained, "
           f"{counts['resumed']} resumed, {counts['evaluated']} evaluated, {counts['skipped']} already done, "
-          f"{counts['failed']} failed); wrote {folder}/results.json and results.md")
+          f"{counts['failed']} failed); wrote {folder}/results.json, results.md and paired_dots.html")
     return 1 if results["failed"] else 0
