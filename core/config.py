@@ -126,7 +126,10 @@ class DataKwargs:
     batch_col: str | None = None
     velocity_key: str | None = None
     confidence_key: str | None = None
-    split: str = "fraction"  # fraction (within each cell type) | batch (hold out whole batches, e.g. mice)
+    # auto: batch for burn/sham-like data with >= 2 batches (mice) per condition, else fraction | fraction (cells
+    # within each cell type: interpolation) | batch (whole mice) | cell_type (the cell type ``holdout``)
+    split: str = "auto"
+    holdout: str | None = None  # the held-out cell type of split=cell_type
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     match_by: str = "cell_type"  # cell_type | cell_type_batch
@@ -357,7 +360,12 @@ def validate_config(cfg: Config) -> None:
     _check(t.accelerator in ("auto", "cpu", "gpu", "cuda", "mps"),
            f"training.accelerator must be auto, cpu, gpu or mps; got {t.accelerator!r}")
     _check(d.dataset in ("burn_sham", "atlas"), f"data.kwargs.dataset must be burn_sham or atlas; got {d.dataset!r}")
-    _check(d.split in ("fraction", "batch"), f"data.kwargs.split must be fraction or batch; got {d.split!r}")
+    _check(d.split in ("auto", "fraction", "batch", "cell_type"),
+           f"data.kwargs.split must be auto, fraction, batch or cell_type; got {d.split!r}")
+    _check(d.split != "cell_type" or bool(d.holdout),
+           "data.kwargs.split=cell_type needs data.kwargs.holdout=<the cell type to hold out>")
+    _check(d.holdout is None or d.split == "cell_type",
+           f"data.kwargs.holdout is only used with data.kwargs.split=cell_type (split is {d.split!r})")
     _check(d.match_by in ("cell_type", "cell_type_batch"),
            f"data.kwargs.match_by must be cell_type or cell_type_batch; got {d.match_by!r}")
     _check(0 <= d.val_fraction < 0.5 and 0 <= d.test_fraction < 0.5,

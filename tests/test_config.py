@@ -102,7 +102,7 @@ def test_wrong_type_is_a_one_line_error(override, message):
     ("model.kwargs.backbone=bert", "backbone must be llama or gpt2"),
     ("model.kwargs.velocity_lambda=-1", "must be >= 0"),
     ("model.kwargs.velocity_loss=cosine", "alignment or l2"),
-    ("data.kwargs.split=random", "split must be fraction or batch"),
+    ("data.kwargs.split=random", "split must be auto, fraction, batch or cell_type"),
     ("data.kwargs.match_by=mouse", "match_by must be cell_type or cell_type_batch"),
     ("training.max_steps=0", "max_steps must be >= 1"),
     ("training.accelerator=tpu", "training.accelerator must be"),

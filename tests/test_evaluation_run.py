@@ -67,7 +67,7 @@ def test_evaluate_writes_metrics_table_and_predictions_for_the_test_controls(tra
     table = pd.read_csv(run_dir / "eval" / "per_cell_type.csv")
     cell_types = sorted(data.obs["cell_types_simple_short"].astype(str).unique())
     assert sorted(table["cell_type"].unique()) == cell_types
-    assert len(table) == 3 * len(cell_types)
+    assert len(table) == 7 * len(cell_types)  # the model, 5 baselines and the real-vs-real floor
     assert set(summary["per_cell_type"]) == set(cell_types)
     assert summary["overall"]["model"]["n_pred"] == len(test_controls)
     assert summary["stability"]["n_steps"] == 3 and summary["settings"]["top_k"] == 5
@@ -108,3 +108,26 @@ def test_evaluate_without_split_file_says_what_is_missing(trained_run, tmp_path,
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("eval", "split.csv"))
     assert main(["evaluate", str(copy)]) == 2
     assert "split.csv is missing" in capsys.readouterr().err
+
+
+def test_evaluate_scores_the_final_checkpoint_as_evaluating_it_alone_would(trained_run, evaluated, tmp_path):
+    run_dir, summary = evaluated
+    final = summary["final"]
+    assert final["checkpoint"].endswith("final.ckpt") and final["step"] == 3 and not final["same_as_best"]
+    assert summary["checkpoint"].endswith("best.ckpt")
+    assert main(["evaluate", str(run_dir), "--top-k", "5", "--checkpoint", final["checkpoint"],
+                 "--output", str(tmp_path / "final"), "--no-predictions"]) == 0
+    alone = json.loads((tmp_path / "final" / "metrics.json").read_text())
+    assert alone["final"]["same_as_best"]  # a given checkpoint is scored alone
+    for key in ("energy_distance", "mae_mean", "pearson_delta", "cos_delta_v"):
+        assert final["overall"]["model"][key] == pytest.approx(alone["overall"]["model"][key], rel=1e-9)
+
+
+def test_evaluate_names_the_design_held_out_mice_by_default_for_burn_sham(evaluated):
+    run_dir, summary = evaluated
+    assert summary["design"]["split"] == "batch" and summary["design"]["warnings"] == []
+    split = pd.read_csv(run_dir / "split.csv", dtype=str)
+    data_mice = ad.read_h5ad(run_dir.parent / "small_demo.h5ad").obs["mouse_id"].astype(str)
+    mice = data_mice.reindex(split["obs_name"]).to_numpy()
+    test_mice, train_mice = set(mice[split["split"] == "test"]), set(mice[split["split"] == "train"])
+    assert len(test_mice) == 2 and not test_mice & train_mice  # one burn and one sham mouse, never trained on

@@ -18,7 +18,8 @@ from core.training.run import train
 
 TINY = ["model.kwargs.hidden_dim=32", "model.kwargs.n_layers=2", "model.kwargs.n_heads=2",
         "model.kwargs.cell_set_len=16", "training.batch_size=4", "training.accelerator=cpu", "training.max_steps=6",
-        "training.num_threads=1", "model.kwargs.lora.enable=false"]
+        "training.num_threads=1", "model.kwargs.lora.enable=false",
+        "data.kwargs.split=fraction"]  # sizes below are of the held-out-cells design (default: held-out mice)
 
 
 @pytest.fixture(scope="module")

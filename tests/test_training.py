@@ -17,7 +17,8 @@ from core.training.run import train
 
 TINY = ["model.kwargs.hidden_dim=32", "model.kwargs.n_layers=2", "model.kwargs.n_heads=2",
         "model.kwargs.cell_set_len=16", "training.batch_size=4", "training.accelerator=cpu",
-        "training.learning_rate=0.003", "training.num_threads=1"]
+        "training.learning_rate=0.003", "training.num_threads=1",
+        "data.kwargs.split=fraction"]  # sizes below are of the held-out-cells design (default: held-out mice)
 DEMO_KEYS = ["data.kwargs.pert_col=condition", "data.kwargs.control_pert=sham",
              "data.kwargs.cell_type_key=cell_types_simple_short", "data.kwargs.batch_col=mouse_id",
              "data.kwargs.embed_key=X_pca"]

@@ -13,7 +13,7 @@ from app.cache import DEMO_DATASETS, DatasetRef
 from app.components import show_figure
 from core.data.datasets import run_data
 from core.errors import DataError
-from core.figures.run import data_kwargs, delta_velocity, per_cell_type_table
+from core.figures.run import data_kwargs, delta_velocity, per_cell_type_table, read_evaluation
 from core.figures.velocity import arrows_figure, cos_histograms, norm_scatter
 
 
@@ -53,8 +53,11 @@ def _evaluate_button(run: dict) -> None:
     if run["state"] not in ("completed", "cancelled", "interrupted"):
         st.info("Δz against velocity appears once the run has finished and been evaluated.")
         return
-    st.info("This run has not been evaluated yet. Evaluation predicts the held-out control cells and "
-            "scores them against the real burn cells and two baselines (same as "
+    done = (Path(run["path"]) / "eval" / "metrics.json").is_file()
+    st.info(("Δz against velocity needs the predictions, which this evaluation did not keep (an experiment "
+             "evaluates without them). " if done else "This run has not been evaluated yet. ") +
+            "Evaluation predicts the held-out control cells and "
+            "scores them against the real burn cells, five baselines and the real-vs-real floor (same as "
             f"`python -m core evaluate {run['name']}`).")
     if st.button("Evaluate this run", key="evaluate_run", type="primary"):
         with st.spinner("Evaluating on the held-out cells…"):
@@ -81,19 +84,23 @@ def evaluate(run_dir: Path) -> None:
 
 def delta_panel(run: dict) -> None:
     path = Path(run["path"])
+    summary = read_evaluation(path)
+    if summary and "overall" in summary:
+        from app.evaluation_panel import evaluation_panel
+
+        st.markdown("**Prediction and alignment metrics** (model against every baseline; held-out cells)")
+        evaluation_panel(summary)
+        table = per_cell_type_table(path)
+        if table is not None:
+            st.markdown("**Per cell type**")
+            shown = table.copy()
+            shown.columns = [f"{metric} · {method}" for metric, method in shown.columns]
+            st.dataframe(shown, key="per_cell_type_table")
     predictions_file = path / "eval" / "predictions.h5ad"
     if not predictions_file.is_file():
         _evaluate_button(run)
         return
     stamp = (predictions_file.stat().st_size, predictions_file.stat().st_mtime)
-
-    st.markdown("**Prediction and alignment metrics per cell type** (model against the no-change and "
-                "training-mean-shift baselines; held-out cells)")
-    table = per_cell_type_table(path)
-    if table is not None:
-        shown = table.copy()
-        shown.columns = [f"{metric} · {method}" for metric, method in shown.columns]
-        st.dataframe(shown, key="per_cell_type_table")
 
     keys = data_kwargs(run["config"])
     ref = run_dataset(keys)

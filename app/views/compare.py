@@ -5,6 +5,7 @@ import streamlit as st
 
 from app import cache
 from app.components import show_figure
+from app.experiment_panel import experiment_panel
 from app.guard import shown_errors
 from core.evaluation import stability_summary
 from core.figures import compare as compare_figures
@@ -14,7 +15,9 @@ from core.runs import list_runs
 st.title("Compare runs")
 runs = {r["name"]: r for r in list_runs()}
 if len(runs) < 1:
-    st.info("No runs yet: launch some on the Train page (e.g. ST-LoRA with and without mHC).")
+    st.info("No runs yet: launch some on the Train page (e.g. ST-LoRA with and without mHC), or run a paired "
+            "experiment below.")
+    experiment_panel()
     st.stop()
 
 finished = [n for n, r in runs.items() if r["state"] == "completed"]
@@ -22,6 +25,7 @@ default = (finished or list(runs))[:4]
 chosen = st.multiselect("Runs to compare", list(runs), default=default, key="compare_runs")
 if not chosen:
     st.info("Pick at least one run.")
+    experiment_panel()
     st.stop()
 
 configs = {n: runs[n]["config"] for n in chosen}
@@ -67,3 +71,5 @@ with shown_errors("summarising training stability"):
     show_figure(compare_figures.stability_figure(stability, groups), "compare_stability", key="stability")
     st.dataframe(stability[["n_steps", "grad_norm_p50", "grad_norm_p95", "grad_norm_max", "loss_spikes",
                             "nonfinite_losses"]], key="stability_table")
+
+experiment_panel()

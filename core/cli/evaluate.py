@@ -1,7 +1,8 @@
 """``python -m core evaluate RUN [--split test] [--output DIR]``: score a run on its held-out cells.
 
 Writes eval/metrics.json, eval/per_cell_type.csv and eval/predictions.h5ad into the run folder (or --output)
-and prints the model's overall metrics next to the two baselines (see core/evaluation/heldout.py).
+and prints the model's overall metrics (best and final checkpoint) next to every baseline and the real-vs-real
+floor, the best entry of each row marked with * (see core/evaluation/heldout.py and table.py).
 """
 
 from __future__ import annotations
@@ -10,18 +11,7 @@ import math
 from pathlib import Path
 
 COMMAND = "evaluate"
-HELP = "score a trained run on its held-out cells against the no-change and mean-shift baselines"
-
-SHOWN = (
-    ("energy_distance", "energy distance", "lower"),
-    ("pearson_delta", "Pearson delta", "higher"),
-    ("mae_mean", "MAE of means", "lower"),
-    ("mse_mean", "MSE of means", "lower"),
-    ("top_k_overlap", "top-k overlap", "higher"),
-    ("cos_delta_v", "cos(dz, v_z)", "higher"),
-    ("magnitude_ratio", "|dz| / |v_z|", "-"),
-)
-
+HELP = "score a trained run on its held-out cells against the baselines and the real-vs-real floor"
 
 def add_arguments(parser) -> None:
     parser.add_argument("run", help="run name (in $ST_RUNS_DIR or ./runs) or the path of a run folder")
@@ -37,6 +27,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the prediction sets and subsets")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: CUDA, then MPS, then CPU)")
     parser.add_argument("--no-predictions", action="store_true", help="do not write eval/predictions.h5ad")
+
+
+def final_step(step) -> str:
+    return "?" if step is None else str(step)
 
 
 def _fmt(value) -> str:
@@ -58,16 +52,22 @@ def run(args) -> int:
         top_k=args.top_k, max_cells=args.max_cells, seed=args.seed, device=args.device,
         save_predictions=not args.no_predictions,
     )
+    from core.evaluation.table import BEST_MARK, format_table, unavailable_lines
+
     overall = summary["overall"]
     cell_types = len(summary["per_cell_type"])
     print(f"{summary['run']}: {args.split} split, {overall['model']['n_pred']} predicted cells in {cell_types} "
-          f"cell types (mean over cell types)")
-    print(f"  {'metric':<18} {'better':>6} {'model':>10} {'no change':>10} {'train shift':>11}")
-    for key, label, better in SHOWN:
-        if key not in overall["model"]:
-            continue
-        row = [overall[m].get(key) for m in ("model", "no_change", "train_mean_shift")]
-        print(f"  {label:<18} {better:>6} {_fmt(row[0]):>10} {_fmt(row[1]):>10} {_fmt(row[2]):>11}")
+          f"cell types (mean over cell types); design: {summary['design']['description']}")
+    for warning in summary["design"]["warnings"]:
+        print(f"  WARNING: {warning}")
+    final = summary["final"]
+    print(f"  checkpoints: best at step {final_step(summary.get('checkpoint_step'))}"
+          + ("" if final["same_as_best"] else f", final at step {final_step(final.get('step'))}")
+          + f"; {BEST_MARK} marks the best entry of each row (model or baseline; the floor is not a predictor)")
+    for line in format_table(summary):
+        print(line)
+    for line in unavailable_lines(summary):
+        print(f"  {line}")
     stability = summary["stability"]
     print(f"  training: grad-norm p50 {_fmt(stability['grad_norm_p50'])}, p95 {_fmt(stability['grad_norm_p95'])}, "
           f"max {_fmt(stability['grad_norm_max'])}; {stability['loss_spikes']} loss spikes in "

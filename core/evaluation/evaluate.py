@@ -2,10 +2,12 @@
 
 1. The run's config.yaml says which data and keys it trained on; split.csv which cells are held out.
 2. ``core.infer.predict`` turns the held-out control cells into predicted perturbed cells, with the run's
-   best checkpoint (else final, else last).
+   best checkpoint (else final, else last), and again with its final checkpoint when that is another file.
 3. ``core.evaluation.heldout.evaluate_predictions`` scores them per cell type and overall, next to the
-   no-change and training-mean-shift baselines; cos(delta_z, v_z) where the data has latent velocities
-   (the demo's are computed once and cached), weighted by confidence as the run's loss was.
+   baselines of ``core.evaluation.baselines`` and the real-vs-real floor; cos(delta_z, v_z) where the data
+   has latent velocities (the demo's are computed once and cached), weighted by confidence as the run's
+   loss was. The final checkpoint's scores are under ``final``; the design (``core.data.designs``)
+   says what the held-out cells measure, with a warning when they measure interpolation.
 4. The run's training-stability figures (``stability_summary`` of metrics.jsonl) are added, and
    eval/metrics.json, eval/per_cell_type.csv and eval/predictions.h5ad are written atomically.
 """
@@ -16,6 +18,7 @@ import logging
 import time
 from pathlib import Path
 
+from core.data.designs import describe_design
 from core.errors import DataError
 from core.evaluation import metrics
 from core.evaluation.heldout import DataKeys, evaluate_predictions
@@ -62,7 +65,8 @@ def evaluate_run(
     """Evaluate the run in ``run_dir`` on its ``split`` cells; write the results into ``output`` (default
     ``run_dir/eval``) and return the summary written to metrics.json.
 
-    ``checkpoint`` defaults to the run's best (else final, else last); ``adata`` / ``data_path`` replace
+    ``checkpoint`` defaults to the run's best (else final, else last), and the final checkpoint is scored
+    too (``summary["final"]``); a given ``checkpoint`` is scored alone. ``adata`` / ``data_path`` replace
     the run's own data set (it must hold the same cells, as split.csv names them)."""
     from core.config import load_config
     from core.infer import predict, resolve_checkpoint, run_mapping
@@ -99,22 +103,28 @@ def evaluate_run(
         velocity_key=mapping.velocity_key,
         confidence_key=mapping.confidence_key,
     )
-    evaluation = evaluate_predictions(
-        predictions,
-        adata,
-        split_of,
-        keys,
-        eval_split=split,
-        min_confidence=cfg.model.kwargs.velocity_min_confidence,
-        top_k=top_k,
-        max_cells=max_cells,
-        seed=seed,
-    )
+    settings = dict(eval_split=split, min_confidence=cfg.model.kwargs.velocity_min_confidence, top_k=top_k,
+                    max_cells=max_cells, seed=seed)
+    evaluation = evaluate_predictions(predictions, adata, split_of, keys, **settings)
+    final = _final_checkpoint(run_dir, ckpt) if checkpoint is None else None
+    final_summary = {"checkpoint": str(ckpt), "same_as_best": True, "step": _checkpoint_step(ckpt)}
+    if final is not None:
+        log.info("predicting them again with the final checkpoint %s", final)
+        final_predictions = predict(final, adata, control_cells=controls.to_numpy(), seed=seed, device=device)
+        scored = evaluate_predictions(final_predictions, adata, split_of, keys, with_baselines=False, **settings)
+        final_summary = {"checkpoint": str(final), "same_as_best": False, "step": _checkpoint_step(final),
+                         "overall": scored.summary["overall"], "all_cells": scored.summary["all_cells"]}
+    design = describe_design({"split": cfg.data.kwargs.split, "holdout": cfg.data.kwargs.holdout})
+    for warning in design["warnings"]:
+        log.warning("WARNING: %s", warning)
     summary = {
         "run": run_dir.name,
         "checkpoint": str(ckpt),
+        "checkpoint_step": _checkpoint_step(ckpt),
         "data": str(data_path or cfg.data.kwargs.path or f"demo:{cfg.data.kwargs.dataset}"),
+        "design": design,
         **evaluation.summary,
+        "final": final_summary,
         "stability": stability_summary(read_metrics(run_dir)),
         "evaluated_at": time.time(),
         "seconds": round(time.time() - started, 2),
@@ -122,3 +132,19 @@ def evaluate_run(
     out_dir = Path(output) if output is not None else run_dir / "eval"
     write_evaluation(out_dir, summary, evaluation.per_group, predictions if save_predictions else None)
     return summary
+
+
+def _final_checkpoint(run_dir: Path, best: Path) -> Path | None:
+    """checkpoints/final.ckpt when it exists and is not the checkpoint already scored."""
+    final = run_dir / "checkpoints" / "final.ckpt"
+    if not final.is_file() or final.resolve() == Path(best).resolve():
+        return None
+    return final
+
+
+def _checkpoint_step(path) -> int | None:
+    """The training step a Lightning checkpoint was saved at (None if it does not say)."""
+    from core.runs import load_checkpoint
+
+    step = load_checkpoint(path).get("global_step")
+    return int(step) if isinstance(step, int) else None

@@ -1,16 +1,17 @@
-"""Score predictions on held-out cells against the real perturbed cells and two baselines.
+"""Score predictions on held-out cells against the real perturbed cells, the baselines and a noise floor.
 
 Groups are (perturbation, cell type) pairs; for burn/sham there is one perturbation, so a group is a
 cell type. For each group, with the held-out split's cells:
     z_control  the control cells that were predicted (each prediction's ``matched_control``)
     z_pred     the model's prediction for each of them
     z_real     the real perturbed cells of that perturbation and cell type
-Methods scored with ``metrics.group_metrics``:
-    model              z_pred as predicted
-    no_change          z_pred = z_control (delta_z = 0): a model that learned nothing
-    train_mean_shift   z_pred = z_control + (mean of the training split's perturbed cells minus mean of
-                       its control cells, for that group): a model that learned only the average effect
+Methods scored with ``metrics.group_metrics``: ``model`` (z_pred as predicted) and every predictor of
+``core.evaluation.baselines`` (no change, global and per-cell-type mean shift, Gaussian OT map, resampled
+training burn cells), each fitted on the training split; ``real_split_half`` (the held-out real cells, half
+against half) is the floor that sampling noise sets, shown beside them but never "best".
 ``overall`` is the mean over groups (each cell type counts once); ``all_cells`` pools every held-out cell.
+``best`` names, per metric, the method with the best overall value. A baseline that cannot exist for a group
+(e.g. a per-cell-type baseline for a held-out cell type) is NaN there, and ``unavailable`` says why.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 
 from core.errors import DataError
 from core.evaluation import metrics
+from core.evaluation.baselines import DESCRIPTIONS, FLOOR, PREDICTORS, Baselines, split_half
 
-METHODS = ("model", "no_change", "train_mean_shift")
+METHODS = ("model", *PREDICTORS)
 # Which way is better, for the "does the model beat the baselines" summary.
 HIGHER_IS_BETTER = {
     "energy_distance": False,
@@ -116,6 +118,16 @@ def _beats(summary_by_method: dict) -> dict:
     return verdict
 
 
+def best_methods(summary_by_method: dict, methods=METHODS) -> dict:
+    """Per metric of ``HIGHER_IS_BETTER``: the method (of ``methods``) with the best finite value, or None."""
+    best = {}
+    for metric, higher in HIGHER_IS_BETTER.items():
+        values = {m: summary_by_method.get(m, {}).get(metric, math.nan) for m in methods}
+        finite = {m: v for m, v in values.items() if v is not None and math.isfinite(v)}
+        best[metric] = (max if higher else min)(finite, key=finite.get) if finite else None
+    return best
+
+
 def evaluate_predictions(
     predictions,
     adata,
@@ -127,13 +139,15 @@ def evaluate_predictions(
     top_k: int = metrics.DEFAULT_TOP_K,
     max_cells: int | None = metrics.DEFAULT_MAX_CELLS,
     seed: int = 0,
+    with_baselines: bool = True,
 ) -> Evaluation:
     """Score ``predictions`` (rows = predicted control cells) against the real perturbed cells of
     ``adata`` in ``eval_split`` and against the two baselines.
 
     ``split`` maps obs names to train/val/test (a pandas Series, e.g. the run's split.csv); cells of
     ``adata`` missing from it are ignored. Velocity metrics are computed when ``keys.velocity_key`` is in
-    ``adata.obsm``, weighted by ``keys.confidence_key`` when that is in ``adata.obs``.
+    ``adata.obsm``, weighted by ``keys.confidence_key`` when that is in ``adata.obs``. ``with_baselines=False``
+    scores the model alone (a second checkpoint of a run whose baselines are already scored).
     """
     import pandas as pd
 
@@ -212,18 +226,22 @@ def evaluate_predictions(
             z_real,
             z_control,
             delta_z=delta_z,
-            v_z=None if velocity is None else velocity[rows],
-            confidence=None if confidence is None else confidence[rows],
+            v_z=None if velocity is None or rows is None else velocity[rows],
+            confidence=None if confidence is None or rows is None else confidence[rows],
             min_confidence=min_confidence,
             top_k=top_k,
             max_cells=max_cells,
             seed=seed,
         )
 
+    methods = METHODS if with_baselines else ("model",)
+    scored = (*methods, FLOOR) if with_baselines else methods
+    baselines = Baselines(embedding, pert, cell_type, cell_split == "train", keys.control_pert, seed=seed)
     table = []
-    per_method: dict[str, list[dict]] = {method: [] for method in METHODS}
-    pooled = {method: {"z_pred": [], "delta": [], "rows": [], "real": []} for method in METHODS}
-    skipped = {}
+    per_method: dict[str, list[dict]] = {method: [] for method in scored}
+    pooled = {method: {"z_pred": [], "delta": [], "rows": [], "real": [], "control": []} for method in scored}
+    skipped: dict[str, str] = {}
+    unavailable: dict[str, dict[str, str]] = {}
     groups = sorted(set(zip(pred_pert.tolist(), pred_type.tolist())))
     for perturbation, kind in groups:
         label = kind if len(perturbations) == 1 else f"{perturbation} / {kind}"
@@ -233,27 +251,35 @@ def evaluate_predictions(
             skipped[label] = f"no real '{perturbation}' cells of this type in the {eval_split} split"
             continue
         z_real, z_control = embedding[real], z_control_all[rows]
-        train_treated = (pert == perturbation) & (cell_type == kind) & (cell_split == "train")
-        train_control = is_control & (cell_type == kind) & (cell_split == "train")
-        if train_treated.any() and train_control.any():
-            train_shift = embedding[train_treated].mean(0) - embedding[train_control].mean(0)
-        else:
-            train_shift = np.full(embedding.shape[1], np.nan)
-            notes.append(f"{label}: no training cells of both conditions, so no train_mean_shift baseline")
-        candidates = {
-            "model": (z_pred_all[rows], delta_all[rows]),
-            "no_change": (z_control, np.zeros_like(z_control)),
-            "train_mean_shift": (z_control + train_shift, np.broadcast_to(train_shift, z_control.shape)),
-        }
-        for method, (z_pred, delta_z) in candidates.items():
-            if not np.isfinite(z_pred).all():
-                result = {"n_pred": len(z_pred), "n_real": int(real.sum()), "n_control": len(z_control)}
+        # method -> (z_pred, z_real, delta_z, rows of the velocity arrays) or None with a reason
+        candidates: dict[str, tuple | None] = {"model": (z_pred_all[rows], z_real, delta_all[rows], rows)}
+        if with_baselines:
+            for method, prediction in baselines.predict(perturbation, kind, z_control).items():
+                if prediction.z_pred is None:
+                    candidates[method] = None
+                    unavailable.setdefault(method, {})[label] = prediction.reason
+                else:
+                    candidates[method] = (prediction.z_pred, z_real, prediction.z_pred - z_control, rows)
+            halves = split_half(z_real, seed)
+            if halves is None:
+                candidates[FLOOR] = None
+                unavailable.setdefault(FLOOR, {})[label] = f"fewer than 4 real '{perturbation}' cells"
             else:
-                result = scores(z_pred, z_real, z_control, delta_z, rows)
-                pooled[method]["z_pred"].append(z_pred)
-                pooled[method]["delta"].append(delta_z)
-                pooled[method]["rows"].append(rows)
-                pooled[method]["real"].append(z_real)
+                candidates[FLOOR] = (halves[0], halves[1], None, None)
+        for method, candidate in candidates.items():
+            if candidate is None or not np.isfinite(candidate[0]).all():
+                result = {"n_pred": len(z_control), "n_real": int(real.sum()), "n_control": len(z_control),
+                          **{m: math.nan for m in HIGHER_IS_BETTER if m != "cos_delta_v"}}
+            else:
+                z_pred, z_ref, delta_z, velocity_rows = candidate
+                result = scores(z_pred, z_ref, z_control, delta_z, velocity_rows)
+                bucket = pooled[method]
+                bucket["z_pred"].append(z_pred)
+                bucket["real"].append(z_ref)
+                bucket["control"].append(z_control)
+                if delta_z is not None:
+                    bucket["delta"].append(delta_z)
+                    bucket["rows"].append(velocity_rows)
             per_method[method].append(result)
             table.append({"perturbation": perturbation, "cell_type": kind, "method": method, **result})
 
@@ -262,19 +288,26 @@ def evaluate_predictions(
             f"no cell type has both predictions and real perturbed cells in the {eval_split} split; "
             "check the split (split.csv) and the perturbation column"
         )
-    overall = {method: _macro_mean(per_method[method]) for method in METHODS}
+    overall = {method: _macro_mean(per_method[method]) for method in scored}
+    for method in unavailable:
+        # A mean over fewer cell types than the model's would not be comparable with it.
+        overall[method] = {k: (v if k.startswith("n_") else math.nan) for k, v in overall[method].items()}
     all_cells = {}
-    for method in METHODS:
-        if not pooled[method]["rows"]:
+    for method in scored:
+        bucket = pooled[method]
+        if not bucket["z_pred"]:
             continue
-        rows = np.concatenate(pooled[method]["rows"])
+        has_rows = len(bucket["rows"]) == len(bucket["z_pred"])
         all_cells[method] = scores(
-            np.concatenate(pooled[method]["z_pred"]),
-            np.concatenate(pooled[method]["real"]),
-            z_control_all[rows],
-            np.concatenate(pooled[method]["delta"]),
-            rows,
+            np.concatenate(bucket["z_pred"]),
+            np.concatenate(bucket["real"]),
+            np.concatenate(bucket["control"]),
+            np.concatenate(bucket["delta"]) if has_rows else None,
+            np.concatenate(bucket["rows"]) if has_rows else None,
         )
+    for method, reasons in unavailable.items():
+        for label, reason in reasons.items():
+            notes.append(f"{label}: no {method} baseline ({reason})")
     per_group = pd.DataFrame(table)
     for column in METRIC_COLUMNS:
         if column not in per_group:
@@ -282,15 +315,14 @@ def evaluate_predictions(
     per_group = per_group[["perturbation", "cell_type", "method", *METRIC_COLUMNS]]
     summary = {
         "split": eval_split,
-        "methods": {
-            "model": "the run's predictions",
-            "no_change": "z_pred = z_control (delta_z = 0)",
-            "train_mean_shift": "z_control + training split's mean shift (perturbed - control) per group",
-        },
+        "methods": {"model": "the run's predictions", **{m: DESCRIPTIONS[m] for m in scored if m != "model"}},
         "overall": overall,
         "all_cells": all_cells,
         "per_cell_type": {},
-        "model_beats_baseline": _beats(overall),
+        "model_beats_baseline": _beats(overall) if with_baselines else {},
+        "best": best_methods(overall, methods),
+        "floor": FLOOR if with_baselines else None,
+        "unavailable": unavailable,
         "skipped": skipped,
         "settings": {
             "top_k": int(top_k),

@@ -97,8 +97,9 @@ SUMMARY_METRICS = ("energy_distance", "pearson_delta", "mae_mean", "top_k_overla
 
 
 def evaluation_table(run_dirs: dict[str, Path]) -> pd.DataFrame:
-    """One row per evaluated run: the model's overall metrics (mean over cell types) and the no-change
-    baseline's energy distance for scale."""
+    """One row per evaluated run: the model's overall metrics (mean over cell types), its final
+    checkpoint's energy distance, and for scale the no-change baseline's, the best baseline's (named) and
+    the real-vs-real floor's energy distance."""
     rows = {}
     for name, run_dir in run_dirs.items():
         evaluation = read_evaluation(run_dir)
@@ -106,24 +107,47 @@ def evaluation_table(run_dirs: dict[str, Path]) -> pd.DataFrame:
             continue
         model = evaluation["overall"].get("model", {})
         row = {f"eval {m}": model.get(m) for m in SUMMARY_METRICS if m in model}
+        final = evaluation.get("final") or {}
+        if not final.get("same_as_best", True):
+            row["eval energy_distance (final ckpt)"] = final.get("overall", {}).get("model", {}).get("energy_distance")
         baseline = evaluation["overall"].get("no_change", {})
         if "energy_distance" in baseline:
             row["eval energy_distance (no change)"] = baseline["energy_distance"]
+        row.update(_best_baseline_columns(evaluation))
         rows[name] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "run"
     return table
 
 
+def _best_baseline_columns(evaluation: dict) -> dict:
+    from core.evaluation.baselines import FLOOR, PREDICTORS
+
+    overall = evaluation["overall"]
+    values = {m: overall[m].get("energy_distance") for m in PREDICTORS if m in overall}
+    finite = {m: v for m, v in values.items() if isinstance(v, (int, float))}
+    out = {}
+    if finite:
+        best = min(finite, key=finite.get)
+        out = {"eval energy_distance (best baseline)": finite[best], "best baseline": best}
+    floor = overall.get(FLOOR, {}).get("energy_distance")
+    if floor is not None:
+        out["eval energy_distance (real/real floor)"] = floor
+    return out
+
+
 def per_cell_type_table(run_dir: Path) -> pd.DataFrame | None:
-    """eval/per_cell_type.csv as cell type x (metric, method): the model next to its two baselines."""
+    """eval/per_cell_type.csv as cell type x (metric, method): the model next to every baseline and the
+    real-vs-real floor."""
     path = Path(run_dir) / "eval" / "per_cell_type.csv"
     if not path.is_file():
         return None
     table = pd.read_csv(path)
     metrics = [m for m in SUMMARY_METRICS if m in table and table[m].notna().any()]
     wide = table.pivot_table(index="cell_type", columns="method", values=metrics, aggfunc="first")
-    methods = [m for m in ("model", "no_change", "train_mean_shift") if m in wide.columns.get_level_values(1)]
+    from core.evaluation.baselines import FLOOR, PREDICTORS
+
+    methods = [m for m in ("model", *PREDICTORS, FLOOR) if m in wide.columns.get_level_values(1)]
     return wide.reindex(columns=pd.MultiIndex.from_product([metrics, methods]))
 
 

@@ -65,35 +65,76 @@ def loss_mapping(cfg: Config, mapping: ColumnMapping) -> ColumnMapping:
     return ColumnMapping(**{**mapping.to_dict(), "velocity_key": None, "confidence_key": None})
 
 
-def make_split(obs: pd.DataFrame, mapping: ColumnMapping, how: str, val_fraction: float, test_fraction: float,
-               seed: int) -> np.ndarray:
-    """'train' / 'val' / 'test' per cell.
+def resolve_split(obs: pd.DataFrame, mapping: ColumnMapping, how: str) -> str:
+    """``auto`` -> ``batch`` (held-out mice) for a two-condition design (control + one perturbation, as burn/sham)
+    with a batch column and >= 2 batches in every condition, else ``fraction``; any other value unchanged."""
+    if how != "auto":
+        return how
+    if not mapping.batch_col or mapping.batch_col not in obs:
+        return "fraction"
+    pert = obs[mapping.pert_col].astype(str)
+    if pert.nunique() != 2 or str(mapping.control_pert) not in set(pert):
+        return "fraction"
+    batches = obs[mapping.batch_col].astype(str).groupby(pert.to_numpy()).nunique()
+    return "batch" if (batches >= 2).all() else "fraction"
 
-    ``batch`` holds out whole batches (mice): in each condition one batch for validation and one for test, so
-    the model is judged on animals it never saw. ``fraction`` holds out that fraction of the cells of every
-    (cell type, condition) group."""
+
+def _fraction_split(split: np.ndarray, groups: dict, rng, val_fraction: float, test_fraction: float) -> None:
+    for _, positions in sorted(groups.items()):
+        idx = rng.permutation(positions)
+        n_val, n_test = int(round(len(idx) * val_fraction)), int(round(len(idx) * test_fraction))
+        split[idx[:n_val]] = "val"
+        split[idx[n_val:n_val + n_test]] = "test"
+
+
+def make_split(obs: pd.DataFrame, mapping: ColumnMapping, how: str, val_fraction: float, test_fraction: float,
+               seed: int, holdout: str | None = None) -> np.ndarray:
+    """'train' / 'val' / 'test' per cell (``how`` = auto is first resolved by ``resolve_split``).
+
+    ``batch`` holds out whole batches (mice), so the model is judged on animals it never saw: in each condition
+    one batch for test and, with >= 3 batches, another for validation; with 2, validation is ``val_fraction``
+    of the training batch's cells. ``fraction`` holds out that fraction of the cells of every (cell type,
+    condition) group. ``cell_type`` holds out every cell of the cell type ``holdout`` for test (training never
+    sees it perturbed; its controls are what the model predicts from) and ``val_fraction`` of the other cell
+    types' cells for validation."""
+    how = resolve_split(obs, mapping, how)
     rng = np.random.default_rng(seed)
     split = np.full(len(obs), "train", dtype=object)
     pert = obs[mapping.pert_col].astype(str).to_numpy()
+    cell_type = obs[mapping.cell_type_key].astype(str).to_numpy()
     if how == "batch":
         if not mapping.batch_col:
             raise DataError("data.kwargs.split=batch needs a batch column (data.kwargs.batch_col)")
         batch = obs[mapping.batch_col].astype(str).to_numpy()
         for condition in np.unique(pert):
             batches = rng.permutation(np.unique(batch[pert == condition]))
-            if len(batches) < 3:
-                raise DataError(f"data.kwargs.split=batch needs >= 3 batches of '{mapping.batch_col}' in condition "
+            if len(batches) < 2:
+                raise DataError(f"data.kwargs.split=batch needs >= 2 batches of '{mapping.batch_col}' in condition "
                                 f"'{condition}' (it has {len(batches)}); use data.kwargs.split=fraction")
-            split[(pert == condition) & (batch == batches[0])] = "val"
-            split[(pert == condition) & (batch == batches[1])] = "test"
+            split[(pert == condition) & (batch == batches[0])] = "test"
+            if len(batches) >= 3:
+                split[(pert == condition) & (batch == batches[1])] = "val"
+            else:
+                in_train = (pert == condition) & (batch == batches[1])
+                groups = pd.Series(np.flatnonzero(in_train)).groupby(cell_type[in_train]).indices
+                positions = {k: np.flatnonzero(in_train)[v] for k, v in groups.items()}
+                _fraction_split(split, positions, rng, val_fraction, 0.0)
         return split
-    cell_type = obs[mapping.cell_type_key].astype(str).to_numpy()
+    if how == "cell_type":
+        kinds = sorted(set(cell_type))
+        if holdout is None:
+            raise DataError(f"data.kwargs.split=cell_type needs data.kwargs.holdout, the cell type to hold out "
+                            f"(one of {', '.join(kinds)})")
+        if str(holdout) not in kinds:
+            raise DataError(f"data.kwargs.holdout={holdout!r} is not a cell type of '{mapping.cell_type_key}'; "
+                            f"choose one of {', '.join(kinds)}")
+        held = cell_type == str(holdout)
+        split[held] = "test"
+        groups = pd.DataFrame({"ct": cell_type[~held], "pert": pert[~held]}).groupby(["ct", "pert"], sort=True).indices
+        _fraction_split(split, {k: np.flatnonzero(~held)[v] for k, v in groups.items()}, rng, val_fraction, 0.0)
+        return split
     groups = pd.DataFrame({"ct": cell_type, "pert": pert}).groupby(["ct", "pert"], sort=True).indices
-    for _, positions in sorted(groups.items()):
-        idx = rng.permutation(positions)
-        n_val, n_test = int(round(len(idx) * val_fraction)), int(round(len(idx) * test_fraction))
-        split[idx[:n_val]] = "val"
-        split[idx[n_val:n_val + n_test]] = "test"
+    _fraction_split(split, groups, rng, val_fraction, test_fraction)
     return split
 
 

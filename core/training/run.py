@@ -167,8 +167,9 @@ def train(cfg: Config, callbacks: list | None = None, progress: bool | None = No
 
 
 def _prepare_data(cfg: Config, run_dir: Path):
+    from core.data.designs import INTERPOLATION_WARNING
     from core.data.validate import validate
-    from core.training.data import SetDataModule, load_adata, loss_mapping, make_split, resolve_mapping
+    from core.training.data import SetDataModule, load_adata, loss_mapping, make_split, resolve_mapping, resolve_split
 
     d = cfg.data.kwargs
     adata = load_adata(cfg)
@@ -180,7 +181,10 @@ def _prepare_data(cfg: Config, run_dir: Path):
     if nested and cfg.model.kwargs.use_batch:
         notes.append(f"WARNING: model.kwargs.use_batch=true while '{mapping.batch_col}' is nested in condition: the "
                      "batch embedding can encode the condition itself; consider model.kwargs.use_batch=false")
-    split = make_split(adata.obs, mapping, d.split, d.val_fraction, d.test_fraction, cfg.training.seed)
+    d.split = resolve_split(adata.obs, mapping, d.split)  # the saved config says which design was used
+    split = make_split(adata.obs, mapping, d.split, d.val_fraction, d.test_fraction, cfg.training.seed, d.holdout)
+    if d.split == "fraction":
+        notes.append(f"WARNING: {INTERPOLATION_WARNING}")
     if _is_rank_zero():
         import pandas as pd
 
