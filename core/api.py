@@ -94,6 +94,30 @@ def predict(model: Run | str | os.PathLike, adata=None, **options):
     return predict_cells(model.path if isinstance(model, Run) else model, adata, **options)
 
 
+def run_experiment(arms: str = "base,+mhc", seeds: int = 3, overrides: Sequence[str] = (), *,
+                   name: str | None = None, jobs: int | None = None, demo_base: bool = True,
+                   root: str | os.PathLike | None = None, progress: bool | None = None):
+    """A paired ablation, as ``python -m core experiment``: every arm (``base``, ``+mhc``, ``+velocity``,
+    ``+mhc+velocity``, or ``stability``, the lr ladder) with seeds 0..seeds-1, the same seeds and splits for every
+    arm, as ordinary runs, evaluated; resumable by name. Returns one row per (arm, metric): the paired difference
+    to the reference arm, its 95% t interval and the verdict; the full results are in ``table.attrs["results"]``
+    and in the experiment folder (``table.attrs["folder"]``). ``overrides`` apply to every arm; ``root`` is the runs
+    folder (default ``$ST_RUNS_DIR`` or runs/)."""
+    import pandas as pd
+
+    from core.experiment.arms import DEFAULT_COMMON, parse_arms
+    from core.experiment.runner import ExperimentSpec, experiment_dir
+    from core.experiment.runner import run_experiment as run_spec
+
+    parsed = parse_arms(arms, None)
+    spec = ExperimentSpec(name or "-vs-".join(a.slug for a in parsed)[:80], parsed, list(range(int(seeds))),
+                          [*(DEFAULT_COMMON if demo_base else []), *overrides])
+    results = run_spec(spec, root=root, jobs=jobs, log=lambda line: None, progress=progress)
+    table = pd.DataFrame(results["comparisons"])
+    table.attrs.update(results=results, folder=experiment_dir(spec.name, root))
+    return table
+
+
 def export(figures: dict, out_dir: str | os.PathLike, formats: Sequence[str] = ("png", "svg", "html")) -> list:
     """Write ``figures`` (a dict name -> plotly figure, as ``core.pl`` returns) to ``out_dir`` as ``<name>.<fmt>``,
     as the app's Export page does (PNG and SVG need Chromium; HTML is self-contained). Returns the paths."""

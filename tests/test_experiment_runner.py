@@ -88,3 +88,15 @@ def test_a_bad_override_is_one_line_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match="arm base: unknown config key 'model.kwargs.hidden_dimm'"):
         run_experiment(spec, root=tmp_path, log=lambda _: None)
     assert not (tmp_path / "bad.base.s0").exists()
+
+
+def test_the_python_api_resumes_the_same_experiment_and_returns_its_verdicts(experiment):
+    import core
+
+    spec, runs, results, _ = experiment
+    table = core.run_experiment("base,+mhc", seeds=2, overrides=spec.common, name="tiny", demo_base=False,
+                                root=runs, progress=False)
+    again = table.attrs["results"]
+    assert again["counts"]["skipped"] == 4 and again["counts"]["trained"] == 0  # nothing redone
+    assert list(table["verdict"]) == [c["verdict"] for c in results["comparisons"]]
+    assert table.attrs["folder"] == experiment_dir("tiny", runs)

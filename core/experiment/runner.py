@@ -29,6 +29,7 @@ from pathlib import Path
 
 from core.errors import ConfigError, UserError
 from core.experiment.arms import Arm
+from core.progress import ProgressBar
 from core.runs import (
     REPO_ROOT,
     TERMINAL_STATES,
@@ -155,8 +156,10 @@ def _job_needs(job: Job) -> str:
 
 
 class Runner:
-    def __init__(self, spec: ExperimentSpec, root: Path | None = None, jobs: int | None = None, log=print):
-        self.spec, self.log = spec, log
+    def __init__(self, spec: ExperimentSpec, root: Path | None = None, jobs: int | None = None, log=print,
+                 progress: bool | None = None):
+        """``progress``: a bar of runs done / total on a terminal or in a notebook (core/progress.py)."""
+        self.spec, self.log, self.progress = spec, log, progress
         self.root = Path(root).expanduser().resolve() if root is not None else runs_root()
         self.folder = experiment_dir(spec.name, self.root)
         self.jobs = plan(spec, self.root)
@@ -186,7 +189,6 @@ class Runner:
 
     def _start_evaluation(self, job: Job) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.slot_env[job.slot])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         command = [sys.executable, "-m", "core", "evaluate", str(job.run_dir), "--no-predictions"]
         with open(job.run_dir / "eval_log.txt", "ab") as handle:
             job.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
@@ -233,6 +235,7 @@ class Runner:
         if todo and demo_base:
             self._build_demo_base()
         active: list[Job] = []
+        bar = ProgressBar(len(self.jobs), f"experiment {self.spec.name}", unit="run", enabled=self.progress)
         try:
             while todo or active:
                 free = [s for s in range(self.parallel) if s not in {j.slot for j in active}]
@@ -244,11 +247,16 @@ class Runner:
                     self._advance(job)
                     if job.state in ("done", "failed"):
                         active.remove(job)
+                ended = sum(job.state in ("done", "failed") for job in self.jobs)
+                bar.update(ended, training=sum(job.state == "training" for job in active),
+                           evaluating=sum(job.state == "evaluating" for job in active))
                 if active:
                     time.sleep(POLL_S)  # polling run folders for their state, as the app does
         except BaseException:
             self._stop(active)
             raise
+        finally:
+            bar.close()
         return self.jobs
 
     def _build_demo_base(self) -> None:
@@ -284,14 +292,15 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip()[:300] if lines else ""
 
 
-def run_experiment(spec: ExperimentSpec, root: Path | None = None, jobs: int | None = None, log=print) -> dict:
+def run_experiment(spec: ExperimentSpec, root: Path | None = None, jobs: int | None = None, log=print,
+                   progress: bool | None = None) -> dict:
     """Run (or resume) the experiment, then analyse it; returns the results written to its folder."""
     from core.experiment.results import analyse, write_results
 
     if not spec.seeds:
         raise ConfigError("an experiment needs at least one seed (--seeds 3)")
     started = time.time()
-    runner = Runner(spec, root, jobs, log)
+    runner = Runner(spec, root, jobs, log, progress)
     finished = runner.run()
     results = analyse(spec, finished)
     results["seconds"] = round(time.time() - started, 1)
