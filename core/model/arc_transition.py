@@ -132,11 +132,46 @@ class ArcTransitionModel(nn.Module):
         self.gene_decoder = (GeneDecoder(**spec.decoder_cfg)
                              if spec.decoder_cfg is not None and spec.output_space != "embedding" else None)
         self.latent_relu = self.gene_decoder is None or spec.embed_key in (None, "X_hvg")
+        # Fine-tuning on data with its own labels: data perturbation row -> one-hot column, data batch index ->
+        # batch row (batch_dim: none). None: the caller passes Arc's own columns and rows (Arc's inference).
+        self.register_buffer("pert_columns", None)
+        self.register_buffer("batch_rows", None)
+
+    def use_data_labels(self, pert_columns: list[int], batch_rows: list[int] | None = None) -> None:
+        """Index perturbations (and batches) by the training data's rows; stored in the state dict."""
+        self.pert_columns = torch.tensor(pert_columns, dtype=torch.long)
+        if batch_rows is not None:
+            self.batch_rows = torch.tensor(batch_rows, dtype=torch.long)
+
+    def add_perturbation_columns(self, n_new: int, init: torch.Tensor) -> None:
+        """Grow the one-hot input by ``n_new`` columns after the pretrained ones (which keep their index and
+        weights); each new column of the first pert_encoder layer starts at ``init`` [h]."""
+        old = self.pert_encoder[0]
+        new = nn.Linear(old.in_features + n_new, old.out_features)
+        with torch.no_grad():
+            new.weight[:, :old.in_features] = old.weight
+            new.weight[:, old.in_features:] = init[:, None]
+            new.bias.copy_(old.bias)
+        self.pert_encoder[0] = new
+        self.spec.pert_dim += n_new
+
+    def add_batch_rows(self, n_new: int) -> None:
+        """New batches get new rows, zero at first (no batch term until training moves them)."""
+        old = self.batch_embedding
+        new = nn.Embedding(old.num_embeddings + n_new, old.embedding_dim)
+        with torch.no_grad():
+            new.weight.zero_()
+            new.weight[:old.num_embeddings] = old.weight
+        self.batch_embedding = new
+        self.spec.batch_dim = old.num_embeddings + n_new
 
     def forward(self, z_control: torch.Tensor, pert_idx: torch.Tensor, batch_idx: torch.Tensor | None = None):
         """z_control [b, s, d], pert_idx [b] (one-hot column), batch_idx [b, s] or None -> latent [b, s, o].
         Arc feeds the batch index of the TARGET cells (the window's own rows), not of the drawn controls."""
-        b, s, _ = z_control.shape
+        if self.pert_columns is not None:
+            pert_idx = self.pert_columns[pert_idx]
+        if self.batch_rows is not None and batch_idx is not None:
+            batch_idx = self.batch_rows[batch_idx]
         onehot = nn.functional.one_hot(pert_idx, self.spec.pert_dim).to(z_control.dtype)
         ce = self.basal_encoder(z_control)
         h = self.pert_encoder(onehot)[:, None, :] + ce

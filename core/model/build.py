@@ -60,7 +60,8 @@ def add_adapters(model: StateTransitionModel, cfg: Config, lora: bool) -> list[s
         heads = [model.basal_encoder, model.head] + ([model.batch_embedding] if model.batch_embedding else [])
         for module in heads:
             module.requires_grad_(m.train_encoders)
-        model.pert_embedding.requires_grad_(True)
+        # the perturbation table (an Arc model's one-hot encoder) always trains, so new labels can learn
+        (model.pert_embedding if hasattr(model, "pert_embedding") else model.pert_encoder).requires_grad_(True)
         notes.append(f"LoRA r={m.lora.r} alpha={m.lora.alpha} on {targets}; backbone weights frozen, encoders and "
                      f"head {'trainable' if m.train_encoders else 'frozen'}")
     if m.use_mhc:
@@ -165,8 +166,13 @@ def build_for_training(cfg: Config, embed_dim: int, pert_map: dict[str, int], co
                        batch_map: dict[str, int] | None = None) -> tuple[StateTransitionModel, dict, list[str]]:
     """The model to train: from scratch, or from ``model.init_from`` (base weights first), then LoRA, then mHC.
     Returns the model, the load report and notes for the log. Sizes come from the base when there is one."""
+    from core.arc.runtime import find_arc_folder
     from core.runs import load_checkpoint
 
+    if cfg.model.init_from and find_arc_folder(cfg.model.init_from):
+        from core.arc.finetune import build_from_arc
+
+        return build_from_arc(cfg, embed_dim, pert_map, control, batch_map)
     batch_map = batch_map or {}
     m, notes = cfg.model.kwargs, []
     if not cfg.model.init_from:
@@ -211,8 +217,13 @@ def build_for_training(cfg: Config, embed_dim: int, pert_map: dict[str, int], co
 def build_for_checkpoint(ckpt: dict, path) -> tuple[StateTransitionModel, Config, dict]:
     """Rebuild a trained model (with its LoRA and mHC) and load its weights exactly; eval mode."""
     cfg, hp, state = read_checkpoint(ckpt, path)
-    model = plain_model(cfg, hp["embed_dim"], len(hp["pert_map"]), len(hp["batch_map"]))
-    add_adapters(model, cfg, bool(hp.get("lora_applied", False)))
+    if "arc_spec" in hp:  # fine-tuned from an Arc State folder: Arc's architecture (core/arc/finetune.py)
+        from core.arc.finetune import rebuild_for_checkpoint
+
+        model = rebuild_for_checkpoint(cfg, hp)
+    else:
+        model = plain_model(cfg, hp["embed_dim"], len(hp["pert_map"]), len(hp["batch_map"]))
+        add_adapters(model, cfg, bool(hp.get("lora_applied", False)))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path} does not match its own config ({len(missing)} missing, {len(unexpected)} "

@@ -247,7 +247,8 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
 
     hparams = {"config": cfg.to_dict(), "pert_map": data.pert_map, "control": mapping.control_pert,
                "embed_dim": int(data.table.z.shape[1]), "batch_map": data.batch_map,
-               "lora_applied": bool(cfg.model.init_from) and m.lora.enable}
+               "lora_applied": bool(cfg.model.init_from) and m.lora.enable,
+               **getattr(model, "checkpoint_hparams", {})}  # an imported Arc model's architecture
     module = STModule(model, hparams)
     if _stopped_early(writer, "building the model"):
         return run_dir
