@@ -49,7 +49,7 @@ def test_exported_folder_predicts_what_the_fine_tuned_run_predicts(lora_run, exp
     lora_b = [p for n, p in run_model.named_parameters() if "lora_B" in n]
     assert lora_b and max(float(p.abs().max()) for p in lora_b) > 0  # training moved LoRA: the merge matters
     arc_model, folder, report = load_arc(exported)
-    assert report["merged"] == [] and len(report["loaded"]) == 32  # plain Arc tensors, LoRA already merged
+    assert report["merged"] == {} and len(report["loaded"]) == 32  # plain Arc tensors, LoRA already merged
     z = torch.from_numpy(np.asarray(ad.read_h5ad(DATA).obsm["X_state_baseline"][:8]))[None]
     for label in ("burn", "sham"):
         with torch.no_grad():

@@ -74,3 +74,21 @@ def test_backbone_sizes_come_from_the_checkpoint_and_rms_eps_is_llamas_as_in_arc
     assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim) == (
         32, 64, 2, 4, 8)
     assert cfg.rms_norm_eps == 1e-6 and model.bidirectional
+
+
+def test_lora_trained_arc_checkpoint_is_merged_and_computes_what_arc_state_computes():
+    folder = read_arc_folder(FIXTURES / "emb_lora")
+    model, report = import_arc_model(folder)
+    state = folder.state_dict
+    adapters = [k for k in state if ".lora_A." in k or ".lora_B." in k]
+    assert len(adapters) == 16  # A and B of q, k, v, o in 2 layers (Arc's default targets without adapt_mlp)
+    assert set(report["loaded"]) | set(report["dropped"]) | set(report["merged"]) == set(state)
+    stem = "transformer_backbone.base_model.model.layers.0.self_attn.q_proj"
+    assert report["loaded"][f"{stem}.base_layer.weight"] == "backbone.layers.0.self_attn.q_proj.weight"
+    delta = 8 / 4 * state[f"{stem}.lora_B.default.weight"] @ state[f"{stem}.lora_A.default.weight"]
+    assert delta.abs().max() > 1e-3  # the adapters moved: a forward without merging would differ
+    assert torch.allclose(model.backbone.layers[0].self_attn.q_proj.weight,
+                          state[f"{stem}.base_layer.weight"] + delta, atol=1e-7)
+    assert model.basal_encoder.__class__.__name__ == "Linear" and model.batch_embedding is None
+    saved, latent, _ = _arc_forward("emb_lora", model)
+    assert torch.allclose(latent, saved["preds"], atol=1e-5, rtol=0)

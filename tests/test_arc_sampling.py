@@ -26,11 +26,12 @@ def _arc(run):
     return ad.read_h5ad(FIXTURES / run / "infer_pred.h5ad")
 
 
-def test_embedding_model_predictions_equal_state_tx_infer(infer_input):
-    model, folder, _ = load_arc(FIXTURES / "emb_llama")
+@pytest.mark.parametrize("run", ["emb_llama", "emb_lora"])
+def test_embedding_model_predictions_equal_state_tx_infer(infer_input, run):
+    model, folder, _ = load_arc(FIXTURES / run)
     pred = predict_arc(model, folder, infer_input, **FLAGS)
     assert pred.latent.shape == (120, 16) and pred.counts is None and pred.latent_key == "X_emb"
-    np.testing.assert_allclose(pred.latent, _arc("emb_llama").obsm["X_emb"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(pred.latent, _arc(run).obsm["X_emb"], atol=1e-5, rtol=0)
     # 2 cell types x 3 labels, 19 or 22 cells each -> two windows of at most 16 per (cell type, label)
     assert pred.n_windows == 12
 

@@ -59,10 +59,12 @@ def import_arc_model(folder: ArcFolder) -> tuple[ArcTransitionModel, dict]:
     hp = folder.hparams
     _unsupported(hp)
     spec = spec_from_hparams(hp, folder.var_dims)
-    state, merged = dict(folder.state_dict), []
+    state, merged = dict(folder.state_dict), {}
+    origin = {k: k for k in state}
     if any(".lora_A." in k for k in state):
+        # peft's scaling alpha / r, as Arc's apply_lora configures it (no rsLoRA)
         lora = dict(hp.get("lora") or {})
-        state, merged = keys.merge_lora(state, float(lora.get("alpha", 32)), int(lora.get("r", 16)))
+        state, origin, merged = keys.merge_lora(state, float(lora.get("alpha", 32)), int(lora.get("r", 16)))
     model = ArcTransitionModel(spec)
     own = model.state_dict()
     shown = (f"input_dim={spec.input_dim}, hidden_dim={spec.hidden_dim}, output_dim={spec.output_dim}, "
@@ -73,8 +75,9 @@ def import_arc_model(folder: ArcFolder) -> tuple[ArcTransitionModel, dict]:
     for key, value in state.items():
         if keys.is_token_table(key):
             zero = not torch.count_nonzero(value)
-            report["dropped"][key] = (f"token table {tuple(value.shape)}, {'all zero' if zero else 'NOT all zero'}; "
-                                      "never read (inputs are embeddings)")
+            report["dropped"][origin[key]] = (f"token table {tuple(value.shape)}, "
+                                              f"{'all zero' if zero else 'NOT all zero'}; never read (inputs are "
+                                              "embeddings)")
             continue
         ours = keys.arc_to_ours(key)
         if ours is None or ours not in own:
@@ -84,7 +87,7 @@ def import_arc_model(folder: ArcFolder) -> tuple[ArcTransitionModel, dict]:
             raise CheckpointError(f"checkpoint tensor {key} has shape {tuple(value.shape)} but its hyper-parameters "
                                   f"({shown}) give {tuple(own[ours].shape)}")
         new_state[ours] = value
-        report["loaded"][key] = ours
+        report["loaded"][origin[key]] = ours
     for ours in own:
         if ours in new_state:
             continue

@@ -33,24 +33,30 @@ def ours_to_arc(key: str) -> str | None:
     return None
 
 
-def merge_lora(state: dict, alpha: float, r: int) -> tuple[dict, list[str]]:
-    """Arc LoRA names -> plain names with the adapters merged into their base weights; (state, merged keys)."""
+def merge_lora(state: dict, alpha: float, r: int) -> tuple[dict, dict, dict]:
+    """Arc LoRA names -> plain names with the adapters merged into their base weights.
+    Returns (state, plain name -> the checkpoint's name, adapter tensor -> the weight it was merged into)."""
     scale = alpha / r
-    out, merged = {}, []
+    out, origin, merged = {}, {}, {}
     prefix = "transformer_backbone.base_model.model."
     for key, value in state.items():
         if ".lora_A." in key or ".lora_B." in key:
             continue
         plain_key = key.replace(prefix, "transformer_backbone.", 1) if key.startswith(prefix) else key
-        if ".base_layer." in plain_key:
+        if ".base_layer." in key:
             stem = key[: key.index(".base_layer.")]
             plain_key = plain_key.replace(".base_layer.", ".")
             a, b = state.get(f"{stem}.lora_A.default.weight"), state.get(f"{stem}.lora_B.default.weight")
             if a is not None and b is not None and plain_key.endswith(".weight"):
                 value = value + scale * (b.float() @ a.float()).to(value.dtype)
-                merged.append(plain_key)
-        out[plain_key] = value
-    return out, merged
+                merged[f"{stem}.lora_A.default.weight"] = merged[f"{stem}.lora_B.default.weight"] = plain_key
+        out[plain_key], origin[plain_key] = value, key
+    unmerged = [k for k in state if (".lora_A." in k or ".lora_B." in k) and k not in merged]
+    if unmerged:
+        from core.errors import CheckpointError
+
+        raise CheckpointError(f"LoRA tensor {unmerged[0]} has no base weight or partner to merge with")
+    return out, origin, merged
 
 
 def is_token_table(key: str) -> bool:

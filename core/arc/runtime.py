@@ -53,7 +53,7 @@ def report_lines(report: dict, folder: ArcFolder) -> list[str]:
              f"control '{info['control']}', perturbations {info['perturbations']}"]
     lines += [f"  loaded  {arc} -> {ours}" for arc, ours in report["loaded"].items()]
     lines += [f"  dropped {key}: {why}" for key, why in report["dropped"].items()]
-    lines += [f"  merged  {key} (LoRA)" for key in report["merged"]]
+    lines += [f"  merged  {key} into {into}" for key, into in report["merged"].items()]
     lines += [f"  rebuilt {key}: {why}" for key, why in report["rebuilt"].items()]
     return lines
 
