@@ -35,6 +35,9 @@ ALIASES = {
     "model.kwargs.batch_encoder": "model.kwargs.use_batch",
     "model.kwargs.init_from": "model.init_from",
     "model.checkpoint": "model.init_from",
+    # Arc's top-level run keys: the run folder is output_dir/name, the name checked like run.name
+    "output_dir": "run.root",
+    "name": "run.name",
 }
 # Arc State writes its backbone names in capitals (GPT2, llama); ours are lower case.
 _LOWER_CASE_VALUES = ("model.kwargs.backbone", "model.kwargs.dist_loss")

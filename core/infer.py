@@ -43,12 +43,20 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def load_model(checkpoint: str | os.PathLike, device: str | None = None):
-    """(model in eval mode on ``device``, its config, its hyper-parameters) from a checkpoint or a run folder."""
+    """(model in eval mode on ``device``, its config, its hyper-parameters) from a checkpoint or a run folder,
+    ours or Arc State's (core/arc/runtime.py)."""
+    from core.arc.finetune import skeleton_for
+    from core.arc.runtime import arc_run_for_infer, find_arc_folder
     from core.io.checkpoint import load_checkpoint
     from core.model.build import build_for_checkpoint
 
+    arc = find_arc_folder(checkpoint)
+    if arc is not None:
+        model, cfg, hp = arc_run_for_infer(*arc)
+        return model.to(device or _device()), cfg, hp
     path = resolve_checkpoint(checkpoint)
-    model, cfg, hp = build_for_checkpoint(load_checkpoint(path), path)
+    ckpt = load_checkpoint(path)
+    model, cfg, hp = build_for_checkpoint(ckpt, path, skeleton=skeleton_for(ckpt))
     return model.to(device or _device()), cfg, hp
 
 
@@ -221,7 +229,7 @@ def predict(checkpoint, adata=None, *, control_cells=None, perturbations=None,
     result = ad.AnnData(obs=out_obs)
     result.obsm[PRED_KEY] = z_pred
     result.obsm[DELTA_KEY] = z_pred - z[rows_out]
-    result.uns["st_infer"] = {"checkpoint": str(resolve_checkpoint(checkpoint)), **{
+    result.uns["st_infer"] = {"checkpoint": hp.get("checkpoint") or str(resolve_checkpoint(checkpoint)), **{
         k: v for k, v in mapping.to_dict().items() if v is not None and k not in ("velocity_key", "confidence_key")},
         "set_len": int(set_len), "seed": int(seed), "perturbations": wanted, "n_sets": len(sets),
         "match_by": "cell_type_batch" if by_batch else "cell_type", "notes": notes}

@@ -7,12 +7,13 @@ cycle. Function-level imports count as much as top-level ones (they hid two cycl
     3 core.mhc, core.velocity                 the science, on tensors and AnnData
     4 core.data                               data sets, mapping, validation
     5 core.model                              the ST model and its builder (never trains)
-    6 core.runs                               run folders: layout, writer, reader, launcher
-    7 core.training                           the Lightning module, data, trainer, demo base
-    8 core.infer, core.evaluation, core.experiment, core.arc
-    9 core.figures                            plotly figures from runs
-   10 core.api, core.pl, core.cli, core.__main__, core (the public API and the command line)
-   11 app                                     the Streamlit UI
+    6 core.arc                                reading Arc State folders into our model family
+    7 core.runs                               run folders: layout, writer, reader, launcher
+    8 core.training                           the Lightning module, data, trainer, demo base
+    9 core.infer, core.evaluation, core.experiment, core.arc.{commands,sampling,export}
+   10 core.figures                            plotly figures from runs
+   11 core.api, core.pl, core.cli, core.__main__, core (the public API and the command line)
+   12 app                                     the Streamlit UI
 """
 
 import ast
@@ -26,9 +27,11 @@ LAYERS = [
     ("core.mhc", "core.velocity"),
     ("core.data",),
     ("core.model",),
+    ("core.arc",),
     ("core.runs",),
     ("core.training",),
-    ("core.infer", "core.evaluation", "core.experiment", "core.arc"),
+    ("core.infer", "core.evaluation", "core.experiment", "core.arc.commands", "core.arc.sampling",
+     "core.arc.export"),
     ("core.figures",),
     ("core.api", "core.pl", "core.cli", "core.__main__", "core"),
     ("app",),

@@ -1,5 +1,8 @@
 """``python -m core infer --run NAME | --checkpoint CKPT [--adata IN] --output preds.h5ad``: predict perturbed cells.
 
+``--model-dir DIR [--checkpoint CKPT]`` also takes an Arc State run folder (``state tx infer``'s flags); with
+``--sampling arc`` sets and control draws are arc-state's own and the output keys are its (core/arc/sampling.py).
+
 Flags follow Arc State's ``state tx infer`` (--embed-key --pert-col --control-pert --celltype-col --batch-col);
 each defaults to what the run trained with. Without --adata the run's own data set (or the demo) is used. Writes
 obsm X_pred and delta_z and obs matched_control (see core/infer.py); the input file is never written.
@@ -14,6 +17,13 @@ HELP = "predict perturbed embeddings from control cells with a trained ST model;
 def add_arguments(parser):
     parser.add_argument("--run", default=None, help="a run name in the runs folder ($ST_RUNS_DIR) or a run folder")
     parser.add_argument("--checkpoint", default=None, help="a .ckpt file or a run folder (best, else final ckpt)")
+    parser.add_argument("--model-dir", default=None,
+                        help="a run folder, ours or an Arc State one (config.yaml, var_dims.pkl, pert_onehot_map.pt)")
+    parser.add_argument("--sampling", choices=["ours", "arc"], default="ours",
+                        help="ours (default): sets of control cells per cell type; arc: arc-state 0.11.1's own draws")
+    parser.add_argument("--arc-clip", action="store_true",
+                        help="with --sampling arc: clip gene-space latents and counts to [0, 14] as arc-state does")
+    parser.add_argument("--quiet", action="store_true", help="print only the output line (Arc's flag)")
     parser.add_argument("--adata", type=Path, default=None, help="input .h5ad (default: the run's own data)")
     parser.add_argument("--output", type=Path, required=True, help="where to write the predictions .h5ad")
     parser.add_argument("--embed-key", default=None, help="obsm key of the embedding (default: the run's)")
@@ -25,8 +35,9 @@ def add_arguments(parser):
                         help="perturbation to predict (repeatable; default: every one the model knows)")
     parser.add_argument("--split", choices=["train", "val", "test"], default=None,
                         help="only the control cells of this split of the run (needs a run folder's split.csv)")
-    parser.add_argument("--set-len", type=int, default=None, help="cells per set (default: the run's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random order that forms the sets")
+    parser.add_argument("--set-len", "--max-set-len", type=int, default=None, help="cells per set (default: the run's)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the sets (default 0; 42 with --sampling arc, as state tx infer)")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: CUDA, then MPS, then CPU)")
 
 
@@ -37,12 +48,22 @@ def run(args) -> int:
     from core.infer import predict, resolve_checkpoint, write_predictions
     from core.runs import resolve_run
 
-    if (args.run is None) == (args.checkpoint is None):
-        raise ConfigError("give the model as --run NAME (a run in the runs folder) or --checkpoint PATH, not both")
     if args.run is not None:
+        if args.checkpoint is not None or args.model_dir is not None:
+            raise ConfigError("give the model once: --run NAME, --checkpoint CKPT or --model-dir DIR")
         args.checkpoint = resolve_run(args.run, allow_outside=True)
     if args.adata is not None and args.output.expanduser().resolve() == args.adata.expanduser().resolve():
         raise DataError("--output must differ from --adata: the input file is never overwritten")
+    if args.checkpoint is None and args.model_dir is None:
+        raise ConfigError("give the model: --run NAME (a run in the runs folder), --checkpoint CKPT, or --model-dir "
+                          "DIR (ours or an Arc State folder)")
+    if args.model_dir is not None:
+        from core.arc.commands import infer_model_dir
+
+        handled = infer_model_dir(args)
+        if handled is not None:
+            return handled
+    args.seed = 0 if args.seed is None else args.seed
     adata = None
     if args.adata is not None:
         from core.data.io import read_h5ad

@@ -60,7 +60,8 @@ def add_adapters(model: StateTransitionModel, cfg: Config, lora: bool) -> list[s
         heads = [model.basal_encoder, model.head] + ([model.batch_embedding] if model.batch_embedding else [])
         for module in heads:
             module.requires_grad_(m.train_encoders)
-        model.pert_embedding.requires_grad_(True)
+        # the perturbation table (an Arc model's one-hot encoder) always trains, so new labels can learn
+        (model.pert_embedding if hasattr(model, "pert_embedding") else model.pert_encoder).requires_grad_(True)
         notes.append(f"LoRA r={m.lora.r} alpha={m.lora.alpha} on {targets}; backbone weights frozen, encoders and "
                      f"head {'trainable' if m.train_encoders else 'frozen'}")
     if m.use_mhc:
@@ -202,11 +203,15 @@ def build_for_training(cfg: Config, embed_dim: int, pert_map: dict[str, int], co
     return model, report, notes
 
 
-def build_for_checkpoint(ckpt: dict, path) -> tuple[StateTransitionModel, Config, dict]:
-    """Rebuild a trained model (with its LoRA and mHC) and load its weights exactly; eval mode."""
+def build_for_checkpoint(ckpt: dict, path, skeleton=None) -> tuple[StateTransitionModel, Config, dict]:
+    """Rebuild a trained model (with its LoRA and mHC) and load its weights exactly; eval mode. ``skeleton(cfg,
+    hp)`` builds the untrained model for another architecture (a fine-tuned Arc State model, core/arc/)."""
     cfg, hp, state = read_checkpoint(ckpt, path)
-    model = plain_model(cfg, hp["embed_dim"], len(hp["pert_map"]), len(hp["batch_map"]))
-    add_adapters(model, cfg, bool(hp.get("lora_applied", False)))
+    if skeleton is not None:
+        model = skeleton(cfg, hp)
+    else:
+        model = plain_model(cfg, hp["embed_dim"], len(hp["pert_map"]), len(hp["batch_map"]))
+        add_adapters(model, cfg, bool(hp.get("lora_applied", False)))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path} does not match its own config ({len(missing)} missing, {len(unexpected)} "

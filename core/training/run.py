@@ -203,7 +203,7 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list, progress: 
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from core.model.build import build_for_training
+    from core.arc.finetune import build_for_training_any as build_for_training
     from core.training.callbacks import RunFolderCallback
     from core.training.demo_base import resolve_base
     from core.training.logger import RunFolderLogger
@@ -241,7 +241,8 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list, progress: 
 
     hparams = {"config": cfg.to_dict(), "pert_map": data.pert_map, "control": mapping.control_pert,
                "embed_dim": int(data.table.z.shape[1]), "batch_map": data.batch_map,
-               "lora_applied": bool(cfg.model.init_from) and m.lora.enable}
+               "lora_applied": bool(cfg.model.init_from) and m.lora.enable,
+               **getattr(model, "checkpoint_hparams", {})}  # an imported Arc model's architecture
     module = STModule(model, hparams)
     if _stopped_early(writer, "building the model"):
         return run_dir
