@@ -63,6 +63,7 @@ class MhcConfig:
     layer_indices: list[int] | None = None  # None: every layer
     projection: str = "sinkhorn"  # or "permutations" (mHC-lite)
     dynamic: bool = True  # False: static mappings only, faster on CPUs
+    lr_scale: float = 1.0  # learning rate of the mHC mappings relative to training.learning_rate
 
 
 @dataclass
@@ -310,6 +311,7 @@ def validate_config(cfg: Config) -> None:
            "model.kwargs.lora needs r >= 1, alpha > 0 and 0 <= dropout < 1")
     _check(m.mhc.n_streams >= 2, f"model.kwargs.mhc.n_streams must be >= 2; got {m.mhc.n_streams}")
     _check(m.mhc.sinkhorn_iters >= 1, f"model.kwargs.mhc.sinkhorn_iters must be >= 1; got {m.mhc.sinkhorn_iters}")
+    _check(m.mhc.lr_scale > 0, f"model.kwargs.mhc.lr_scale must be > 0; got {m.mhc.lr_scale}")
     _check(m.mhc.projection in ("sinkhorn", "permutations"),
            f"model.kwargs.mhc.projection must be sinkhorn or permutations; got {m.mhc.projection!r}")
     if m.mhc.layer_indices is not None:

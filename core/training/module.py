@@ -136,5 +136,14 @@ class STModule(L.LightningModule):
         self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        # mHC's mappings take their own learning rate (model.kwargs.mhc.lr_scale times the rest's): a few logits
+        # per layer that start where they change nothing, beside LoRA matrices that start at zero
+        from core.mhc import mhc_parameters
+
+        mhc_ids = {id(p) for p in mhc_parameters(self.model)}
+        params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in mhc_ids]
+        mhc = [p for p in mhc_parameters(self.model) if p.requires_grad]
+        groups = [{"params": params}]
+        if mhc:
+            groups.append({"params": mhc, "lr": self.lr * self.kw["mhc"]["lr_scale"]})
+        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
