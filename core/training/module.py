@@ -1,7 +1,8 @@
 """The Lightning module: the ST model's losses, one optimisation step, validation.
 
     total    = dist_loss(z_pred set, perturbed set) + lambda_t * velocity_lambda * L_vel(delta_z, v_z, confidence)
-    lambda_t = min(1, t / velocity_warmup_steps),   t = 1, 2, ... the number of the optimisation step
+    lambda_t = min(1, t / warm-up),   t = 1, 2, ... the number of the optimisation step
+    warm-up  = velocity_warmup_fraction * (the run's optimisation steps) when that is set, else velocity_warmup_steps
 
 dist_loss is geomloss's energy distance (default) or Sinkhorn divergence (with ``blur``) between each predicted
 set and its real perturbed set, averaged over the sets of a batch. L_vel is core.velocity_loss's alignment
@@ -60,6 +61,7 @@ class STModule(L.LightningModule):
             training["grad_clip"]
         self.dist = distributional_loss(self.kw["dist_loss"], self.kw["blur"])
         self.velocity_loss = velocity_loss(self.kw)
+        self.total_steps: int | None = None  # the run's optimisation steps, known once training starts
         self.last_metrics: dict = {}
         self.last_grad_norm = float("nan")
         self.val_summary: dict = {}
@@ -71,8 +73,20 @@ class STModule(L.LightningModule):
 
     def lambda_t(self, step: int) -> float:
         """Warm-up weight of the velocity term at optimisation step ``step`` (1-based)."""
-        warmup = self.kw["velocity_warmup_steps"]
+        warmup = self.warmup_steps()
         return 1.0 if warmup <= 0 else min(1.0, step / warmup)
+
+    def warmup_steps(self) -> float:
+        """velocity_warmup_fraction of the run's steps when set (steps before the run's length is known, e.g. in
+        the validation pass before training: there the velocity term is only reported), else the step count."""
+        fraction = self.kw.get("velocity_warmup_fraction")
+        if fraction is None or not self.total_steps:
+            return self.kw["velocity_warmup_steps"]
+        return fraction * self.total_steps
+
+    def on_train_start(self):
+        total = self.trainer.estimated_stepping_batches
+        self.total_steps = int(total) if total != float("inf") else None
 
     def losses(self, batch: dict, step: int) -> tuple[torch.Tensor, dict, dict]:
         """(total, {dist_loss, vel_loss}, velocity metrics) for one batch of sets."""
