@@ -32,6 +32,7 @@ def test_inspect_shows_h_res_drift_from_init_on_a_symmetric_scale(app):
     over_steps = by_title(app, "How far each mapping has moved")
     h_res_lines = [t for t in over_steps.data if t.xaxis == "x"]
     np.testing.assert_allclose([t.y for t in h_res_lines], [[0.0, 0.45], [0.0, 0.3]], atol=1e-6)
+    assert "logged no mHC gradients" in str(by_title(app, "H_res gradient beside LoRA's").layout.annotations)
     pre_post = by_title(app, "ΔH_pre and ΔH_post")
     assert all(np.abs(np.asarray(t.z)).max() == 0 for t in pre_post.data)  # constant in the fixture
 

@@ -15,7 +15,9 @@ from core.evaluation.mhc_drift import (
     run_stream_divergence,
 )
 from core.evaluation.mhc_drift import stream_divergence as divergence_of
+from core.figures.mhc import gradient_ratio_over_steps
 from core.mhc import apply_mhc_to_transformer, find_mhc_layers
+from core.runs import read_metrics
 from tests.test_mhc import C, inputs, tiny
 from tests.test_training import runs, small_path  # noqa: F401  (fixtures)
 
@@ -80,6 +82,16 @@ def test_a_real_lora_mhc_run_reports_drift_and_divergence(runs):  # noqa: F811
     assert divergence["trained"]["mean_cosine"][1] != pytest.approx(divergence["init"]["mean_cosine"][1], abs=1e-9)
     with pytest.raises(ValueError, match="no mHC"):
         run_stream_divergence(runs["lora"])
+    # step 1 and every snapshot step (5 here) log H_res's gradient per layer and LoRA's; every layer's is non-zero
+    train = read_metrics(runs["lora_mhc"]).query("split == 'train'")
+    logged = train[train["grad_lora"].notna()]
+    assert list(logged["step"]) == [1, *range(5, int(train["step"].max()) + 1, 5)]
+    train = logged
+    assert (train["grad_lora"] > 0).all()
+    assert (train[["grad_h_res_0", "grad_h_res_1"]] > 0).all().all()
+    figure = gradient_ratio_over_steps(read_metrics(runs["lora_mhc"]))
+    np.testing.assert_allclose(figure.data[1].y, train["grad_h_res_1"] / train["grad_lora"])
+    assert "grad_lora" not in read_metrics(runs["lora"]).columns
 
 
 def test_divergence_figure_draws_both_measures_for_init_and_trained():

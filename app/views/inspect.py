@@ -54,6 +54,8 @@ if mhc_tab.open:
             show_figure(mhc_figures.pre_post_drift_heatmap(drift, at), f"{run['name']}_pre_post_drift_step{step}",
                         key="pre_post_drift")
             show_figure(mhc_figures.drift_over_steps(drift), f"{run['name']}_drift_over_steps", key="drift_steps")
+            show_figure(mhc_figures.gradient_ratio_over_steps(cache.run_metrics(path)),
+                        f"{run['name']}_h_res_gradient_over_lora", key="grad_ratio")
             if st.toggle("Measure how far the streams have diverged (a forward pass of the best checkpoint and of "
                          "the init on validation control cells)", key="inspect_divergence"):
                 with shown_errors("measuring the streams' divergence"):

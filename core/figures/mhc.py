@@ -270,3 +270,25 @@ def stream_divergence_figure(divergence: dict) -> go.Figure:
     fig.update_yaxes(range=[min(low - 0.1 * (1 - low) - 1e-6, 1 - 1e-5), 1.0], row=1, col=1)
     fig.update_xaxes(title_text="wrapped layer (streams entering it)")
     return apply_style(fig, title="Stream divergence: how different the n streams have become")
+
+
+def gradient_ratio_over_steps(metrics) -> go.Figure:
+    """Per layer, mean |gradient| of the H_res logits over LoRA's at every training step (metrics.jsonl columns
+    grad_h_res_<layer> and grad_lora, written by runs with mHC at step 1 and every mHC snapshot), on a log axis:
+    does H_res learn beside LoRA?"""
+    columns = sorted((c for c in getattr(metrics, "columns", []) if c.startswith("grad_h_res_")),
+                     key=lambda c: int(c.rsplit("_", 1)[1]))
+    if not columns or "grad_lora" not in metrics.columns:
+        return message_figure("This run logged no mHC gradients (mHC off, or a run older than this panel).",
+                              title="H_res gradient beside LoRA's")
+    train = metrics[metrics["split"].fillna("train") == "train"] if "split" in metrics.columns else metrics
+    train = train[train["grad_lora"].notna()]
+    fig = go.Figure()
+    for k, column in enumerate(columns):
+        ratio = train[column].to_numpy(float) / train["grad_lora"].to_numpy(float)
+        fig.add_trace(go.Scatter(x=train["step"], y=ratio, mode="lines+markers",
+                                 name=f"layer {column.rsplit('_', 1)[1]}",
+                                 line=dict(color=OKABE_ITO[k % len(OKABE_ITO)])))
+    fig.update_yaxes(type="log", exponentformat="power", title_text="mean |∇ H_res logits| / mean |∇ LoRA|")
+    fig.update_xaxes(title_text="training step")
+    return apply_style(fig, title="H_res gradient relative to LoRA's, per layer")

@@ -61,6 +61,11 @@ class STModule(L.LightningModule):
             training["grad_clip"]
         self.dist = distributional_loss(self.kw["dist_loss"], self.kw["blur"])
         self.velocity_loss = velocity_loss(self.kw)
+        from core.evaluation.mhc_drift import GradientProbe
+        from core.mhc import find_mhc_layers
+
+        self._gradient_probe = GradientProbe(model) if find_mhc_layers(model) else None
+        self._probe_every = training.get("mhc_snapshot_every", 10)
         self.total_steps: int | None = None  # the run's optimisation steps, known once training starts
         self.last_metrics: dict = {}
         self.last_grad_norm = float("nan")
@@ -146,6 +151,14 @@ class STModule(L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         # clip here, recording the norm before clipping: it tells a stable run from an unstable one
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        step = self.global_step + 1
+        if self._gradient_probe is not None and (step == 1 or step % self._probe_every == 0):
+            # does H_res learn beside LoRA? per layer, before clipping; at step 1 and with every mHC snapshot
+            # (about 2 ms a call on a busy 2-core CPU: every step would add 6% to a demo step)
+            sizes = self._gradient_probe()
+            per_layer = zip(sizes["layer_indices"], sizes["h_res"])
+            self.last_metrics.update({f"grad_h_res_{i}": float(g) for i, g in per_layer})
+            self.last_metrics["grad_lora"] = sizes["lora"]
         clip = self.grad_clip if self.grad_clip > 0 else float("inf")
         self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
 
