@@ -201,6 +201,18 @@ def mhc_snapshots(run_path: Path) -> list[dict]:
     return [_snapshot(str(p), _stamp(p)) for _, p in list_mhc_snapshots(run_path)]
 
 
+@st.cache_resource(max_entries=8, show_spinner="Running the model on validation control cells…")
+def _stream_divergence(run_path: str, stamp: tuple):
+    from core.evaluation.mhc_drift import run_stream_divergence
+
+    return run_stream_divergence(run_path)
+
+
+def stream_divergence(run_path: Path) -> dict:
+    """``core.evaluation.mhc_drift.run_stream_divergence`` of the run, re-run only when its checkpoints change."""
+    return _stream_divergence(str(run_path), _stamp(Path(run_path) / "checkpoints"))
+
+
 @st.cache_resource(max_entries=4, show_spinner="Reading the run's predictions…")
 def _predictions(path: str, stamp: tuple):
     import anndata

@@ -66,6 +66,10 @@ class MhcConfig:
     layer_indices: list[int] | None = None  # None: every layer
     projection: str = "sinkhorn"  # or "permutations" (mHC-lite)
     dynamic: bool = True  # False: static mappings only, faster on CPUs
+    # learning rate of the mHC mappings relative to training.learning_rate. Measured on the demo fine-tune (85
+    # steps, 3 seeds): at 1 H_res moves by at most 0.02; at 10 by 0.87-0.91, and held-out energy distance is
+    # 0.0056 +- 0.0019 below ST-LoRA's (1: -0.0001, 3: -0.0014, 30: -0.0064 +- 0.0075)
+    lr_scale: float = 10.0
 
 
 @dataclass
@@ -84,8 +88,12 @@ class ModelKwargs:
     mhc: MhcConfig = field(default_factory=MhcConfig)
     use_velocity_alignment: bool = False
     velocity_lambda: float = 0.1
-    velocity_beta: float = 1.0
+    # beta = 0, direction only: on the demo (3 seeds, lambda 0.1) beta = 1 raised held-out energy distance by 0.069
+    # over ST-LoRA for the same cos(delta_z, v_z) (+0.021 either way); README, "Velocity alignment"
+    velocity_beta: float = 0.0
     velocity_warmup_steps: int = 50
+    # warm-up as a fraction of the run's optimisation steps; when set it replaces velocity_warmup_steps
+    velocity_warmup_fraction: float | None = None
     velocity_min_confidence: float = 0.0
     velocity_loss: str = "alignment"  # or "l2"
 
@@ -336,6 +344,7 @@ def validate_config(cfg: Config) -> None:
            "model.kwargs.lora needs r >= 1, alpha > 0 and 0 <= dropout < 1")
     _check(m.mhc.n_streams >= 2, f"model.kwargs.mhc.n_streams must be >= 2; got {m.mhc.n_streams}")
     _check(m.mhc.sinkhorn_iters >= 1, f"model.kwargs.mhc.sinkhorn_iters must be >= 1; got {m.mhc.sinkhorn_iters}")
+    _check(m.mhc.lr_scale > 0, f"model.kwargs.mhc.lr_scale must be > 0; got {m.mhc.lr_scale}")
     _check(m.mhc.projection in ("sinkhorn", "permutations"),
            f"model.kwargs.mhc.projection must be sinkhorn or permutations; got {m.mhc.projection!r}")
     if m.mhc.layer_indices is not None:
@@ -346,6 +355,9 @@ def validate_config(cfg: Config) -> None:
     _check(m.velocity_lambda >= 0 and m.velocity_beta >= 0 and m.velocity_warmup_steps >= 0
            and m.velocity_min_confidence >= 0,
            "velocity_lambda, velocity_beta, velocity_warmup_steps and velocity_min_confidence must be >= 0")
+    _check(m.velocity_warmup_fraction is None or 0 < m.velocity_warmup_fraction <= 1,
+           f"model.kwargs.velocity_warmup_fraction must lie in (0, 1] (or null: use velocity_warmup_steps); "
+           f"got {m.velocity_warmup_fraction}")
     _check(m.velocity_loss in ("alignment", "l2"),
            f"model.kwargs.velocity_loss must be alignment or l2; got {m.velocity_loss!r}")
     _check(t.learning_rate > 0, f"training.learning_rate must be > 0; got {t.learning_rate}")

@@ -201,6 +201,17 @@ def test_spike_window_uses_only_recent_steps_and_waits_for_history():
     assert loss_spikes([1, 100, 1, 1], window=3, min_history=3).tolist() == []
 
 
+def test_spikes_count_from_the_second_step_and_the_peak_ratio_is_max_over_first():
+    # step 1 (position 0) has no history; position 1: 7 > 3 * median(2) = 6 -> spike; position 2: median(2, 7)
+    # = 4.5, 13 < 13.5 -> none; position 3: median(2, 7, 13) = 7, 22 > 21 -> spike. Peak 22 / first 2 = 11.
+    summary = stability_summary(_train_frame([2.0, 7.0, 13.0, 22.0]))
+    assert summary["loss_spike_steps"] == [10, 30] and summary["spike_min_history"] == 1
+    assert summary["peak_loss_ratio"] == pytest.approx(11.0)
+    # a falling loss peaks at its first step; NaNs before the first finite loss are skipped
+    assert stability_summary(_train_frame([math.nan, 4.0, 3.0, 1.0]))["peak_loss_ratio"] == pytest.approx(1.0)
+    assert math.isnan(stability_summary(_train_frame([math.nan]))["peak_loss_ratio"])
+
+
 def test_grad_norm_percentiles_ignore_validation_rows():
     frame = _train_frame([1.0] * 100, grad_norms=np.arange(1.0, 101.0))
     frame = pd.concat([frame, pd.DataFrame({"split": ["val"], "step": [990], "val_loss": [9.0]})])

@@ -109,14 +109,12 @@ def test_gradients_reach_every_mapping_parameter_and_h_res_moves(trained_llama):
         for name, p in layer.named_parameters():
             if not name.startswith("block."):
                 assert p.grad is not None and p.grad.abs().sum() > 0, f"layer {layer.layer_index} {name}: no gradient"
-    # Persistent streams give H_res a real gradient (measured ~1.3e-6 here, the size of the other mappings'),
-    # except in the first layer of a run, which mixes n identical copies of its input: inert by construction
-    # (~5e-15, what expanding and collapsing inside every block would leave every layer with).
+    # Streams written as (1 + p) h and read non-uniformly give every layer's H_res a real gradient, the first
+    # layer of the run included (measured 1e-7 to 1e-5 here, beside 1e-6 to 1e-4 for the other mappings)
     res_grads = [layer.hc.b_res.grad.abs().max().item() for layer in layers]
-    assert min(res_grads[1:]) > 1e-7 and res_grads[0] < 1e-12
+    assert min(res_grads) > 1e-8, res_grads
     moved = [(layer.mappings()["h_res"] - b).abs().max().item() for layer, b in zip(layers, before)]
-    assert moved[0] < 1e-6
-    assert all(m > 1e-3 for m in moved[1:]), moved
+    assert all(m > 1e-3 for m in moved), moved
     names = {name.rsplit(".", 1)[-1] for layer in layers for name, _ in layer.named_parameters()
              if not name.startswith("block.")}
     assert names == {"phi", "alpha", "b_pre", "b_post", "b_res", "head_logits"}

@@ -59,11 +59,12 @@ def test_mappings_equal_deepseek_v4_hyper_connection_with_same_weights():
     assert (h_post - 1).abs().max() > 0.1 and (h_pre - 0.5).abs().max() > 0.1  # not a trivial comparison
 
 
-def test_first_layer_shortcut_equals_n_explicit_copies():
-    # A run's first layer sees n copies of h and uses phi summed over its column blocks: same numbers.
+def test_first_layer_shortcut_equals_the_explicit_expanded_streams():
+    # A run's first layer sees the streams E_i h and uses phi's column blocks weighted by E_i / rms(E): same numbers.
     _, ours = deepseek_pair()
     hidden = torch.randn(20, C, generator=torch.Generator().manual_seed(1))
-    copies = hidden.unsqueeze(1).expand(20, 4, C).reshape(20, 4 * C)
+    assert torch.allclose(ours.expansion, torch.tensor([1.5, 5 / 6, 5 / 6, 5 / 6]))
+    copies = (hidden.unsqueeze(1) * ours.expansion.view(4, 1)).reshape(20, 4 * C)
     with torch.no_grad():
         short = ours.batch_last(hidden, repeated=True, remember=False)
         full = ours.batch_last(copies, remember=False)
@@ -71,15 +72,24 @@ def test_first_layer_shortcut_equals_n_explicit_copies():
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_initial_mappings_preserve_the_function_and_break_symmetry():
+def test_initial_mappings_read_the_stream_mean_and_write_a_zero_sum_pattern():
     n = 4
-    for layer_index in range(6):
+    p = torch.tensor([0.5, -1 / 6, -1 / 6, -1 / 6])  # a = 0.5: H_post = 1 + p, zero-sum
+    # H_pre = 1/4 + 0.15 (e_i - e_j), i, j two of streams 1..3 rotating with the layer (hand-computed)
+    expected_pre = {0: [0.25, 0.40, 0.10, 0.25], 1: [0.25, 0.25, 0.40, 0.10], 2: [0.25, 0.10, 0.25, 0.40],
+                    3: [0.25, 0.40, 0.10, 0.25]}
+    for layer_index, pre in expected_pre.items():
         current = mHCMappings(C, n, layer_index=layer_index).current()
+        assert torch.allclose(current["h_pre"], torch.tensor(pre), atol=1e-6)
         assert current["h_pre"].sum().item() == pytest.approx(1.0, abs=1e-6)
-        assert current["h_pre"].argmax().item() == layer_index % n
-        assert current["h_pre"].max().item() == pytest.approx(0.85, abs=1e-6)
-        assert torch.allclose(current["h_post"], torch.ones(n))
+        assert (current["h_pre"] @ p).item() == pytest.approx(0.0, abs=1e-6)
+        assert torch.allclose(current["h_post"], 1 + p, atol=1e-6)
         assert torch.allclose(current["h_res"].sum(-1), torch.ones(n), atol=1e-6)
+    # n = 3 still tilts; n = 2 has no zero-sum direction left besides p, so H_pre is uniform
+    three = mHCMappings(C, 3).current()
+    assert torch.allclose(three["h_pre"], torch.tensor([1 / 3, 1 / 3 + 0.2, 1 / 3 - 0.2]), atol=1e-6)
+    assert torch.allclose(three["h_post"], torch.tensor([1.5, 0.75, 0.75]), atol=1e-6)
+    assert torch.allclose(mHCMappings(C, 2).current()["h_pre"], torch.full((2,), 0.5), atol=1e-6)
 
 
 def test_initial_h_res_matches_sinkhorn_of_scaled_identity_closed_form():

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from core.config import load_config
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from core.runs import list_mhc_snapshots, load_checkpoint, load_mhc_snapshot, read_metrics, read_status
 from core.training.data import CellTable, SetDataModule, SetSampler, make_split, resolve_mapping
 from core.training.run import train
@@ -130,7 +130,10 @@ def test_velocity_term_is_weighted_by_its_warmup_and_absent_when_off(velocity_ru
     assert list(rows["lambda_t"]) == pytest.approx([min(1.0, step / 4) for step in rows["step"]])
     expected = rows["dist_loss"] + rows["lambda_t"] * 0.5 * rows["vel_loss"]
     assert np.allclose(rows["loss"], expected, rtol=1e-5)
-    assert (rows["vel_loss"] > 0).all() and rows["cos_similarity"].between(-1, 1).all()
+    # step 1 of a from-scratch run: the zero-initialised head predicts no shift, which has no direction, and the
+    # default beta = 0 has no magnitude term, so the velocity loss is 0 there and only there
+    assert rows["vel_loss"].iloc[0] == 0 and (rows["vel_loss"].iloc[1:] > 0).all()
+    assert rows["cos_similarity"].between(-1, 1).all()
     assert {"vel_direction", "vel_magnitude", "magnitude_st", "magnitude_v"} <= set(rows.columns)
     val = _rows(velocity_runs[0], "val")
     assert val["val_vel_loss"].notna().all() and val["val_loss"].equals(val["val_dist_loss"])
@@ -228,3 +231,20 @@ def test_velocity_alignment_without_velocities_is_a_data_error(small_demo):
     cfg = load_config(overrides=DEMO_KEYS + VELOCITY + ["data.kwargs.path=x.h5ad"])
     with pytest.raises(DataError, match="python -m core velocity"):
         resolve_mapping(cfg, bare)
+
+
+def test_velocity_warmup_as_a_fraction_of_the_runs_steps_replaces_the_step_count(small_path, tmp_path):
+    # 8 steps x 0.25 = a 2-step warm-up, where velocity_warmup_steps=4 would have given 4
+    run = _train(tmp_path, "fraction", f"data.kwargs.path={small_path}", *DEMO_KEYS, *VELOCITY,
+                 "training.max_steps=8", "model.kwargs.lora.enable=false", "model.kwargs.velocity_warmup_fraction=0.25")
+    rows = _rows(run, "train")
+    assert list(rows["step"]) == list(range(1, 9))
+    assert list(rows["lambda_t"]) == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+
+
+def test_velocity_defaults_are_direction_only_and_bad_warmup_fractions_are_refused():
+    m = load_config().model.kwargs
+    assert m.velocity_beta == 0.0 and m.velocity_warmup_fraction is None and m.velocity_warmup_steps == 50
+    for bad in (0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match="velocity_warmup_fraction"):
+            load_config(overrides=[f"model.kwargs.velocity_warmup_fraction={bad}"])

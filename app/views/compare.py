@@ -70,6 +70,6 @@ with shown_errors("summarising training stability"):
     stability = pd.DataFrame({n: stability_summary(m) for n, m in metrics.items()}).T
     show_figure(compare_figures.stability_figure(stability, groups), "compare_stability", key="stability")
     st.dataframe(stability[["n_steps", "grad_norm_p50", "grad_norm_p95", "grad_norm_max", "loss_spikes",
-                            "nonfinite_losses"]], key="stability_table")
+                            "peak_loss_ratio", "nonfinite_losses"]], key="stability_table")
 
 experiment_panel()

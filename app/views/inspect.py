@@ -5,6 +5,7 @@ import streamlit as st
 from app import cache
 from app.components import run_path, run_picker, show_figure
 from app.guard import shown_errors
+from core.evaluation.mhc_drift import mapping_drift
 from core.figures import mhc as mhc_figures
 from core.runs import list_runs
 
@@ -46,6 +47,20 @@ if mhc_tab.open:
                         key="pre_post")
             show_figure(mhc_figures.sum_error_over_steps(snapshots), f"{run['name']}_h_res_sum_error_over_steps",
                         key="sum_error_steps")
+            st.subheader("How far mHC has moved from its init")
+            drift, at = mapping_drift(snapshots), steps.index(step)
+            show_figure(mhc_figures.h_res_drift_heatmaps(drift, at), f"{run['name']}_h_res_drift_step{step}",
+                        key="h_res_drift")
+            show_figure(mhc_figures.pre_post_drift_heatmap(drift, at), f"{run['name']}_pre_post_drift_step{step}",
+                        key="pre_post_drift")
+            show_figure(mhc_figures.drift_over_steps(drift), f"{run['name']}_drift_over_steps", key="drift_steps")
+            show_figure(mhc_figures.gradient_ratio_over_steps(cache.run_metrics(path)),
+                        f"{run['name']}_h_res_gradient_over_lora", key="grad_ratio")
+            if st.toggle("Measure how far the streams have diverged (a forward pass of the best checkpoint and of "
+                         "the init on validation control cells)", key="inspect_divergence"):
+                with shown_errors("measuring the streams' divergence"):
+                    show_figure(mhc_figures.stream_divergence_figure(cache.stream_divergence(path)),
+                                f"{run['name']}_stream_divergence", key="divergence")
 
 if velocity_tab.open:
     with velocity_tab, shown_errors("drawing Δz against velocity"):

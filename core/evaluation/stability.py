@@ -4,8 +4,11 @@
   clipping) over the training steps. A wide p95/p50 gap or a huge max means occasional gradient bursts.
 - Loss spikes: a training step whose ``loss`` exceeds ``spike_factor`` (3) times the running median of
   the previous ``window`` (50) training steps' losses. The median of the *previous* steps is used so a
-  spike does not raise its own threshold; no spike is counted before ``min_history`` (10) steps exist.
+  spike does not raise its own threshold. Counting starts at the second step (``min_history`` 1): runs
+  that blow up do so early (issue 10: at lr 0.1 both arms diverged in steps 3-11, which a 10-step wait hid).
   Non-finite losses are counted on their own and left out of the medians.
+- Peak loss ratio: the largest finite training loss over the first finite one (NaN when there is none or
+  the first is not positive). Above 1 the loss rose above where it started at some point.
 
 Only numpy and pandas are used, so the app's Compare page can call this without importing torch.
 """
@@ -18,7 +21,7 @@ import numpy as np
 
 SPIKE_FACTOR = 3.0
 SPIKE_WINDOW = 50
-SPIKE_MIN_HISTORY = 10
+SPIKE_MIN_HISTORY = 1
 
 
 def _train_rows(metrics_df):
@@ -60,6 +63,15 @@ def loss_spikes(
     return np.asarray(spikes, dtype=np.int64)
 
 
+def peak_loss_ratio(losses) -> float:
+    """max(finite losses) / first finite loss; NaN without finite losses or with a first loss <= 0."""
+    finite = np.asarray(losses, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0 or finite[0] <= 0:
+        return math.nan
+    return float(finite.max() / finite[0])
+
+
 def stability_summary(
     metrics_df,
     spike_factor: float = SPIKE_FACTOR,
@@ -70,7 +82,8 @@ def stability_summary(
 
     Returns a JSON-ready dict: n_steps, grad_norm_p5, grad_norm_p50, grad_norm_p95, grad_norm_max (NaN
     without gradient norms), loss_spikes (count), loss_spike_steps (their ``step`` values),
-    nonfinite_losses, and the spike_factor / spike_window / spike_min_history used.
+    nonfinite_losses, peak_loss_ratio (max / first finite loss), and the spike_factor / spike_window /
+    spike_min_history used.
     """
     train = _train_rows(metrics_df)
     losses = _column(train, "loss")
@@ -96,6 +109,7 @@ def stability_summary(
         "loss_spikes": len(spike_steps),
         "loss_spike_steps": spike_steps,
         "nonfinite_losses": int((~np.isfinite(losses)).sum()),
+        "peak_loss_ratio": peak_loss_ratio(losses),
         "spike_factor": float(spike_factor),
         "spike_window": int(window),
         "spike_min_history": int(min_history),

@@ -175,3 +175,120 @@ def mhc_figures(snapshots: list[dict], index: int = -1) -> dict[str, go.Figure]:
         "composite_gain": composite_gain_figure(snapshot),
         "h_pre_post": h_pre_post_bars(snapshot),
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# How far mHC acted: drift from init (core.evaluation.mhc_drift.mapping_drift) and stream divergence
+
+DIVERGING = "RdBu_r"  # blue below 0, white at 0, red above: a signed change reads at a glance
+
+
+def _symmetric_bound(values) -> float:
+    """Half-width of a colour scale centred on 0 that holds every value; never 0, so an unmoved map draws."""
+    top = float(np.abs(np.asarray(values, dtype=float)).max(initial=0.0))
+    return top if top > 0 else 1e-12
+
+
+def h_res_drift_heatmaps(drift: dict, index: int = -1, columns: int = 4) -> go.Figure:
+    """Delta H_res = H_res(step) - H_res(init) of every layer at snapshot ``index`` (default: the last), on one
+    colour scale symmetric about 0 whose range is this figure's own largest |Delta| (not H_res's 0..1)."""
+    delta = np.asarray(drift["delta_h_res"])[index]  # [L, n, n]
+    step, layers = int(drift["steps"][index]), [f"layer {int(i)}" for i in drift["layer_indices"]]
+    n_layers, n = delta.shape[0], delta.shape[-1]
+    columns = min(columns, n_layers)
+    rows = math.ceil(n_layers / columns)
+    bound = _symmetric_bound(delta)
+    fig = make_subplots(rows=rows, cols=columns, subplot_titles=layers, horizontal_spacing=0.06,
+                        vertical_spacing=0.14 if rows > 1 else 0.1)
+    ticks = [f"s{i}" for i in range(n)]
+    for k in range(n_layers):
+        r, c = k // columns + 1, k % columns + 1
+        fig.add_trace(go.Heatmap(
+            z=delta[k], x=ticks, y=ticks, zmin=-bound, zmax=bound, zmid=0.0, colorscale=DIVERGING,
+            text=np.round(delta[k], 3), texttemplate="%{text:.3f}", textfont=dict(size=11), showscale=k == 0,
+            colorbar=dict(title=dict(text="Δ weight", side="right"), thickness=12),
+            hovertemplate="out %{y} ← in %{x}: Δ %{z:.4f}<extra>" + layers[k] + "</extra>",
+        ), row=r, col=c)
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{k + 1 if k else ''}", constrain="domain",
+                         row=r, col=c)
+        fig.update_xaxes(side="bottom", constrain="domain", row=r, col=c)
+    fig.update_xaxes(showline=False, ticks="")
+    fig.update_yaxes(showline=False, ticks="")
+    title = (f"ΔH_res from init (step {int(drift['steps'][0])}) to step {step}; largest |Δ| {bound:.3g}")
+    return apply_style(fig, title=title, height=max(320, 260 * rows + 80))
+
+
+def pre_post_drift_heatmap(drift: dict, index: int = -1) -> go.Figure:
+    """Delta H_pre and Delta H_post (layers x streams) at snapshot ``index``, one symmetric scale for both."""
+    pre, post = np.asarray(drift["delta_h_pre"])[index], np.asarray(drift["delta_h_post"])[index]
+    layers = [f"layer {int(i)}" for i in drift["layer_indices"]]
+    ticks = [f"s{i}" for i in range(pre.shape[-1])]
+    bound = _symmetric_bound(np.concatenate([pre.ravel(), post.ravel()]))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["ΔH_pre (read-in)", "ΔH_post (write-out)"])
+    for col, (values, name) in enumerate(((pre, "ΔH_pre"), (post, "ΔH_post")), start=1):
+        fig.add_trace(go.Heatmap(
+            z=values, x=ticks, y=layers, zmin=-bound, zmax=bound, zmid=0.0, colorscale=DIVERGING,
+            text=np.round(values, 3), texttemplate="%{text:.3f}", showscale=col == 1,
+            colorbar=dict(title=dict(text="Δ weight", side="right"), thickness=12),
+            hovertemplate="%{y}, stream %{x}: Δ %{z:.4f}<extra>" + name + "</extra>"), row=1, col=col)
+        fig.update_yaxes(autorange="reversed", row=1, col=col)
+    step = int(drift["steps"][index])
+    return apply_style(fig, title=f"ΔH_pre and ΔH_post from init to step {step}; largest |Δ| {bound:.3g}")
+
+
+def drift_over_steps(drift: dict) -> go.Figure:
+    """max |Delta| from init of H_res, H_pre and H_post, per layer, at every snapshot step."""
+    steps = np.asarray(drift["steps"])
+    fig = make_subplots(rows=1, cols=3, subplot_titles=["H_res", "H_pre", "H_post"], shared_yaxes=True)
+    for col, name in enumerate(("h_res", "h_pre", "h_post"), start=1):
+        for k, layer in enumerate(drift["layer_indices"]):
+            fig.add_trace(go.Scatter(
+                x=steps, y=np.asarray(drift[f"max_abs_{name}"])[:, k], mode="lines+markers",
+                name=f"layer {int(layer)}", legendgroup=f"l{k}", showlegend=col == 1,
+                line=dict(color=OKABE_ITO[k % len(OKABE_ITO)])), row=1, col=col)
+    fig.update_xaxes(title_text="training step")
+    fig.update_yaxes(title_text="max |Δ| from init", row=1, col=1)
+    return apply_style(fig, title="How far each mapping has moved from its init")
+
+
+def stream_divergence_figure(divergence: dict) -> go.Figure:
+    """The streams entering each layer (``core.evaluation.mhc_drift.stream_divergence``), for each model given
+    ({"init": ..., "trained": ...}): their mean pairwise cosine, and their spread about their mean."""
+    if not divergence:
+        return message_figure("No stream divergence measured.", title="Stream divergence")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["mean pairwise cosine (1 = parallel)",
+                                                        "spread about the mean / its norm"])
+    for k, (label, values) in enumerate(divergence.items()):
+        layers = [f"layer {int(i)}" for i in values["layer_indices"]]
+        for col, key in ((1, "mean_cosine"), (2, "relative_spread")):
+            fig.add_trace(go.Bar(x=layers, y=values[key], name=label, marker_color=OKABE_ITO[k % len(OKABE_ITO)],
+                                 legendgroup=label, showlegend=col == 1,
+                                 hovertemplate="%{x}: %{y:.6f}<extra>" + label + "</extra>"), row=1, col=col)
+    low = min(float(np.min(v["mean_cosine"])) for v in divergence.values())
+    fig.update_layout(barmode="group")
+    # cosines near 1 differ in their last digits: the axis starts just below the lowest
+    fig.update_yaxes(range=[min(low - 0.1 * (1 - low) - 1e-6, 1 - 1e-5), 1.0], row=1, col=1)
+    fig.update_xaxes(title_text="wrapped layer (streams entering it)")
+    return apply_style(fig, title="Stream divergence: how different the n streams have become")
+
+
+def gradient_ratio_over_steps(metrics) -> go.Figure:
+    """Per layer, mean |gradient| of the H_res logits over LoRA's at every training step (metrics.jsonl columns
+    grad_h_res_<layer> and grad_lora, written by runs with mHC at step 1 and every mHC snapshot), on a log axis:
+    does H_res learn beside LoRA?"""
+    columns = sorted((c for c in getattr(metrics, "columns", []) if c.startswith("grad_h_res_")),
+                     key=lambda c: int(c.rsplit("_", 1)[1]))
+    if not columns or "grad_lora" not in metrics.columns:
+        return message_figure("This run logged no mHC gradients (mHC off, or a run older than this panel).",
+                              title="H_res gradient beside LoRA's")
+    train = metrics[metrics["split"].fillna("train") == "train"] if "split" in metrics.columns else metrics
+    train = train[train["grad_lora"].notna()]
+    fig = go.Figure()
+    for k, column in enumerate(columns):
+        ratio = train[column].to_numpy(float) / train["grad_lora"].to_numpy(float)
+        fig.add_trace(go.Scatter(x=train["step"], y=ratio, mode="lines+markers",
+                                 name=f"layer {column.rsplit('_', 1)[1]}",
+                                 line=dict(color=OKABE_ITO[k % len(OKABE_ITO)])))
+    fig.update_yaxes(type="log", exponentformat="power", title_text="mean |∇ H_res logits| / mean |∇ LoRA|")
+    fig.update_xaxes(title_text="training step")
+    return apply_style(fig, title="H_res gradient relative to LoRA's, per layer")

@@ -4,18 +4,24 @@ The residual stream is widened to n streams that persist across layers. Each wra
     x_next = H_res x + H_post^T F(H_pre x)              x: n x C streams of one token
 and HF blocks, which add their own residual, are used as the delta branch F(u) = block(u) - u.
 
-Within a contiguous run of wrapped layers the first wrapper repeats its [b, t, c] input into n streams, the
-wrappers in between pass [b, t, n c] (HF's layer loop never looks inside), and the last reads the streams
-back to [b, t, c] with learned weights that sum to 1. Expanding and collapsing inside every block instead
-would make H_res mix n identical copies, where it does nothing and gets no gradient. The same holds, by
-construction, for the first layer of a run (as in the paper and DeepSeek V4, whose streams also start as
-copies): its H_res is inert.
+Within a contiguous run of wrapped layers the first wrapper spreads its [b, t, c] input h over n streams as
+x_i = E_i h, the wrappers in between pass [b, t, n c] (HF's layer loop never looks inside), and the last reads
+the streams back to [b, t, c] with learned weights r that sum to 1. Expanding and collapsing inside every block
+instead would make H_res mix n copies, where it does nothing and gets no gradient.
 
-Function preservation (what lets mHC be added to a pretrained model at fine-tuning time): the streams start
-identical, H_res has exact row sums (rows are normalised last), sum(H_pre) = 1 and H_post = 1, so every
-stream carries exactly the unwrapped network's hidden state, whatever H_res is, and read-out weights that
-sum to 1 return it. H_pre starts as a soft one-hot on stream (layer index mod n), which breaks the symmetry
-between the streams without breaking preservation; core/mhc/mappings.py gives every initial value and why.
+Function preservation, with every mapping learning from step 1 (what lets mHC be added to a pretrained model at
+fine-tuning time and still act in a short fine-tune). At init, with the zero-sum pattern p of
+core/mhc/mappings.py (the same in every layer):
+    E = H_post = 1 + p,   sum(H_pre) = sum(r) = 1,   H_pre . p = r . p = 0,   H_res = Sinkhorn(tau I) = a I + b (J - I)
+Then the streams are x = 1 m^T + p e^T (their mean m, one deviation e along p): H_pre^T x = m, H_res 1 = 1 and
+H_res p = (a - b) p, so x_next = 1 (m + F(m))^T + p ((a - b) e + F(m))^T keeps the form, and the mean follows
+the unwrapped network, m_next = m + F(m). Every block reads exactly the plain hidden state and r^T x returns it.
+Yet the streams differ (e != 0 from the first layer on, since E = 1 + p), and H_pre and r are not uniform, so
+the gradient reaching the streams differs between them: H_res's gradient G^T x has a component with zero row
+and column sums (the directions Sinkhorn lets through) in every layer, the first and last included. With
+identical streams (E = H_post = 1), or uniform read-in and read-out, it would be exactly zero at init.
+n = 2 is the exception: p takes the only zero-sum direction, so H_pre and r must be uniform and H_res waits for
+H_post and the dynamic terms to move. core/mhc/mappings.py gives every initial value.
 BERT is post-norm, so the paper's identity-mapping argument for stability does not carry over to it;
 preservation at initialisation still holds, since it needs only the algebra above.
 
@@ -23,7 +29,7 @@ Computation. With u = H_pre x, the update is x_next = (H_res - H_post H_pre^T) x
 own residual is folded into the mixing matrix, so one batched matrix product per token, with rows
 [H_pre; H_res - H_post H_pre^T], yields both the block input and the mixed streams, and one rank-1 update adds the
 block output. The last layer of a run multiplies by the read-out first (one row instead of n); the first
-uses that its streams are copies of one h, so A x = (A 1) h. Every form is the same arithmetic as eq. 3.
+uses that its streams are E h, so A x = (A E) h. Every form is the same arithmetic as eq. 3.
 
 Hidden states: HF's ``output_hidden_states`` records each block's own input and output ([b, t, c]); at
 initialisation these equal the unwrapped model's.
@@ -33,14 +39,12 @@ Shapes: b batch, t tokens, N = b t, n streams, c hidden size, r rows written out
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from core.errors import ConfigError
 from core.mhc.kernels import StreamMix
-from core.mhc.mappings import PRE_MAIN_WEIGHT, mHCMappings
+from core.mhc.mappings import mHCMappings, tilted_weights
 
 # Where each supported architecture keeps its list of blocks (GPT-2, LLaMA and relatives, BERT).
 _LAYER_LISTS = ("h", "layers", "encoder.layer")
@@ -57,12 +61,10 @@ class mHCTransformerLayer(nn.Module):
         self.n_streams, self.hidden_dim = n_streams, hidden_dim
         self.hc = mHCMappings(hidden_dim, n_streams, sinkhorn_iters, dynamic, projection, layer_index)
         if collapse:
-            # Learned read-out of the streams, softmax-weighted so it sums to 1 (function preservation). A plain
-            # mean would make this layer's H_res inert: the mean of H_res x is the mean of x when columns sum
-            # to 1. It starts as a soft one-hot on the stream this layer's H_pre favours.
-            head = torch.zeros(n_streams)
-            head[layer_index % n_streams] = math.log(PRE_MAIN_WEIGHT * (n_streams - 1) / (1 - PRE_MAIN_WEIGHT))
-            self.head_logits = nn.Parameter(head)
+            # Learned read-out of the streams, softmax-weighted so it sums to 1. A plain mean would make this
+            # layer's H_res inert (the mean of H_res x is the mean of x when columns sum to 1); weights tilted
+            # orthogonally to p (like H_pre) read the mean at init, yet give this H_res a gradient at step 1.
+            self.head_logits = nn.Parameter(torch.log(tilted_weights(n_streams, layer_index + 1)))
 
     def extra_repr(self) -> str:
         return f"layer_index={self.layer_index}, expand={self.expand}, collapse={self.collapse}"
@@ -108,8 +110,8 @@ class mHCTransformerLayer(nn.Module):
         h_pre, h_post, h_res = self.hc.batch_last(tokens, repeated=self.expand)
         a, post = self._mixing_rows(h_pre, h_post, h_res)
         a, post = a.to(dtype), post.to(dtype)
-        if self.expand:  # the n streams are copies of one h: A x = (A 1) h
-            a_sum = a.sum(-1, keepdim=True)
+        if self.expand:  # the streams are E h, E the fixed expansion: A x = (A E) h
+            a_sum = (a @ self.hc.expansion.to(dtype)).unsqueeze(-1)
             if not self.dynamic:
                 a_sum = a_sum.expand(tokens.shape[0], *a_sum.shape)
             block_input, mixed = torch.bmm(a_sum, tokens.unsqueeze(-2)).split([1, a.shape[-2] - 1], dim=-2)

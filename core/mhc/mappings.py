@@ -14,8 +14,8 @@ How it is computed, for speed on CPUs where launching many tiny operations is wh
 gives all 2n + n^2 dynamic terms at once; RMSNorm is applied to that product's rows (a per-token scalar) instead
 of to the nC-wide streams; and the coefficients are laid out batch-last ([n, tokens], [n, n, tokens]) so every
 elementwise step and every Sinkhorn sum runs along the long token axis. For the first layer of a run, whose
-streams are n copies of one hidden state h, x~ phi = RMSNorm(h) (sum of phi's n column blocks): n times fewer
-multiplications, same numbers.
+streams are E_i h (E the fixed expansion 1 + p, one hidden state h), x~ phi is RMSNorm(h) times phi's n column
+blocks weighted by E_i / rms(E): n times fewer multiplications, same numbers.
 
 mHC-lite (arXiv 2601.05732) is the ``projection="permutations"`` alternative: H_res is a convex combination
 of the n! permutation matrices, softmax-weighted, so it is doubly stochastic to float precision by
@@ -48,9 +48,35 @@ RES_DIAG_INIT = 3.0
 # exact, so the forward (row) gain is 1. The bound caps the diagonal of an identity-like H_res at
 # e^4 / (e^4 + 3) = 0.948 for n = 4; mHC-lite (permutations) reaches exact permutations if a task needs them.
 RES_LOGIT_BOUND = 3.0
-# H_pre starts as a soft one-hot on stream (layer index mod n), 0.85 on it and 0.15 shared by the others:
-# its entries sum to 1 (function preservation) yet differ across streams, so the streams can diverge.
-PRE_MAIN_WEIGHT = 0.85
+# The initial pattern (why: core/mhc/layer.py's docstring, "Function preservation"). H_post = 1 + p in every
+# layer, and a run's first layer writes its input into the streams as (1 + p) h, with the zero-sum pattern
+# p = a (1, -1/(n-1), ..., -1/(n-1)): the streams start different, their deviations from the mean along p.
+POST_PATTERN = 0.5  # a; H_post = (1.5, 0.83, 0.83, 0.83) at n = 4, inside 2 sigmoid's range (0, 2)
+# H_pre (and a run's read-out weights) start at 1/n + TILT/n (e_i - e_j) with i, j two streams other than 0:
+# they sum to 1 and are orthogonal to p, so at init each layer reads exactly the mean of the streams, the plain
+# network's hidden state, yet non-uniformly, which is what gives H_res a gradient at step 1.
+TILT = 0.6  # (0.25, 0.40, 0.10, 0.25) at n = 4
+RMS_EPS = 1e-6
+
+
+def stream_pattern(n: int) -> torch.Tensor:
+    """p [n]: zero-sum, the same in every layer; H_post starts at 1 + p."""
+    p = torch.full((n,), -POST_PATTERN / (n - 1))
+    p[0] = POST_PATTERN
+    return p
+
+
+def tilted_weights(n: int, index: int) -> torch.Tensor:
+    """[n] weights summing to 1, orthogonal to ``stream_pattern(n)``, tilted between two of streams 1..n-1 that
+    rotate with ``index`` (the layer). Uniform at n = 2, where p takes the only zero-sum direction."""
+    weights = torch.full((n,), 1.0 / n)
+    if n >= 3:
+        i, j = 1 + index % (n - 1), 1 + (index + 1) % (n - 1)
+        weights[i] += TILT / n
+        weights[j] -= TILT / n
+    return weights
+
+
 RMS_EPS = 1e-6
 
 
@@ -58,17 +84,6 @@ def permutation_matrices(n: int) -> torch.Tensor:
     """All n! permutation matrices [n!, n, n], the identity first."""
     eye = torch.eye(n)
     return torch.stack([eye[list(p)] for p in itertools.permutations(range(n))])
-
-
-def _logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
-
-
-def soft_one_hot_logits(n: int, index: int, main_weight: float = PRE_MAIN_WEIGHT) -> torch.Tensor:
-    """Logits whose sigmoids are ``main_weight`` at ``index`` and share 1 - main_weight elsewhere (sum 1)."""
-    logits = torch.full((n,), _logit((1.0 - main_weight) / (n - 1)))
-    logits[index] = _logit(main_weight)
-    return logits
 
 
 class mHCMappings(nn.Module):
@@ -89,8 +104,10 @@ class mHCMappings(nn.Module):
         self.n_streams, self.hidden_dim = n, hidden_dim
         self.sinkhorn_iters, self.dynamic, self.projection = sinkhorn_iters, dynamic, projection
 
-        self.b_pre = nn.Parameter(soft_one_hot_logits(n, layer_index % n))
-        self.b_post = nn.Parameter(torch.zeros(n))  # 2 sigmoid(0) = 1: every stream receives the block's output
+        self.b_pre = nn.Parameter(torch.logit(tilted_weights(n, layer_index)))
+        self.b_post = nn.Parameter(torch.logit((1.0 + stream_pattern(n)) / 2.0))  # H_post = 2 sigmoid = 1 + p
+        # how a run's first layer spreads its input h over the streams: x = expansion h (a constant, not learned)
+        self.register_buffer("expansion", 1.0 + stream_pattern(n), persistent=False)
         if projection == "sinkhorn":
             self.b_res = nn.Parameter(torch.eye(n) * RES_DIAG_INIT)
             self.n_res = n * n
@@ -145,8 +162,8 @@ class mHCMappings(nn.Module):
     def batch_last(self, tokens: torch.Tensor, repeated: bool = False, remember: bool = True):
         """Per-token mappings, batch-last: h_pre [n, N], h_post [n, N], h_res [n, n, N] (float32).
 
-        ``tokens`` is [N, n C], the flattened streams, or [N, C] with ``repeated``: one hidden state standing for
-        n identical streams (the first layer of a run). Static mappings come back as [n], [n], [n, n].
+        ``tokens`` is [N, n C], the flattened streams, or [N, C] with ``repeated``: one hidden state h standing for
+        the streams expansion_i h (the first layer of a run). Static mappings come back as [n], [n], [n, n].
         """
         with torch.autocast(tokens.device.type, enabled=False):
             mappings = self._dynamic(tokens.float(), repeated) if self.dynamic else self.static_mappings()
@@ -158,8 +175,10 @@ class mHCMappings(nn.Module):
         n, m = self.n_streams, self.phi.shape[0]
         phi = self.phi.float()
         if repeated:
-            # the n copies share x~; x~ phi^T sums phi's n column blocks, and the RMS of n copies is that of one
-            phi = phi.view(m, n, -1).sum(1)
+            # streams x_i = E_i h (E the expansion): x~ phi^T = sum_i E_i phi_i h / (rms(h) rms(E)), phi_i the i-th
+            # column block of phi, so one C-wide product with phi's blocks weighted by E_i / rms(E)
+            weights = self.expansion.float() * torch.rsqrt(self.expansion.float().square().mean())
+            phi = torch.einsum("mnc,n->mc", phi.view(m, n, -1), weights)
         projected = RMSProjection.apply(x, phi, RMS_EPS)  # [N, m]
         gates = self.alpha.float()[self.gate_index]
         bias = torch.cat([self.b_pre.float(), self.b_post.float(), self.b_res.float().flatten()])

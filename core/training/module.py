@@ -1,7 +1,8 @@
 """The Lightning module: the ST model's losses, one optimisation step, validation.
 
     total    = dist_loss(z_pred set, perturbed set) + lambda_t * velocity_lambda * L_vel(delta_z, v_z, confidence)
-    lambda_t = min(1, t / velocity_warmup_steps),   t = 1, 2, ... the number of the optimisation step
+    lambda_t = min(1, t / warm-up),   t = 1, 2, ... the number of the optimisation step
+    warm-up  = velocity_warmup_fraction * (the run's optimisation steps) when that is set, else velocity_warmup_steps
 
 dist_loss is geomloss's energy distance (default) or Sinkhorn divergence (with ``blur``) between each predicted
 set and its real perturbed set, averaged over the sets of a batch. L_vel is core.velocity.loss's alignment
@@ -59,6 +60,12 @@ class STModule(L.LightningModule):
         self.lr, self.weight_decay = training["learning_rate"], training["weight_decay"]
         self.dist = distributional_loss(self.kw["dist_loss"], self.kw["blur"])
         self.velocity_loss = velocity_loss(self.kw)
+        from core.mhc.gradients import GradientProbe
+        from core.mhc.layer import find_mhc_layers
+
+        self._gradient_probe = GradientProbe(model) if find_mhc_layers(model) else None
+        self._probe_every = training.get("mhc_snapshot_every", 10)
+        self.total_steps: int | None = None  # the run's optimisation steps, known once training starts
         self.val_summary: dict = {}  # the last validation's means (the trainer picks best.ckpt from val_loss)
         self._val_sums: dict[str, torch.Tensor] = {}
         self._val_sets = 0
@@ -68,8 +75,20 @@ class STModule(L.LightningModule):
 
     def lambda_t(self, step: int) -> float:
         """Warm-up weight of the velocity term at optimisation step ``step`` (1-based)."""
-        warmup = self.kw["velocity_warmup_steps"]
+        warmup = self.warmup_steps()
         return 1.0 if warmup <= 0 else min(1.0, step / warmup)
+
+    def warmup_steps(self) -> float:
+        """velocity_warmup_fraction of the run's steps when set (steps before the run's length is known, e.g. in
+        the validation pass before training: there the velocity term is only reported), else the step count."""
+        fraction = self.kw.get("velocity_warmup_fraction")
+        if fraction is None or not self.total_steps:
+            return self.kw["velocity_warmup_steps"]
+        return fraction * self.total_steps
+
+    def on_train_start(self):
+        total = self.trainer.estimated_stepping_batches
+        self.total_steps = int(total) if total != float("inf") else None
 
     def losses(self, batch: dict, step: int) -> tuple[torch.Tensor, dict, dict]:
         """(total, {dist_loss, vel_loss}, velocity metrics) for one batch of sets."""
@@ -138,9 +157,25 @@ class STModule(L.LightningModule):
         # Lightning's hook, with the Trainer's gradient_clip_val; we clip by norm ourselves only to log the norm
         # before clipping, which tells a stable run from an unstable one (the Trainer's own clipping hides it)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        step = self.global_step + 1
+        if self._gradient_probe is not None and (step == 1 or step % self._probe_every == 0):
+            # does H_res learn beside LoRA? per layer, before clipping; at step 1 and with every mHC snapshot
+            # (about 2 ms a call on a busy 2-core CPU: every step would add 6% to a demo step)
+            sizes = self._gradient_probe()
+            probes = {f"grad_h_res_{i}": float(g) for i, g in zip(sizes["layer_indices"], sizes["h_res"])}
+            self.log_dict({**probes, "grad_lora": float(sizes["lora"])}, on_step=True, on_epoch=False)
         clip = gradient_clip_val if gradient_clip_val else float("inf")
         self.log("grad_norm", float(torch.nn.utils.clip_grad_norm_(params, clip)), on_step=True, on_epoch=False)
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        # mHC's mappings take their own learning rate (model.kwargs.mhc.lr_scale times the rest's): a few logits
+        # per layer that start where they change nothing, beside LoRA matrices that start at zero
+        from core.mhc.layer import mhc_parameters
+
+        mhc_ids = {id(p) for p in mhc_parameters(self.model)}
+        params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in mhc_ids]
+        mhc = [p for p in mhc_parameters(self.model) if p.requires_grad]
+        groups = [{"params": params}]
+        if mhc:
+            groups.append({"params": mhc, "lr": self.lr * self.kw["mhc"]["lr_scale"]})
+        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
