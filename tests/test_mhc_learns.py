@@ -4,13 +4,14 @@ and H_res moves in the README's 85-step demo fine-tune (issue 10, point 1)."""
 import numpy as np
 import pytest
 import torch
-from core.model.base import demo_base_checkpoint
 from geomloss import SamplesLoss
 
 from core.config import load_config
 from core.evaluation.mhc_drift import mapping_gradient_sizes, run_mapping_drift
 from core.mhc.layer import apply_mhc_to_transformer, find_mhc_layers
 from core.model.build import build_for_training
+from core.training.demo_base import demo_base_checkpoint
+from core.training.run import train
 from tests.test_mhc import C, inputs, run, tiny
 
 PERTS = {"sham": 0, "burn": 1}
@@ -31,7 +32,7 @@ def demo_sets(adata, n_sets=8, set_len=32, seed=0):
 
 
 def demo_finetune_model(use_mhc: bool):
-    cfg = load_config(overrides=[f"model.init_from={demo_base_checkpoint()}", f"model.kwargs.use_mhc={use_mhc}"])
+    cfg = load_config(overrides=[f"model.init_from={demo_base_checkpoint(train)}", f"model.kwargs.use_mhc={use_mhc}"])
     torch.manual_seed(0)
     model, _, _ = build_for_training(cfg, 50, PERTS, "sham")
     return model
