@@ -21,3 +21,13 @@ def test_logged_metrics_become_train_and_val_rows_with_their_step(tmp_path):
     assert lines[1] == {"split": "val", "step": 3, "epoch": 1, "val_dist_loss": 2.25, "val_loss": 2.25}
     frame = read_metrics(tmp_path / "run")
     assert list(frame["split"]) == ["train", "val"] and list(frame["step"]) == [1, 3]
+
+
+def test_values_added_for_the_next_row_appear_in_that_row_only(tmp_path):
+    logger = RunFolderLogger(RunWriter(tmp_path / "run"))
+    logger.add_to_next_row({"grad_lora": 0.5})
+    logger.log_metrics({"loss": 1.0}, step=1)
+    logger.log_metrics({"loss": 2.0}, step=2)
+    logger.writer.close()
+    frame = read_metrics(tmp_path / "run")
+    assert frame["grad_lora"].iloc[0] == 0.5 and np.isnan(frame["grad_lora"].iloc[1])

@@ -18,6 +18,12 @@ class RunFolderLogger(Logger):
     def __init__(self, writer: RunWriter):
         super().__init__()
         self.writer = writer
+        self._extra: dict[str, float] = {}
+
+    def add_to_next_row(self, metrics: dict[str, float]) -> None:
+        """Values that belong to this step's row only (the mHC gradient probe, taken every few steps). Through
+        ``self.log`` Lightning would repeat their last value in every later row."""
+        self._extra.update(metrics)
 
     @property
     def name(self) -> str:
@@ -38,7 +44,8 @@ class RunFolderLogger(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        metrics = dict(metrics)
+        metrics = {**dict(metrics), **self._extra}
+        self._extra = {}
         epoch = metrics.pop("epoch", None)
         split = "val" if any(key.startswith("val_") for key in metrics) else "train"
         row = {"split": split, "step": int(step or 0), "epoch": None if epoch is None else int(epoch)}

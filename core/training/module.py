@@ -163,7 +163,8 @@ class STModule(L.LightningModule):
             # (about 2 ms a call on a busy 2-core CPU: every step would add 6% to a demo step)
             sizes = self._gradient_probe()
             probes = {f"grad_h_res_{i}": float(g) for i, g in zip(sizes["layer_indices"], sizes["h_res"])}
-            self.log_dict({**probes, "grad_lora": float(sizes["lora"])}, on_step=True, on_epoch=False)
+            if hasattr(self.logger, "add_to_next_row"):  # the run folder's logger (core/training/logger.py)
+                self.logger.add_to_next_row({**probes, "grad_lora": float(sizes["lora"])})
         clip = gradient_clip_val if gradient_clip_val else float("inf")
         self.log("grad_norm", float(torch.nn.utils.clip_grad_norm_(params, clip)), on_step=True, on_epoch=False)
 
