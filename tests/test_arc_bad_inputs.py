@@ -115,3 +115,18 @@ def test_cli_arc_sampling_on_a_folder_that_is_not_arcs_is_refused(tmp_path, caps
     rc = main(["infer", "--model-dir", str(tmp_path), "--adata", str(FIXTURES / "infer_input.h5ad"), "--output",
                str(tmp_path / "out.h5ad"), "--sampling", "arc"])
     assert rc == 2 and "needs an Arc State folder" in capsys.readouterr().err
+
+
+def test_cli_arc_sampling_refuses_flags_it_would_ignore(tmp_path, capsys):
+    rc = main(["infer", "--model-dir", str(FIXTURES / "emb_llama"), "--adata", str(FIXTURES / "infer_input.h5ad"),
+               "--output", str(tmp_path / "out.h5ad"), "--sampling", "arc", "--perturbation", "drugX"])
+    assert rc == 2 and "--perturbation do not apply" in capsys.readouterr().err
+
+
+def test_fine_tuning_on_an_embedding_of_another_dimension_is_refused_before_training():
+    from core.config import load_config
+    from core.model.build import build_for_training
+
+    cfg = load_config(overrides=[f"model.init_from={FIXTURES / 'emb_llama'}"])
+    with pytest.raises(CheckpointError, match="takes 16-d input .* but the data's embedding has 2058 dimensions"):
+        build_for_training(cfg, 2058, {"burn": 0, "sham": 1}, "sham", {})
