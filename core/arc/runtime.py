@@ -51,6 +51,7 @@ def report_lines(report: dict, folder: ArcFolder) -> list[str]:
              summary(report),
              f"expects obsm['{info['embed_key']}'] ({info['input_dim']}-d), output space {info['output_space']}, "
              f"control '{info['control']}', perturbations {info['perturbations']}"]
+    lines += [f"note: {note}" for note in report.get("notes", [])]
     lines += [f"  loaded  {arc} -> {ours}" for arc, ours in report["loaded"].items()]
     lines += [f"  dropped {key}: {why}" for key, why in report["dropped"].items()]
     lines += [f"  merged  {key} into {into}" for key, into in report["merged"].items()]
