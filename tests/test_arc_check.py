@@ -40,3 +40,13 @@ def test_cli_exits_2_when_the_embedding_has_another_dimension(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 2 and "error: obsm['X_se'] has 2058 dimensions; the model takes 16" in out
     assert "32 tensors loaded, 1 dropped" in out and "  loaded " not in out
+
+
+def test_only_arc_folders_and_checkpoints_inside_them_are_taken_for_arc(tmp_path, monkeypatch):
+    from core.arc.runtime import find_arc_folder
+
+    arc = FIXTURES / "emb_llama"
+    assert find_arc_folder(arc) == (arc, None)
+    assert find_arc_folder(arc / "checkpoints" / "final.ckpt") == (arc, arc / "checkpoints" / "final.ckpt")
+    monkeypatch.chdir(arc)  # a name that is not a file ("demo") never means the folder one stands in
+    assert find_arc_folder("demo") is None and find_arc_folder(tmp_path) is None

@@ -21,6 +21,8 @@ def find_arc_folder(path) -> tuple[Path, Path | None] | None:
     path = Path(path).expanduser()
     if path.is_dir():
         return (path, None) if looks_like_arc_folder(path) else None
+    if not path.is_file():  # e.g. "demo": never the folder around the working directory
+        return None
     for folder in (path.parent, path.parent.parent):
         if looks_like_arc_folder(folder):
             return folder, path
