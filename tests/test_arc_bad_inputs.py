@@ -15,7 +15,7 @@ from core.arc.importer import import_arc_model
 from core.arc.runtime import load_arc
 from core.arc.safe_load import load_torch_file, plain
 from core.arc.sampling import predict_arc
-from core.errors import CheckpointError
+from core.errors import CheckpointError, DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "arc"
 
@@ -115,3 +115,31 @@ def test_cli_arc_sampling_on_a_folder_that_is_not_arcs_is_refused(tmp_path, caps
     rc = main(["infer", "--model-dir", str(tmp_path), "--adata", str(FIXTURES / "infer_input.h5ad"), "--output",
                str(tmp_path / "out.h5ad"), "--sampling", "arc"])
     assert rc == 2 and "needs an Arc State folder" in capsys.readouterr().err
+
+
+def test_cli_arc_sampling_refuses_flags_it_would_ignore(tmp_path, capsys):
+    rc = main(["infer", "--model-dir", str(FIXTURES / "emb_llama"), "--adata", str(FIXTURES / "infer_input.h5ad"),
+               "--output", str(tmp_path / "out.h5ad"), "--sampling", "arc", "--perturbation", "drugX"])
+    assert rc == 2 and "--perturbation do not apply" in capsys.readouterr().err
+
+
+def test_fine_tuning_on_an_embedding_of_another_dimension_is_refused_before_training():
+    from core.config import load_config
+    from core.model.build import build_for_training
+
+    cfg = load_config(overrides=[f"model.init_from={FIXTURES / 'emb_llama'}"])
+    with pytest.raises(CheckpointError, match="takes 16-d input .* but the data's embedding has 2058 dimensions"):
+        build_for_training(cfg, 2058, {"burn": 0, "sham": 1}, "sham", {})
+
+
+def test_an_hvg_model_given_no_hvg_matrix_says_what_it_reads(tmp_path):
+    # an ST-HVG-style folder: embed_key X_hvg (the relu rule and the input both follow it)
+    folder = _copy(tmp_path, "gene_llama")
+    _edit_checkpoint(folder, lambda c: c["hyper_parameters"].update(embed_key="X_hvg"))
+    model, arc_folder, _ = load_arc(folder)
+    data = ad.read_h5ad(FIXTURES / "infer_input.h5ad")
+    del data.obsm["X_hvg"]
+    with pytest.raises(DataError, match=r"obsm\['X_hvg'\] is not in the data .* this model reads the HVG matrix: "
+                                        r"put the 16 highly variable genes"):
+        predict_arc(model, arc_folder, data, embed_key="X_hvg", pert_col="drug", control_pert="control")
+    assert model.latent_relu  # Arc applies its output ReLU to X_hvg models even with a gene decoder

@@ -70,3 +70,26 @@ def test_fine_tuned_run_reloads_with_arcs_frozen_backbone(tmp_path):
     # the frozen final norm is Arc's trained one, not a fresh all-ones table (Arc's own LoRA fine-tune defect)
     assert torch.equal(model.backbone.norm.weight, ARC_STATE["transformer_backbone.norm.weight"])
     assert not torch.equal(ARC_STATE["transformer_backbone.norm.weight"], torch.ones(32))
+
+
+def test_velocity_alignment_trains_on_an_imported_model(tmp_path):
+    import anndata as ad
+    import numpy as np
+
+    from core.runs import read_metrics
+
+    data = ad.read_h5ad(FIXTURES / "burn_sham_small.h5ad")
+    data.obsm["velocity_state"] = np.random.default_rng(0).normal(size=(data.n_obs, 16)).astype(np.float32)
+    data.obs["velocity_confidence"] = 1.0
+    data.write_h5ad(tmp_path / "with_velocity.h5ad")
+    rc = main(["train", f"model.init_from={ARC}", f"data.kwargs.path={tmp_path / 'with_velocity.h5ad'}",
+               "data.kwargs.embed_key=X_state_baseline", "data.kwargs.pert_col=condition",
+               "data.kwargs.control_pert=sham", "data.kwargs.cell_type_key=cell_types_simple_short",
+               "model.kwargs.use_velocity_alignment=true", "data.kwargs.velocity_key=velocity_state",
+               "data.kwargs.confidence_key=velocity_confidence", "model.kwargs.velocity_warmup_steps=1",
+               "training.max_steps=2", "training.accelerator=cpu", f"output_dir={tmp_path}", "name=vel"])
+    assert rc == 0
+    train = read_metrics(tmp_path / "vel").query("split == 'train'").iloc[-1]
+    assert train["vel_loss"] > 0 and train["lambda_t"] == 1.0
+    # the objective is the distributional loss plus lambda * lambda_t * the velocity term (lambda 0.1)
+    assert abs(train["loss"] - (train["dist_loss"] + 0.1 * train["vel_loss"])) < 1e-4

@@ -92,3 +92,29 @@ def test_lora_trained_arc_checkpoint_is_merged_and_computes_what_arc_state_compu
     assert model.basal_encoder.__class__.__name__ == "Linear" and model.batch_embedding is None
     saved, latent, _ = _arc_forward("emb_lora", model)
     assert torch.allclose(latent, saved["preds"], atol=1e-5, rtol=0)
+
+
+def test_a_checkpoint_from_before_the_bidirectional_flag_is_built_bidirectional_as_trained(tmp_path):
+    import shutil
+
+    from core.arc.safe_load import plain
+
+    folder = Path(shutil.copytree(FIXTURES / "emb_llama", tmp_path / "old"))
+    path = folder / "checkpoints" / "final.ckpt"
+    ckpt = plain(load_torch_file(path))
+    del ckpt["hyper_parameters"]["transformer_backbone_kwargs"]["bidirectional_attention"]  # as arc-state <= 0.9
+    torch.save(ckpt, path)
+    model, report = import_arc_model(read_arc_folder(folder))
+    assert model.bidirectional and "before the flag existed" in report["notes"][0]
+    saved, latent, _ = _arc_forward("emb_llama", model)  # the fixture was trained bidirectional
+    assert torch.allclose(latent, saved["preds"], atol=1e-5, rtol=0)
+
+
+def test_a_causal_arc_llama_is_built_causal():
+    folder = read_arc_folder(FIXTURES / "emb_llama")
+    folder.hparams["transformer_backbone_kwargs"]["bidirectional_attention"] = False
+    model, report = import_arc_model(folder)
+    assert not model.bidirectional and report["notes"] == []
+    saved, latent, _ = _arc_forward("emb_llama", model)
+    # causal attention with RoPE: the first cell sees only itself, so the outputs move away from Arc's
+    assert (latent - saved["preds"]).abs().max() > 1e-3

@@ -28,6 +28,12 @@ def infer_model_dir(args) -> int | None:
     if args.sampling != "arc":
         args.checkpoint = str(folder.checkpoint)
         return None
+    ignored = [flag for flag, value in (("--perturbation", args.perturbation), ("--split", args.split)) if value]
+    if ignored:
+        raise DataError(f"--sampling arc predicts every cell of --adata under its own label, as state tx infer does; "
+                        f"{' and '.join(ignored)} do not apply (filter the file instead)")
+    if args.device:
+        model = model.to(args.device)
     return _infer_arc(args, model, folder, report)
 
 

@@ -23,6 +23,8 @@ def spec_from_hparams(hp: dict, var_dims: dict) -> ArcSpec:
     try:
         backbone_key = str(hp.get("transformer_backbone_key", "GPT2"))
         backbone_kwargs = {k: v for k, v in dict(hp.get("transformer_backbone_kwargs") or {}).items()}
+        if legacy_llama(hp):
+            backbone_kwargs["bidirectional_attention"] = True
         batch_dim = hp.get("batch_dim", var_dims.get("batch_dim"))
         return ArcSpec(
             input_dim=int(hp["input_dim"]), hidden_dim=int(hp["hidden_dim"]), output_dim=int(hp["output_dim"]),
@@ -42,6 +44,19 @@ def spec_from_hparams(hp: dict, var_dims: dict) -> ArcSpec:
                               ) from err
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"the checkpoint's hyper_parameters cannot describe a model ({err})") from err
+
+
+LEGACY_NOTE = ("transformer_backbone_kwargs have no bidirectional_attention: written by arc-state before the flag "
+               "existed (0.9 and older, PertSetsPerturbationModel), which always built a bidirectional llama without "
+               "positions; built that way, as it was trained (arc-state 0.11.1 would build a causal llama with RoPE "
+               "for this checkpoint, so its state tx infer differs from what the model learned)")
+
+
+def legacy_llama(hp: dict) -> bool:
+    """A llama checkpoint from before arc-state's bidirectional_attention flag (read from the July 2025 source,
+    commit c8253cb^: get_transformer_backbone always built LlamaBidirectionalModel)."""
+    return hp.get("transformer_backbone_key") == "llama" and "bidirectional_attention" not in dict(
+        hp.get("transformer_backbone_kwargs") or {})
 
 
 def _unsupported(hp: dict) -> None:
@@ -70,7 +85,8 @@ def import_arc_model(folder: ArcFolder) -> tuple[ArcTransitionModel, dict]:
     shown = (f"input_dim={spec.input_dim}, hidden_dim={spec.hidden_dim}, output_dim={spec.output_dim}, "
              f"pert_dim={spec.pert_dim}")
     report = {"folder": str(folder.path), "kind": folder.kind, "checkpoint": str(folder.checkpoint),
-              "files": folder.files, "loaded": {}, "dropped": {}, "merged": merged, "rebuilt": {}}
+              "files": folder.files, "loaded": {}, "dropped": {}, "merged": merged, "rebuilt": {},
+              "notes": [LEGACY_NOTE] if legacy_llama(hp) else []}
     new_state = {}
     for key, value in state.items():
         if keys.is_token_table(key):

@@ -21,6 +21,8 @@ def find_arc_folder(path) -> tuple[Path, Path | None] | None:
     path = Path(path).expanduser()
     if path.is_dir():
         return (path, None) if looks_like_arc_folder(path) else None
+    if not path.is_file():  # e.g. "demo": never the folder around the working directory
+        return None
     for folder in (path.parent, path.parent.parent):
         if looks_like_arc_folder(folder):
             return folder, path
@@ -51,6 +53,7 @@ def report_lines(report: dict, folder: ArcFolder) -> list[str]:
              summary(report),
              f"expects obsm['{info['embed_key']}'] ({info['input_dim']}-d), output space {info['output_space']}, "
              f"control '{info['control']}', perturbations {info['perturbations']}"]
+    lines += [f"note: {note}" for note in report.get("notes", [])]
     lines += [f"  loaded  {arc} -> {ours}" for arc, ours in report["loaded"].items()]
     lines += [f"  dropped {key}: {why}" for key, why in report["dropped"].items()]
     lines += [f"  merged  {key} into {into}" for key, into in report["merged"].items()]

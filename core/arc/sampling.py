@@ -75,8 +75,10 @@ def input_matrix(folder: ArcFolder, adata, embed_key: str | None) -> np.ndarray:
         where = ".X"
     else:
         if embed_key not in adata.obsm:
+            hint = (f"; this model reads the HVG matrix: put the {input_dim} highly variable genes it was trained on, "
+                    "in its gene order, into obsm['X_hvg']" if embed_key == "X_hvg" else "")
             raise DataError(f"obsm['{embed_key}'] is not in the data (it has {list(adata.obsm)}); the model was "
-                            f"trained on obsm['{folder.embed_key}'] ({input_dim}-d)")
+                            f"trained on obsm['{folder.embed_key}'] ({input_dim}-d){hint}")
         x, where = np.asarray(adata.obsm[embed_key]), f"obsm['{embed_key}']"
     if x.ndim != 2 or x.shape[1] != input_dim:
         raise CheckpointError(f"{where} has {x.shape[-1]} dimensions but the model takes {input_dim}-d input "
