@@ -28,8 +28,8 @@ def _base_config():
     return load_config(overrides=BASE_OVERRIDES)
 
 
-# Bump when the model code changes what a base checkpoint holds.
-BASE_VERSION = 2
+# Bump when the model code changes what a base checkpoint holds (3: the embedding's fingerprint).
+BASE_VERSION = 3
 
 
 def _identity() -> list:
@@ -70,3 +70,22 @@ def demo_base_checkpoint() -> str:
         if stale != path:
             stale.unlink(missing_ok=True)  # bases of older code or data; open readers keep their copy
     return str(path)
+
+
+def base_embedding(init_from: str | None) -> dict | None:
+    """The embedding a base was trained on (``core.data.fingerprint``: key, dim, genes, hashes), read from
+    its checkpoint; None when training from scratch. The demo base, before it is built, is described by the
+    atlas it will be pretrained on, so checking data against it never starts a pretraining."""
+    if not init_from:
+        return None
+    from core.model.build import read_checkpoint
+    from core.runs import load_checkpoint
+
+    if init_from == "demo" and not demo_base_path().exists():
+        from core.data.demo import load_demo
+        from core.data.fingerprint import embedding_fingerprint
+
+        return embedding_fingerprint(load_demo("atlas"), "X_pca")  # DEMO_MAPPINGS["atlas"].embed_key
+    path = demo_base_path() if init_from == "demo" else init_from
+    _, hp, _ = read_checkpoint(load_checkpoint(path), path)
+    return hp.get("embedding") or {"dim": hp["embed_dim"]}

@@ -8,7 +8,8 @@ initialised (LoRA and mHC parameters, which the base never had).
 
 Checkpoint hyper-parameters (``hparams``, saved by Lightning in every checkpoint; plain values only so that
 ``torch.load(weights_only=True)`` reads them): config (the resolved config as a dict), pert_map (label -> row),
-control (the control label), embed_dim, batch_map (label -> row, {} without a batch covariate), lora_applied.
+control (the control label), embed_dim, batch_map (label -> row, {} without a batch covariate), lora_applied,
+embedding (the embedding's fingerprint, ``core.data.fingerprint``; absent in older checkpoints).
 """
 
 from __future__ import annotations
@@ -162,9 +163,12 @@ def resolve_base(init_from: str) -> str:
 
 
 def build_for_training(cfg: Config, embed_dim: int, pert_map: dict[str, int], control: str,
-                       batch_map: dict[str, int] | None = None) -> tuple[StateTransitionModel, dict, list[str]]:
+                       batch_map: dict[str, int] | None = None, embedding: dict | None = None,
+                       ) -> tuple[StateTransitionModel, dict, list[str]]:
     """The model to train: from scratch, or from ``model.init_from`` (base weights first), then LoRA, then mHC.
-    Returns the model, the load report and notes for the log. Sizes come from the base when there is one."""
+    Returns the model, the load report and notes for the log. Sizes come from the base when there is one.
+    ``embedding``: the data's embedding fingerprint (``core.data.fingerprint``); a base trained in another
+    space gets a WARNING note."""
     from core.runs import load_checkpoint
 
     batch_map = batch_map or {}
@@ -184,6 +188,10 @@ def build_for_training(cfg: Config, embed_dim: int, pert_map: dict[str, int], co
     if base_hp["embed_dim"] != embed_dim:
         raise CheckpointError(f"the base model was trained on {base_hp['embed_dim']}-d embeddings but the data's "
                               f"embedding has {embed_dim} dimensions; choose the embedding the base was trained on")
+    if embedding is not None:
+        from core.data.fingerprint import same_space_warnings
+
+        notes += [f"WARNING: {w}" for w in same_space_warnings(base_hp.get("embedding"), embedding)]
     for key in SIZE_KEYS:
         base_value = getattr(base_cfg.model.kwargs, key)
         if getattr(m, key) != base_value:

@@ -137,6 +137,16 @@ def _log_handlers(run_dir: Path) -> list[logging.Handler]:
     return handlers
 
 
+def resolve_defaults(cfg: Config) -> Config:
+    """Fill the settings left to the trainer with what it will use, in place, so that config.yaml says what
+    ran: a CLI run with training.max_epochs unset and an app run with max_epochs=5 are the same settings
+    (Compare groups them as seeds)."""
+    t = cfg.training
+    if t.max_epochs is None and t.max_steps <= 0:
+        t.max_epochs = 5
+    return cfg
+
+
 def train(cfg: Config, callbacks: list | None = None) -> Path:
     """Run training as configured; returns the run folder. A failure ends with status 'failed' and the error in
     plain words in status.json, then is raised again (UserErrors reach the CLI as one line). ``callbacks``: extra
@@ -150,6 +160,9 @@ def train(cfg: Config, callbacks: list | None = None) -> Path:
     log.setLevel(logging.INFO)
     log.propagate = False
     writer.write_status("running", step=0, message="preparing data", config_name=cfg.run.name)
+    resolve_defaults(cfg)
+    if rank_zero:  # written now so that a run failing while it prepares data still shows its settings
+        save_config(cfg, run_dir / "config.yaml")
     writer.start_heartbeat_thread()
     import torch
 
@@ -184,8 +197,12 @@ def _prepare_data(cfg: Config, run_dir: Path):
     from core.training.data import SetDataModule, load_adata, loss_mapping, make_split, resolve_mapping
 
     d = cfg.data.kwargs
+    from core.data.fingerprint import embedding_fingerprint
+
     adata = load_adata(cfg)
     mapping = resolve_mapping(cfg, adata)
+    if _is_rank_zero():  # again, with the data keys the mapping filled in
+        save_config(cfg, run_dir / "config.yaml")
     report = validate(adata, loss_mapping(cfg, mapping), set_size=cfg.model.kwargs.cell_set_len)
     report.raise_if_errors()
     notes = [f"data: {w}" for w in report.warnings]
@@ -200,6 +217,7 @@ def _prepare_data(cfg: Config, run_dir: Path):
         frame = pd.DataFrame({"obs_name": adata.obs_names.astype(str), "split": split})
         atomic_write_text(run_dir / "split.csv", frame.to_csv(index=False))
     data = SetDataModule(cfg, adata, mapping, split, cell_types=report.usable_cell_types)
+    data.embedding = embedding_fingerprint(adata, mapping.embed_key)  # recorded in the checkpoint
     notes += data.matching_notes()
     counts = {s: int((split == s).sum()) for s in ("train", "val", "test")}
     notes.append(f"split by {d.split}: {counts['train']} train, {counts['val']} val, {counts['test']} test cells "
@@ -229,7 +247,7 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
     accelerator, device = device_choice(t.accelerator)
     torch.manual_seed(t.seed)  # the model's initial weights do not depend on how much data preparation drew
     model, load_report, notes = build_for_training(cfg, data.table.z.shape[1], data.pert_map, mapping.control_pert,
-                                                   data.batch_map)
+                                                   data.batch_map, embedding=data.embedding)
     for note in notes:
         log.info("model: %s", note)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -247,7 +265,7 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
 
     hparams = {"config": cfg.to_dict(), "pert_map": data.pert_map, "control": mapping.control_pert,
                "embed_dim": int(data.table.z.shape[1]), "batch_map": data.batch_map,
-               "lora_applied": bool(cfg.model.init_from) and m.lora.enable}
+               "lora_applied": bool(cfg.model.init_from) and m.lora.enable, "embedding": data.embedding}
     module = STModule(model, hparams)
     if _stopped_early(writer, "building the model"):
         return run_dir
