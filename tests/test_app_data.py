@@ -137,7 +137,12 @@ def test_upload_with_other_column_names_works_through_the_mapping(app, demo_adat
     assert sidebar_select(app, "Embedding").value == "X_emb"
     saved = list((tmp_path / "runs" / ".uploads").iterdir())
     assert len(saved) == 1 and ad.read_h5ad(saved[0]).n_obs == 600
+    # guessed, so not yet "Ready": the user confirms the guesses first
+    assert sidebar_select(app, "Condition column").label.endswith("guessed")
+    assert not any("Ready to train" in s.value for s in app.success)
+    next(b for b in app.sidebar.button if b.label == "Confirm the guessed fields").click().run()
     assert any("Ready to train" in s.value for s in app.success)
+    assert any("has the genes of the base's obsm['X_pca'] but no loadings" in w.value for w in app.warning)
 
 
 def test_server_path_that_does_not_exist_says_so(app, tmp_path):

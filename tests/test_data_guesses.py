@@ -66,6 +66,14 @@ def test_the_same_genes_with_other_loadings_are_another_space(demo_adata):
     assert "the same genes but other loadings" in warning
 
 
+def test_an_embedding_without_loadings_on_the_base_genes_is_flagged_as_unproven(demo_adata):
+    base = embedding_fingerprint(demo_adata, "X_pca")
+    other = demo_adata[:200].copy()
+    other.obsm["X_emb"] = other.obsm["X_pca"]
+    [warning] = same_space_warnings(base, embedding_fingerprint(other, "X_emb"))
+    assert "has the genes of the base's obsm['X_pca'] but no loadings" in warning
+
+
 def test_a_base_without_a_fingerprint_says_it_cannot_check(demo_adata):
     [warning] = same_space_warnings({"dim": 50}, embedding_fingerprint(demo_adata, "X_pca"))
     assert "older checkpoint" in warning

@@ -78,6 +78,10 @@ def same_space_warnings(base: dict | None, data: dict) -> list[str]:
     if not base.get("loadings_hash") and base["gene_hash"] == data["gene_hash"] and base["key"] == data["key"]:
         return []
     same_genes = base["gene_hash"] == data["gene_hash"]
+    if same_genes and base.get("loadings_hash") and not data.get("loadings_hash"):
+        return [f"obsm['{data['key']}'] has the genes of the base's obsm['{base['key']}'] but no loadings to show "
+                "that it is the same projection; if it is not the base's own embedding of your cells, its "
+                "dimensions mean different things here"]
     if same_genes:
         why = "the same genes but other loadings (another PCA)"
     elif base.get("genes") and data.get("genes"):

@@ -65,27 +65,46 @@ def demo_base_checkpoint() -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".tmp{os.getpid()}")
         shutil.copyfile(run_dir / "checkpoints" / "final.ckpt", partial)
+        shutil.copyfile(run_dir / "embedding.json", embedding_sidecar(path))
         os.replace(partial, path)  # a second process building at the same time just replaces it with its twin
     for stale in path.parent.glob("demo_base_*.ckpt"):
         if stale != path:
             stale.unlink(missing_ok=True)  # bases of older code or data; open readers keep their copy
+            embedding_sidecar(stale).unlink(missing_ok=True)
     return str(path)
 
 
+def embedding_sidecar(checkpoint: str | os.PathLike) -> Path:
+    """Where a checkpoint's embedding fingerprint is kept as JSON, so that the app can check data against a
+    base without importing torch: ``<run>/embedding.json`` for ``<run>/checkpoints/*.ckpt``, else
+    ``<name>.embedding.json`` beside the file (the demo base)."""
+    path = Path(checkpoint)
+    if path.parent.name == "checkpoints":
+        return path.parent.parent / "embedding.json"
+    return path.with_suffix(".embedding.json")
+
+
 def base_embedding(init_from: str | None) -> dict | None:
-    """The embedding a base was trained on (``core.data.fingerprint``: key, dim, genes, hashes), read from
-    its checkpoint; None when training from scratch. The demo base, before it is built, is described by the
-    atlas it will be pretrained on, so checking data against it never starts a pretraining."""
+    """The embedding a base was trained on (``core.data.fingerprint``: key, dim, genes, hashes); None when
+    training from scratch. Read from the JSON beside the checkpoint, else from the checkpoint itself (an older
+    one has only its dimension). The demo base, before it is built, is described by the atlas it will be
+    pretrained on, so checking data against it never starts a pretraining."""
     if not init_from:
         return None
-    from core.model.build import read_checkpoint
-    from core.runs import load_checkpoint
-
-    if init_from == "demo" and not demo_base_path().exists():
+    path = demo_base_path() if init_from == "demo" else Path(init_from).expanduser()
+    if init_from == "demo" and not path.exists():
         from core.data.demo import load_demo
         from core.data.fingerprint import embedding_fingerprint
 
         return embedding_fingerprint(load_demo("atlas"), "X_pca")  # DEMO_MAPPINGS["atlas"].embed_key
-    path = demo_base_path() if init_from == "demo" else init_from
+    sidecar = embedding_sidecar(path)
+    if sidecar.is_file() and path.is_file():
+        try:
+            return json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass  # unreadable: the checkpoint says it too
+    from core.model.build import read_checkpoint
+    from core.runs import load_checkpoint
+
     _, hp, _ = read_checkpoint(load_checkpoint(path), path)
     return hp.get("embedding") or {"dim": hp["embed_dim"]}

@@ -262,6 +262,7 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
         atomic_write_json(run_dir / "load_report.json", {**load_report, "notes": notes, "data_notes": data_notes,
                                                          "trainable_parameters": n_train, "parameters": n_all})
         atomic_write_json(run_dir / "env.json", environment(device))
+        atomic_write_json(run_dir / "embedding.json", data.embedding)  # read by base_embedding without torch
 
     hparams = {"config": cfg.to_dict(), "pert_map": data.pert_map, "control": mapping.control_pert,
                "embed_dim": int(data.table.z.shape[1]), "batch_map": data.batch_map,
