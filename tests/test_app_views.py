@@ -122,7 +122,7 @@ def test_compare_shows_mean_and_spread_across_seeds(app):
     app.switch_page("views/compare.py").run()
     app.multiselect(key="compare_runs").set_value(["lora-s0", "lora-s1", "mhc-s0"]).run()
     app.selectbox(key="compare_column").set_value("loss")
-    app.slider(key="compare_smoothing").set_value(0.0).run()
+    next(s for s in app.slider if s.label == "Smoothing").set_value(0.0).run()
     band = by_title(app, "mean ± s.d. across seeds")
     mean = next(t for t in band.data if t.name.startswith("use_mhc=False (n=2"))
     # seeds 0 and 1 differ by exactly 0.1 at every step: mean = linspace + 0.05

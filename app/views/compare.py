@@ -8,6 +8,7 @@ from app.components import show_figure
 from app.guard import shown_errors
 from core.evaluation import stability_summary
 from core.figures import compare as compare_figures
+from core.figures import training as training_figures
 from core.figures.run import evaluation_table
 from core.runs import list_runs
 
@@ -46,8 +47,12 @@ preferred = [c for c in ("loss", "dist_loss", "val_loss", "grad_norm", "cos_simi
 c1, c2, c3 = st.columns([2, 1, 1])
 column = c1.selectbox("Quantity", numeric or ["loss"], index=numeric.index(preferred[0]) if preferred else 0,
                       key="compare_column")
-smoothing = c2.slider("Smoothing", 0.0, 0.99, 0.9, key="compare_smoothing")
-log_y = c3.toggle("Log y", value=column in ("loss", "dist_loss", "grad_norm"), key="compare_log")
+longest = max((int(m["step"].max()) + 1 for m in metrics.values() if "step" in m and len(m)), default=None)
+default_smoothing = training_figures.default_smoothing(longest)
+smoothing = c2.slider("Smoothing", 0.0, 0.99, default_smoothing, key=f"compare_smoothing_{default_smoothing}")
+# per quantity: losses and gradient norms span decades (log), cosines and λ_t are signed or bounded (linear,
+# where a log axis would hide every negative value)
+log_y = c3.toggle("Log y", value=column in compare_figures.LOG_BY_DEFAULT, key=f"compare_log_{column}")
 with shown_errors("drawing the curves"):
     show_figure(compare_figures.overlaid_curves(metrics, column, smoothing, log_y), f"compare_{column}",
                 key="overlaid")
