@@ -100,6 +100,9 @@ def test_inspect_shows_every_h_res_snapshot_value(app):
     np.testing.assert_allclose([np.asarray(t.z) for t in heatmaps], H_RES_STEP_0)
     gain = by_title(app, "Composite gain")
     np.testing.assert_allclose(gain.data[0].y, [1.0, 1.0], atol=1e-6)
+    # flat at 1 because every H_res is doubly stochastic: the figure says so rather than leave it to guess
+    assert gain.layout.title.text.endswith("1 by construction")
+    assert "every H_res is doubly stochastic" in gain.layout.annotations[0].text
     assert len(app.get("download_button")) >= 3 * 5  # PNG, SVG and HTML for each figure
 
 

@@ -41,3 +41,28 @@ def test_default_smoothing_keeps_the_lag_near_five_percent_of_the_run():
     smoothed = ema(x, default_smoothing(85))
     assert smoothed[44] > 0.5
     assert ema(x, 0.9)[44] < 0.5  # the old fixed 0.9 was still below half way
+
+
+def test_delta_z_arrows_are_drawn_on_top_of_v_z_and_narrower():
+    from core.figures.velocity import arrows_figure
+
+    rng = np.random.default_rng(0)
+    coords = rng.normal(size=(400, 2))
+    same = rng.normal(size=(400, 2))  # Δz exactly along v_z: the case where one hid the other
+    for mode in ("grid", "cells"):
+        fig = arrows_figure(coords, {"Δz": same, "v_z": same}, mode=mode, n_cells=100)
+        arrows = [t for t in fig.data if t.name in ("Δz", "v_z")]
+        assert [t.name for t in arrows] == ["v_z", "Δz"]  # later traces are drawn over earlier ones
+        v_z, delta_z = arrows
+        assert v_z.line.width > delta_z.line.width and v_z.opacity < 1 and delta_z.opacity == 1
+
+
+def test_composite_gain_is_explained_only_when_it_is_one_by_construction():
+    from core.figures.mhc import composite_gain_figure
+
+    doubly = np.stack([np.eye(4)[[1, 0, 3, 2]] * 0.6 + 0.1] * 3)
+    fig = composite_gain_figure({"h_res": doubly, "step": 5})
+    assert fig.layout.title.text == "Composite gain over depth at step 5: 1 by construction"
+    unbalanced = doubly * np.array([1.5, 0.5, 1.0, 1.0])[None, None, :]  # column sums no longer 1
+    fig = composite_gain_figure({"h_res": unbalanced, "step": 5})
+    assert fig.layout.title.text == "Composite gain over depth at step 5" and not fig.layout.annotations
