@@ -50,9 +50,12 @@ def _saved_upload(uploaded) -> DatasetRef:
             atomic_write_bytes(path, data)
             try:  # keep only files anndata can read: a bad upload leaves nothing behind
                 path_adata(str(path), path.stat().st_mtime)
-            except Exception:
+            except Exception as err:
                 path.unlink(missing_ok=True)
                 cache.pop(uploaded.file_id, None)
+                if isinstance(err, DataError):  # name the user's file, not our content-hash copy of it
+                    text = str(err).replace(str(path), uploaded.name).replace(path.name, uploaded.name)
+                    raise DataError(text) from err
                 raise
     return DatasetRef("upload", str(path), f"Upload: {uploaded.name}", str(path))
 

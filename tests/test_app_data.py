@@ -112,6 +112,7 @@ def test_bad_upload_is_refused_in_one_line_and_not_kept(app, tmp_path, demo_adat
     messages = [e.value for e in app.sidebar.error]
     assert len(messages) == 1 and expected in messages[0]
     assert "\n" not in messages[0]
+    assert messages[0].startswith("cells.h5ad ") and ".uploads" not in messages[0]  # the user's name, not ours
     uploads = tmp_path / "runs" / ".uploads"
     assert not uploads.exists() or not list(uploads.iterdir())
 
