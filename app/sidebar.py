@@ -13,6 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from app import url_state
 from app.cache import DEMO_DATASETS, DatasetRef, guessed_mapping, load_dataset, path_adata, upload_digest
 from app.guard import shown_errors
 from core.errors import DataError
@@ -86,7 +87,15 @@ def _choose_dataset() -> DatasetRef | None:
             help=f"Uploads are held in memory and limited to {limit} MB; for larger files give a path on "
                  "the server instead. The file is read as HDF5 only (nothing is unpickled).")
         st.caption(f"Upload limit: {limit} MB. Larger files: use a path on the server.")
-        return _saved_upload(uploaded) if uploaded is not None else None
+        if uploaded is not None:
+            st.session_state.pop("restored_upload", None)
+            return _saved_upload(uploaded)
+        restored = st.session_state.get("restored_upload")
+        if restored and Path(restored["path"]).is_file():  # the upload of this browser tab, before a reload
+            st.text(f"Using your earlier upload {restored['name']} (kept on the server); upload a file to "
+                    "replace it.")
+            return DatasetRef("upload", restored["path"], f"Upload: {restored['name']}", restored["path"])
+        return None
     text = st.text_input("Path of a .h5ad file on the server", key="server_path",
                          help="Read in backed mode (the expression matrix stays on disk); never modified.")
     return _server_path(text)
@@ -124,12 +133,18 @@ def _mapping_widgets(ref: DatasetRef) -> dict:
     obs_columns = [str(c) for c in adata.obs.columns]
     embeddings = [k for k in adata.obsm.keys() if getattr(adata.obsm[k], "ndim", 2) == 2]
     guessed: list[str] = []
+    from_url = url_state.restored_mapping(ref)
 
     def pick(label, field, options, guess_value, allow_none=False, help=None, key_extra=""):
         first = NONE if allow_none else CHOOSE
         opts = [first] + [o for o in options if o != first]
         index = opts.index(guess_value) if guess_value in opts else 0
         key = f"map_{field}_{tag}{key_extra}"
+        if key not in st.session_state and field in from_url:  # the user's choice, back after a reload
+            wanted = from_url[field] or first
+            if wanted in opts:
+                index = opts.index(wanted)
+                confirmed.add(field)
         value = st.session_state.get(key, opts[index])
         is_guess = guess_value in opts[1:] and value == guess_value and field not in confirmed
         if is_guess:
@@ -163,6 +178,7 @@ def _mapping_widgets(ref: DatasetRef) -> dict:
                    embed_key=embed, velocity_key=velocity, confidence_key=confidence)
     st.session_state["mapping_missing"] = [f for f in REQUIRED if mapping[f] is None]
     st.session_state["mapping_guessed"] = guessed
+    url_state.remember(ref, mapping, confirmed, guess.to_dict())
     if guessed:
         st.caption("Fields marked *guessed* were filled in from the column names and values: check them.")
         st.button("Confirm the guessed fields", key=f"confirm_mapping_{tag}", on_click=confirmed.update,
@@ -178,6 +194,7 @@ def describe_fields(fields: list[str]) -> str:
 
 def render() -> None:
     """Draw the sidebar and publish ``st.session_state["dataset"]`` and ``["mapping"]``."""
+    url_state.restore_once(SOURCES, DEMO_DATASETS, uploads_dir())
     pending = st.session_state.pop("pending_server_path", None)
     if pending:  # a page asked to switch to a file it wrote (e.g. the data set with computed velocity)
         st.session_state["data_source"] = SOURCES[2]
@@ -192,6 +209,7 @@ def render() -> None:
         st.session_state["mapping_missing"] = list(REQUIRED)
         st.session_state["mapping_guessed"] = []
         if ref is None:
+            url_state.remember(None, None, set(), {})
             st.info("Choose a data set above.")
             return
         with st.expander("Column mapping", expanded=ref.kind != "demo"):

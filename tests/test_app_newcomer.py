@@ -156,3 +156,50 @@ def test_the_upload_is_named_by_the_users_file_name_not_its_hash(app, pbmc_file)
     shown = [t.value for t in app.sidebar.text] + [t.value for t in app.text]
     assert any(pbmc_file.name in t for t in shown)
     assert not any(".uploads" in t or len(t) > 64 and all(c in "0123456789abcdef" for c in t[:64]) for t in shown)
+
+
+def reload(at) -> AppTest:
+    """A browser reload: a new session that only keeps the page's URL (its query parameters)."""
+    fresh = AppTest.from_file(APP, default_timeout=180)
+    for key, value in at.query_params.items():
+        fresh.query_params[key] = value
+    fresh.run()
+    assert not fresh.exception
+    return fresh
+
+
+def test_an_upload_and_its_mapping_choices_survive_a_reload(app, pbmc_with_treatment):
+    path, _ = pbmc_with_treatment
+    upload(app, path)
+    select(app, "Cell-type column").set_value("bulk_labels").run()
+    select(app, "Batch column").set_value("(none)").run()  # the guess was 'donor'
+    assert select(app, "Condition column").label.endswith("guessed")
+    assert app.query_params["name"] == [path.name] or app.query_params["name"] == path.name
+    after = reload(app)
+    assert after.sidebar.radio(key="data_source").value == "Upload a .h5ad file"
+    assert any(f"Using your earlier upload {path.name}" in t.value for t in after.sidebar.text)
+    assert select(after, "Cell-type column").value == "bulk_labels"
+    assert not select(after, "Cell-type column").label.endswith("guessed")
+    assert select(after, "Batch column").value == "(none)"
+    # an unconfirmed guess comes back as a guess, not as the user's choice
+    assert select(after, "Condition column").value == "treatment"
+    assert select(after, "Condition column").label.endswith("guessed")
+    assert after.text[0].value.startswith(f"Upload: {path.name}: 700 cells")
+
+
+def test_a_demo_mapping_edit_survives_a_reload(app):
+    select(app, "Velocity (obsm").set_value("(none)").run()
+    select(app, "Batch column").set_value("(none)").run()
+    after = reload(app)
+    assert select(after, "Batch column").value == "(none)"
+    assert select(after, "Cell-type column").value == "cell_types_simple_short"
+
+
+def test_a_url_naming_no_stored_upload_falls_back_to_choosing(tmp_path, monkeypatch):
+    monkeypatch.setenv("ST_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["upload"] = "0" * 64
+    at.query_params["name"] = "**bold** name.h5ad"
+    at.run()
+    assert not at.exception
+    assert at.sidebar.radio(key="data_source").value == "Demo data"  # nothing restored from a stale link
