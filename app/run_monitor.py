@@ -13,6 +13,7 @@ import streamlit as st
 from app import cache
 from app.components import run_picker, show_figure
 from app.guard import shown_errors
+from app.run_actions import run_actions
 
 POLL_S = 1.0
 ACTIVE = ("queued", "running")
@@ -30,6 +31,8 @@ def _duration(seconds) -> str:
 
 
 def runs_table(runs: list[dict]) -> pd.DataFrame:
+    from core.run_admin import read_tags
+
     rows = []
     for run in runs:
         status, config = run["status"], run["config"]
@@ -46,6 +49,7 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
             "mHC": config.get("model.kwargs.use_mhc"),
             "velocity": config.get("model.kwargs.use_velocity_alignment"),
             "seed": config.get("training.seed"),
+            "tags": ", ".join(read_tags(run["path"])),
             "device": status.get("device"),
             "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(run["created"])) if run["created"]
             else "",
@@ -91,6 +95,10 @@ def _status_block(run: dict) -> None:
                    f"kept; see how to resume it: `python -m core runs resume-info {run['name']}`.")
     else:
         st.info(f"{run['name']} is {state}. {status.get('message') or ''}")
+    from core.evaluation.run_warnings import run_warnings
+
+    for warning in run_warnings(run["config"], status, cache.run_metrics(path)):
+        st.warning(warning)
     if state in ("failed", "interrupted", "cancelled"):
         with st.expander("Last lines of the run's log"):
             st.code(_log_tail(path), language="text")
@@ -145,3 +153,5 @@ def run_monitor() -> None:
             _live()
 
     live()
+    runs = {r["name"]: r for r in list_runs()}
+    run_actions(runs.get(st.session_state.get("selected_run")))
