@@ -131,6 +131,8 @@ def _live() -> None:
                           key=f"train_smooth_{run['name']}_{default}",
                           help=f"Default {default} for a run of {total or 'unknown'} steps: the smoothed curve "
                                "lags by about 1/(1 − weight) steps.")
+    # remembered beyond this page's widgets, so the Export page writes the figures as they are shown here
+    st.session_state["run_view"] = {"run": run["name"], "log_y": log_y, "smoothing": smoothing}
     velocity = run["config"].get("model.kwargs.use_velocity_alignment")
     figures = training.training_figures(metrics, log_y=log_y, smoothing=smoothing, velocity=velocity)
     show_figure(figures["loss"], f"{run['name']}_loss", key="train_loss")
