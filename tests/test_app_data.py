@@ -159,6 +159,10 @@ def test_computed_velocity_is_shown_and_saved_into_a_copy_for_training(app, demo
     next(b for b in app.button if b.label == "Compute velocity").click().run()
     assert not app.exception and not app.error
     assert app.get("progress")[0].value == 100
+    # the imports and the copy are timed apart from the pipeline (they were the silent "Starting…" phase)
+    took = next(c.value for c in app.caption if c.value.startswith("Where the time went: "))
+    assert "loading scanpy and scvelo" in took and "copying the data set" in took
+    assert "loaded from cache" in took  # the fixture computed it with these settings
     confidence = charts(app)
     title = next(t for t in confidence if t.startswith("Velocity confidence"))
     assert title == f"Velocity confidence, median {np.median(demo_with_velocity.obs['velocity_confidence']):.2f}"
