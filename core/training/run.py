@@ -192,17 +192,22 @@ def train(cfg: Config, callbacks: list | None = None) -> Path:
             handler.close()
 
 
-def _prepare_data(cfg: Config, run_dir: Path):
+def _prepare_data(cfg: Config, run_dir: Path, phase=lambda text: None):
+    """``phase(text)``: called as each part starts, so the status says which one is running (they took 16 s
+    together on the demo, most of it reading the data or, with velocity on, computing velocity)."""
+    from core.data.fingerprint import embedding_fingerprint
     from core.data.validate import validate
     from core.training.data import SetDataModule, load_adata, loss_mapping, make_split, resolve_mapping
 
     d = cfg.data.kwargs
-    from core.data.fingerprint import embedding_fingerprint
-
+    velocity_first = cfg.model.kwargs.use_velocity_alignment and not d.path and not d.velocity_key
+    phase("reading the data set" + (" and computing its velocity (cached after the first run)"
+                                    if velocity_first else ""))
     adata = load_adata(cfg)
     mapping = resolve_mapping(cfg, adata)
     if _is_rank_zero():  # again, with the data keys the mapping filled in
         save_config(cfg, run_dir / "config.yaml")
+    phase(f"checking {adata.n_obs:,} cells against the mapping")
     report = validate(adata, loss_mapping(cfg, mapping), set_size=cfg.model.kwargs.cell_set_len)
     report.raise_if_errors()
     notes = [f"data: {w}" for w in report.warnings]
@@ -210,6 +215,7 @@ def _prepare_data(cfg: Config, run_dir: Path):
     if nested and cfg.model.kwargs.use_batch:
         notes.append(f"WARNING: model.kwargs.use_batch=true while '{mapping.batch_col}' is nested in condition: the "
                      "batch embedding can encode the condition itself; consider model.kwargs.use_batch=false")
+    phase("splitting the cells and building the sets")
     split = make_split(adata.obs, mapping, d.split, d.val_fraction, d.test_fraction, cfg.training.seed)
     if _is_rank_zero():
         import pandas as pd
@@ -238,13 +244,23 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     L.seed_everything(t.seed, workers=True, verbose=False)
-    data, mapping, data_notes = _prepare_data(cfg, run_dir)
+    def phase(text):
+        writer.write_status("running", message=f"preparing data: {text}")
+
+    data, mapping, data_notes = _prepare_data(cfg, run_dir, phase)
     for note in data_notes:
         log.info(note)
     if _stopped_early(writer, "preparing data"):
         return run_dir
 
     accelerator, device = device_choice(t.accelerator)
+    building = "building the model"
+    if cfg.model.init_from == "demo":
+        from core.model.base import demo_base_path
+
+        if not demo_base_path().exists():
+            building += ": pretraining the demo base on the demo atlas (once, about half a minute)"
+    writer.write_status("running", message=building)
     torch.manual_seed(t.seed)  # the model's initial weights do not depend on how much data preparation drew
     model, load_report, notes = build_for_training(cfg, data.table.z.shape[1], data.pert_map, mapping.control_pert,
                                                    data.batch_map, embedding=data.embedding)
