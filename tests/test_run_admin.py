@@ -147,3 +147,23 @@ def test_the_train_page_clones_a_run_with_changes(app, tmp_path):
     assert differ == {"training.seed", "model.kwargs.use_mhc", "run.name", "run.dir"}
     assert copy["training.seed"] == 7 and copy["model.kwargs.use_mhc"] is True
     assert yaml.safe_load((tmp_path / "keep" / "config.yaml").read_text())["training"]["seed"] == 0
+
+
+def test_the_train_page_resumes_a_cancelled_run_in_its_own_folder(app, tmp_path):
+    finished_run(tmp_path, "stopped", state="cancelled")
+    app.session_state["selected_run"] = "keep"
+    app.switch_page("views/train.py").run()
+    assert not any(b.label == "Resume from its last checkpoint" for b in app.button)  # completed: nothing to resume
+    app.session_state["selected_run"] = "stopped"
+    app.run()
+    next(b for b in app.button if b.label == "Resume from its last checkpoint").click().run()
+    assert not app.exception and not app.error
+    assert any("stopped is resuming" in s.value for s in app.success)
+    run = tmp_path / "stopped"
+    (run / "STOP").write_text("stop after preparing data\n")
+    deadline = time.monotonic() + 600  # only stops a hung test
+    while read_status(run)["state"] not in ("cancelled", "failed", "completed") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert read_status(run)["state"] == "cancelled"
+    assert "training.resume=true" in (run / "log.txt").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["keep", "short", "stopped"]
