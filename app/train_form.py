@@ -88,12 +88,30 @@ def build_overrides(form: dict, dataset, mapping: dict | None) -> list[str]:
     return [f"{k}={_value(v)}" for k, v in o.items()] + data_overrides(dataset, mapping) + extra
 
 
-def check_overrides(overrides: list[str]) -> None:
+def check_overrides(overrides: list[str]):
     """Resolve the overrides with the typed config (unknown keys, wrong types, out-of-range values raise
-    ``ConfigError``), exactly as ``python -m core train`` will."""
+    ``ConfigError``), exactly as ``python -m core train`` will; returns the config."""
     from core.config import load_config
 
-    load_config(overrides=overrides)
+    return load_config(overrides=overrides)
+
+
+def check_extra_against_data(cfg, choice: dict) -> None:
+    """'More settings' may change the set size or the base after the data was checked against the fields
+    above: check the data again with what will actually run, so such a launch fails here, not seconds later."""
+    from app.readiness import base_embedding, init_from
+
+    set_size, base = cfg.model.kwargs.cell_set_len, cfg.model.init_from or None
+    if set_size == choice["set_size"] and base == init_from(choice):
+        return
+    from app import cache
+    from core.errors import DataError
+
+    ref, mapping = st.session_state.get("dataset"), st.session_state.get("mapping")
+    report = cache.validation_report(ref, tuple(sorted(mapping.items())), set_size, base_embedding(base))
+    if report.errors:
+        raise DataError(f"with the settings under 'More settings' (set size {set_size}, base {base or 'none'}): "
+                        f"{report.errors[0]}")
 
 
 def _data_settings() -> dict:
@@ -179,7 +197,7 @@ def train_form() -> None:
                 set_size=int(set_size), seed=int(seed), device=device, extra=extra)
     run_name = safe_run_name(name)
     overrides = build_overrides(form, dataset, mapping) + [f"run.name={run_name}"]
-    check_overrides(overrides)
+    check_extra_against_data(check_overrides(overrides), choice)
     run_dir = launch_run(overrides, run_name)
     st.session_state["selected_run"] = run_dir.name
     st.success(f"Launched **{run_dir.name}**; it appears below and updates live.")

@@ -203,3 +203,14 @@ def test_a_url_naming_no_stored_upload_falls_back_to_choosing(tmp_path, monkeypa
     at.run()
     assert not at.exception
     assert at.sidebar.radio(key="data_source").value == "Demo data"  # nothing restored from a stale link
+
+
+def test_a_set_size_given_under_more_settings_is_checked_before_launch(app, tmp_path):
+    app.switch_page("views/train.py").run()
+    app.text_area(key="tf_extra").set_value("model.kwargs.cell_set_len=4000")
+    next(b for b in app.button if b.label == "Launch").click().run()
+    assert not app.exception
+    assert any("with the settings under 'More settings' (set size 4000, base demo): no cell type has enough"
+               in e.value for e in app.error)
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]
