@@ -16,6 +16,7 @@ import streamlit as st
 
 DIGEST = re.compile(r"[0-9a-f]{64}")
 MAPPING_PREFIX = "m."
+SOURCE_KEYS = ("upload", "name", "path", "demo")
 
 
 def restore_once(sources: tuple[str, ...], demo_names, uploads_dir) -> None:
@@ -73,7 +74,10 @@ def remember(ref, mapping: dict | None, confirmed: set, guess: dict) -> None:
             if ref.kind == "demo" and mapping[field] == (guess.get(field) or None):
                 continue
             wanted[MAPPING_PREFIX + field] = "" if mapping[field] is None else str(mapping[field])
-    current = {k: st.query_params[k] for k in st.query_params.keys()}
-    if current != wanted:
-        st.query_params.clear()
+    ours = [k for k in st.query_params.keys() if k in SOURCE_KEYS or k.startswith(MAPPING_PREFIX)]
+    current = {k: st.query_params[k] for k in ours}
+    if current != wanted:  # other parameters (Streamlit's own, e.g. embed) are left alone
+        for key in ours:
+            if key not in wanted:
+                del st.query_params[key]
         st.query_params.update(wanted)

@@ -214,3 +214,13 @@ def test_a_set_size_given_under_more_settings_is_checked_before_launch(app, tmp_
                in e.value for e in app.error)
     runs = tmp_path / "runs"
     assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]
+
+
+def test_switching_back_to_the_demo_drops_the_upload_from_the_url_and_keeps_other_parameters(app, pbmc_file):
+    app.query_params["embed"] = "true"
+    upload(app, pbmc_file)
+    assert "upload" in app.query_params
+    app.sidebar.radio(key="data_source").set_value("Demo data").run()
+    params = dict(app.query_params)
+    assert "upload" not in params and "name" not in params
+    assert params["demo"] in ("burn_sham", ["burn_sham"]) and params["embed"] in ("true", ["true"])
