@@ -224,3 +224,17 @@ def test_switching_back_to_the_demo_drops_the_upload_from_the_url_and_keeps_othe
     params = dict(app.query_params)
     assert "upload" not in params and "name" not in params
     assert params["demo"] in ("burn_sham", ["burn_sham"]) and params["embed"] in ("true", ["true"])
+
+
+def test_a_missing_base_checkpoint_disables_launch_with_its_one_line_reason(app, tmp_path):
+    app.switch_page("views/train.py").run()
+    app.radio(key="tf_base").set_value("A checkpoint on the server").run()
+    assert any("Launch is disabled: give the path of the base checkpoint" in w.value for w in app.warning)
+    missing = tmp_path / "nope.ckpt"
+    app.text_input(key="tf_ckpt").set_value(str(missing)).run()
+    assert not app.exception
+    assert next(b for b in app.button if b.label == "Launch").disabled
+    assert any(f"Launch is disabled: no checkpoint at {missing}" in w.value for w in app.warning)
+    app.switch_page("views/data.py").run()
+    assert any(f"no checkpoint at {missing}" in e.value for e in app.error)
+    assert not any("Ready to train" in s.value for s in app.success)

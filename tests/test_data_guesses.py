@@ -89,3 +89,27 @@ def test_validation_against_a_base_reports_its_dimension_and_space(demo_adata, p
     small.varm["PCs"] = small.varm["PCs"][:, :30]
     report = validate(small, mapping, base_embedding=base)
     assert any("has 30 dimensions but the base model expects 50" in e for e in report.errors)
+
+
+def test_a_base_checkpoint_is_described_by_the_json_beside_it_without_reading_it(tmp_path, demo_adata):
+    import json
+
+    from core.model.base import base_embedding, embedding_sidecar
+
+    ckpt = tmp_path / "my-base" / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not a torch file: reading it would fail")
+    fingerprint = embedding_fingerprint(demo_adata, "X_pca")
+    assert embedding_sidecar(ckpt) == tmp_path / "my-base" / "embedding.json"
+    embedding_sidecar(ckpt).write_text(json.dumps(fingerprint))
+    assert base_embedding(str(ckpt)) == fingerprint
+    assert base_embedding(None) is None
+
+
+def test_the_demo_base_is_described_by_the_atlas_it_is_pretrained_on(atlas_adata):
+    from core.model.base import base_embedding
+
+    described = base_embedding("demo")
+    expected = embedding_fingerprint(atlas_adata, "X_pca")
+    assert {k: described[k] for k in ("key", "dim", "gene_hash", "loadings_hash")} == \
+        {k: expected[k] for k in ("key", "dim", "gene_hash", "loadings_hash")}
