@@ -114,6 +114,15 @@ def _confirmed(tag: str) -> set:
     return st.session_state.setdefault("mapping_confirmed", {}).setdefault(tag, set())
 
 
+# A field whose options come from another: when that one changes, its value is a new guess again.
+DEPENDS_ON = {"pert_col": "control_pert", "embed_key": "velocity_key"}
+
+
+def _chosen(confirmed: set, field: str) -> None:
+    confirmed.add(field)
+    confirmed.discard(DEPENDS_ON.get(field))
+
+
 def _mapping_widgets(ref: DatasetRef) -> dict:
     """Selectboxes for every ``ColumnMapping`` field, starting from ``guess_mapping``'s guesses.
 
@@ -150,7 +159,7 @@ def _mapping_widgets(ref: DatasetRef) -> dict:
         if is_guess:
             guessed.append(field)
         value = st.selectbox(label + (" · guessed" if is_guess else ""), opts, index=index, key=key, help=help,
-                             on_change=confirmed.add, args=(field,), disabled=len(opts) == 1)
+                             on_change=_chosen, args=(confirmed, field), disabled=len(opts) == 1)
         return None if value in (NONE, CHOOSE) else value
 
     pert_col = pick("Condition column", "pert_col", obs_columns, guess.pert_col or None,

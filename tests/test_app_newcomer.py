@@ -238,3 +238,14 @@ def test_a_missing_base_checkpoint_disables_launch_with_its_one_line_reason(app,
     app.switch_page("views/data.py").run()
     assert any(f"no checkpoint at {missing}" in e.value for e in app.error)
     assert not any("Ready to train" in s.value for s in app.success)
+
+
+def test_a_new_condition_column_makes_its_control_value_a_guess_again(app, pbmc_with_treatment):
+    path, _ = pbmc_with_treatment
+    upload(app, path)
+    next(b for b in app.sidebar.button if b.label == "Confirm the guessed fields").click().run()
+    assert not select(app, "Control value").label.endswith("guessed")
+    select(app, "Condition column").set_value("phase").run()
+    assert select(app, "Control value").value == "(choose…)"  # no control-like value among G1, S, G2M
+    select(app, "Condition column").set_value("treatment").run()
+    assert select(app, "Control value").value == "ctrl" and select(app, "Control value").label.endswith("guessed")
