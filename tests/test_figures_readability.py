@@ -15,6 +15,9 @@ def test_log_axes_label_every_tick_with_its_value():
     assert fig.layout.yaxis.tickformat == "~g"  # not plotly's leading digit "4 5 6 ... 9 1"
     linear = apply_style(go.Figure(go.Scatter(x=[0, 1], y=[0.4, 1.0])))
     assert linear.layout.yaxis.tickformat is None
+    decades = go.Figure(go.Scatter(x=[0, 1], y=[1e-6, 1e-2]))
+    decades.update_yaxes(type="log", dtick=1, exponentformat="power")
+    assert apply_style(decades).layout.yaxis.tickformat is None  # keeps its 10^-6 labels
 
 
 def test_loss_curves_on_a_log_axis_get_full_labels():

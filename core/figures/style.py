@@ -62,7 +62,8 @@ pio.templates[_TEMPLATE_NAME] = _build_template()
 def _full_log_labels(axis) -> None:
     # Without a tick format plotly labels the ticks inside a decade by their first digit only, so 0.4-1
     # reads "4 5 6 ... 9 1"; "~g" writes each as its value (0.4, 0.5, ..., 1).
-    if axis.type == "log" and not axis.tickformat:
+    # Axes with their own decade ticks (dtick=1, e.g. 10^-5 in power format) never get the digit labels.
+    if axis.type == "log" and not axis.tickformat and axis.dtick is None:
         axis.tickformat = "~g"
 
 
