@@ -85,11 +85,14 @@ def guessed_mapping(ref: DatasetRef):
 
 
 @st.cache_resource(max_entries=16)
-def validation_report(ref: DatasetRef, mapping_fields: tuple, set_size: int | None):
+def validation_report(ref: DatasetRef, mapping_fields: tuple, set_size: int | None,
+                      base_embedding: dict | None = None):
+    """``core.data.validate.validate`` against the Train settings: cells per set and the base's embedding."""
     from core.data.mapping import ColumnMapping
     from core.data.validate import validate
 
-    return validate(load_dataset(ref), ColumnMapping(**dict(mapping_fields)), set_size=set_size)
+    return validate(load_dataset(ref), ColumnMapping(**dict(mapping_fields)), set_size=set_size,
+                    base_embedding=base_embedding)
 
 
 @st.cache_resource(max_entries=16)

@@ -22,6 +22,9 @@ def show_figure(fig, name: str, key: str | None = None) -> None:
 
     key = key or name
     st.plotly_chart(fig, theme=None, key=f"chart_{key}", width="stretch")
+    page = st.session_state.get("current_page")
+    if page:  # as shown (log axes, colours, smoothing): the Export page offers it in this form
+        st.session_state.setdefault("shown_figures", {}).setdefault(page, {})[name] = fig
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     with st.popover("Download figure", width="content"):
         for fmt, label in FORMAT_LABELS.items():

@@ -22,6 +22,10 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
+# The figures a page draws this time replace those it drew before (components.show_figure keeps them for
+# the Export page, which exports them as they were last shown).
+st.session_state["current_page"] = page.title
+st.session_state.setdefault("shown_figures", {})[page.title] = {}
 sidebar.render()
 with shown_errors(f"showing the {page.title} page"):
     page.run()

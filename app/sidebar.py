@@ -9,11 +9,11 @@ training subprocess can read the same file; the user's own file is never written
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import streamlit as st
 
+from app import url_state
 from app.cache import DEMO_DATASETS, DatasetRef, guessed_mapping, load_dataset, path_adata, upload_digest
 from app.guard import shown_errors
 from core.errors import DataError
@@ -51,9 +51,12 @@ def _saved_upload(uploaded) -> DatasetRef:
             atomic_write_bytes(path, data)
             try:  # keep only files anndata can read: a bad upload leaves nothing behind
                 path_adata(str(path), path.stat().st_mtime)
-            except Exception:
+            except Exception as err:
                 path.unlink(missing_ok=True)
                 cache.pop(uploaded.file_id, None)
+                if isinstance(err, DataError):  # name the user's file, not our content-hash copy of it
+                    text = str(err).replace(str(path), uploaded.name).replace(path.name, uploaded.name)
+                    raise DataError(text) from err
                 raise
     return DatasetRef("upload", str(path), f"Upload: {uploaded.name}", str(path))
 
@@ -84,54 +87,123 @@ def _choose_dataset() -> DatasetRef | None:
             help=f"Uploads are held in memory and limited to {limit} MB; for larger files give a path on "
                  "the server instead. The file is read as HDF5 only (nothing is unpickled).")
         st.caption(f"Upload limit: {limit} MB. Larger files: use a path on the server.")
-        return _saved_upload(uploaded) if uploaded is not None else None
+        if uploaded is not None:
+            st.session_state.pop("restored_upload", None)
+            return _saved_upload(uploaded)
+        restored = st.session_state.get("restored_upload")
+        if restored and Path(restored["path"]).is_file():  # the upload of this browser tab, before a reload
+            st.text(f"Using your earlier upload {restored['name']} (kept on the server); upload a file to "
+                    "replace it.")
+            return DatasetRef("upload", restored["path"], f"Upload: {restored['name']}", restored["path"])
+        return None
     text = st.text_input("Path of a .h5ad file on the server", key="server_path",
                          help="Read in backed mode (the expression matrix stays on disk); never modified.")
     return _server_path(text)
 
 
-def _options_with_default(options: list[str], default, allow_none: bool) -> tuple[list[str], int]:
-    options = ([NONE] if allow_none else []) + options
-    index = options.index(default) if default in options else 0
-    return options, index
+CHOOSE = "(choose…)"
+# Fields without which nothing can be validated or trained, with the words the page uses for them.
+REQUIRED = {"pert_col": "condition column", "control_pert": "control value", "cell_type_key": "cell-type column",
+            "embed_key": "embedding"}
+FIELD_WORDS = {**REQUIRED, "batch_col": "batch column", "velocity_key": "velocity key",
+               "confidence_key": "velocity confidence"}
+
+
+def _confirmed(tag: str) -> set:
+    """Fields of this data set's mapping the user has chosen or confirmed (kept per data set)."""
+    return st.session_state.setdefault("mapping_confirmed", {}).setdefault(tag, set())
+
+
+# A field whose options come from another: when that one changes, its value is a new guess again.
+DEPENDS_ON = {"pert_col": "control_pert", "embed_key": "velocity_key"}
+
+
+def _chosen(confirmed: set, field: str) -> None:
+    confirmed.add(field)
+    confirmed.discard(DEPENDS_ON.get(field))
 
 
 def _mapping_widgets(ref: DatasetRef) -> dict:
-    """Selectboxes for every ``ColumnMapping`` field, starting from ``guess_mapping``'s guesses. Their keys
-    carry the data set's identity, so a new data set starts from its own guesses."""
+    """Selectboxes for every ``ColumnMapping`` field, starting from ``guess_mapping``'s guesses.
+
+    A required field the guesser could not fill starts at "(choose…)" and stays None until chosen: a no-guess
+    must never become the first option (that trained cell types as "perturbations"). A guessed value is
+    labelled "guessed" until the user picks a value or confirms the guesses. Widget keys carry the data set's
+    identity, so a new data set starts from its own guesses. Returns every field (None where unset) and
+    publishes ``mapping_missing`` and ``mapping_guessed`` (field names) in the session state."""
+    from core.data.mapping import control_candidates
+
     adata = load_dataset(ref)
     guess = guessed_mapping(ref)
     tag = hashlib.sha1(repr(ref).encode()).hexdigest()[:10]
+    confirmed = _confirmed(tag)
+    if ref.kind == "demo":  # the demo's layout is known (core.training.data.DEMO_MAPPINGS), not guessed
+        confirmed.update(FIELD_WORDS)
     obs_columns = [str(c) for c in adata.obs.columns]
     embeddings = [k for k in adata.obsm.keys() if getattr(adata.obsm[k], "ndim", 2) == 2]
+    guessed: list[str] = []
+    from_url = url_state.restored_mapping(ref)
 
-    def pick(label, field, options, allow_none=False, help=None):
-        opts, index = _options_with_default(options, getattr(guess, field, None), allow_none)
-        value = st.selectbox(label, opts, index=index, key=f"map_{field}_{tag}", help=help)
-        return None if value == NONE else value
+    def pick(label, field, options, guess_value, allow_none=False, help=None, key_extra=""):
+        first = NONE if allow_none else CHOOSE
+        opts = [first] + [o for o in options if o != first]
+        index = opts.index(guess_value) if guess_value in opts else 0
+        key = f"map_{field}_{tag}{key_extra}"
+        if key not in st.session_state and field in from_url:  # the user's choice, back after a reload
+            wanted = from_url[field] or first
+            if wanted in opts:
+                index = opts.index(wanted)
+                confirmed.add(field)
+        value = st.session_state.get(key, opts[index])
+        is_guess = guess_value in opts[1:] and value == guess_value and field not in confirmed
+        if is_guess:
+            guessed.append(field)
+        value = st.selectbox(label + (" · guessed" if is_guess else ""), opts, index=index, key=key, help=help,
+                             on_change=_chosen, args=(confirmed, field), disabled=len(opts) == 1)
+        return None if value in (NONE, CHOOSE) else value
 
-    pert_col = pick("Condition column", "pert_col", obs_columns, help="The obs column saying burn or sham.")
-    if pert_col is None:
-        raise DataError("choose the obs column that holds the condition (e.g. 'condition')")
-    values = [str(v) for v in adata.obs[pert_col].astype("category").cat.categories]
-    control = pick("Control value", "control_pert", values, help="The control condition (sham).")
-    cell_type = pick("Cell-type column", "cell_type_key", obs_columns)
-    batch = pick("Batch column", "batch_col", obs_columns, allow_none=True,
+    pert_col = pick("Condition column", "pert_col", obs_columns, guess.pert_col or None,
+                    help="The obs column saying burn or sham.")
+    values = ([str(v) for v in adata.obs[pert_col].astype("category").cat.categories] if pert_col else [])
+    control_guess = (guess.control_pert if pert_col == guess.pert_col and guess.control_pert
+                     else next(iter(control_candidates(values)), None))
+    # keyed by the condition column too: another column starts from its own control-like value
+    control = pick("Control value", "control_pert", values, control_guess, help="The control condition (sham).",
+                   key_extra="_" + hashlib.sha1(str(pert_col).encode()).hexdigest()[:6])
+    cell_type = pick("Cell-type column", "cell_type_key", obs_columns, guess.cell_type_key or None)
+    batch = pick("Batch column", "batch_col", obs_columns, guess.batch_col, allow_none=True,
                  help="e.g. mouse_id; nested in condition for burn/sham designs.")
-    embed = pick("Embedding (obsm)", "embed_key", embeddings, help="The latent space the model works in.")
+    embed = pick("Embedding (obsm)", "embed_key", embeddings, guess.embed_key or None,
+                 help="The latent space the model works in.")
     dim = adata.obsm[embed].shape[1] if embed else None
     same_shape = [k for k in embeddings if k != embed and adata.obsm[k].shape[1] == dim]
-    velocity = pick("Velocity (obsm, latent)", "velocity_key", same_shape, allow_none=True,
+    velocity = pick("Velocity (obsm, latent)", "velocity_key", same_shape, guess.velocity_key, allow_none=True,
                     help="Velocities in the same latent space as the embedding; or compute them on the "
                          "Data page.")
     numeric = [c for c in obs_columns if adata.obs[c].dtype.kind in "fiu"]
-    confidence = pick("Velocity confidence (obs)", "confidence_key", numeric, allow_none=True)
-    return dict(pert_col=pert_col, control_pert=control, cell_type_key=cell_type, batch_col=batch,
-                embed_key=embed, velocity_key=velocity, confidence_key=confidence)
+    confidence = pick("Velocity confidence (obs)", "confidence_key", numeric, guess.confidence_key,
+                      allow_none=True)
+    mapping = dict(pert_col=pert_col, control_pert=control, cell_type_key=cell_type, batch_col=batch,
+                   embed_key=embed, velocity_key=velocity, confidence_key=confidence)
+    st.session_state["mapping_missing"] = [f for f in REQUIRED if mapping[f] is None]
+    st.session_state["mapping_guessed"] = guessed
+    url_state.remember(ref, mapping, confirmed, guess.to_dict())
+    if guessed:
+        st.caption("Fields marked *guessed* were filled in from the column names and values: check them.")
+        st.button("Confirm the guessed fields", key=f"confirm_mapping_{tag}", on_click=confirmed.update,
+                  args=(guessed,), type="primary")
+    return mapping
+
+
+def describe_fields(fields: list[str]) -> str:
+    """["pert_col", "control_pert"] -> "condition column and control value"."""
+    words = [FIELD_WORDS[f] for f in fields]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def render() -> None:
     """Draw the sidebar and publish ``st.session_state["dataset"]`` and ``["mapping"]``."""
+    url_state.restore_once(SOURCES, DEMO_DATASETS, uploads_dir())
     pending = st.session_state.pop("pending_server_path", None)
     if pending:  # a page asked to switch to a file it wrote (e.g. the data set with computed velocity)
         st.session_state["data_source"] = SOURCES[2]
@@ -143,11 +215,17 @@ def render() -> None:
             ref = _choose_dataset()
         st.session_state["dataset"] = ref
         st.session_state["mapping"] = None
+        st.session_state["mapping_missing"] = list(REQUIRED)
+        st.session_state["mapping_guessed"] = []
         if ref is None:
+            url_state.remember(None, None, set(), {})
             st.info("Choose a data set above.")
             return
         with st.expander("Column mapping", expanded=ref.kind != "demo"):
             with shown_errors("reading the data set's columns"):
-                st.session_state["mapping"] = _mapping_widgets(ref)
+                mapping = _mapping_widgets(ref)
+                # complete or nothing: a page never validates or trains with a field left to choose
+                st.session_state["mapping"] = None if st.session_state["mapping_missing"] else mapping
         if ref.kind != "demo":
-            st.caption(f"Reading `{os.path.basename(ref.key)}`; the original file is never modified.")
+            # st.text: the user's file name is shown as typed, never read as markdown
+            st.text(f"Reading {ref.label.partition(': ')[2]}; the original file is never modified.")

@@ -112,6 +112,7 @@ def test_bad_upload_is_refused_in_one_line_and_not_kept(app, tmp_path, demo_adat
     messages = [e.value for e in app.sidebar.error]
     assert len(messages) == 1 and expected in messages[0]
     assert "\n" not in messages[0]
+    assert messages[0].startswith("cells.h5ad ") and ".uploads" not in messages[0]  # the user's name, not ours
     uploads = tmp_path / "runs" / ".uploads"
     assert not uploads.exists() or not list(uploads.iterdir())
 
@@ -137,7 +138,12 @@ def test_upload_with_other_column_names_works_through_the_mapping(app, demo_adat
     assert sidebar_select(app, "Embedding").value == "X_emb"
     saved = list((tmp_path / "runs" / ".uploads").iterdir())
     assert len(saved) == 1 and ad.read_h5ad(saved[0]).n_obs == 600
+    # guessed, so not yet "Ready": the user confirms the guesses first
+    assert sidebar_select(app, "Condition column").label.endswith("guessed")
+    assert not any("Ready to train" in s.value for s in app.success)
+    next(b for b in app.sidebar.button if b.label == "Confirm the guessed fields").click().run()
     assert any("Ready to train" in s.value for s in app.success)
+    assert any("has the genes of the base's obsm['X_pca'] but no loadings" in w.value for w in app.warning)
 
 
 def test_server_path_that_does_not_exist_says_so(app, tmp_path):
@@ -153,6 +159,10 @@ def test_computed_velocity_is_shown_and_saved_into_a_copy_for_training(app, demo
     next(b for b in app.button if b.label == "Compute velocity").click().run()
     assert not app.exception and not app.error
     assert app.get("progress")[0].value == 100
+    # the imports and the copy are timed apart from the pipeline (they were the silent "Starting…" phase)
+    took = next(c.value for c in app.caption if c.value.startswith("Where the time went: "))
+    assert "loading scanpy and scvelo" in took and "copying the data set" in took
+    assert "loaded from cache" in took  # the fixture computed it with these settings
     confidence = charts(app)
     title = next(t for t in confidence if t.startswith("Velocity confidence"))
     assert title == f"Velocity confidence, median {np.median(demo_with_velocity.obs['velocity_confidence']):.2f}"

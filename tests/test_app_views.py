@@ -100,6 +100,9 @@ def test_inspect_shows_every_h_res_snapshot_value(app):
     np.testing.assert_allclose([np.asarray(t.z) for t in heatmaps], H_RES_STEP_0)
     gain = by_title(app, "Composite gain")
     np.testing.assert_allclose(gain.data[0].y, [1.0, 1.0], atol=1e-6)
+    # flat at 1 because every H_res is doubly stochastic: the figure says so rather than leave it to guess
+    assert gain.layout.title.text.endswith("1 by construction")
+    assert "every H_res is doubly stochastic" in gain.layout.annotations[0].text
     assert len(app.get("download_button")) >= 3 * 5  # PNG, SVG and HTML for each figure
 
 
@@ -122,7 +125,7 @@ def test_compare_shows_mean_and_spread_across_seeds(app):
     app.switch_page("views/compare.py").run()
     app.multiselect(key="compare_runs").set_value(["lora-s0", "lora-s1", "mhc-s0"]).run()
     app.selectbox(key="compare_column").set_value("loss")
-    app.slider(key="compare_smoothing").set_value(0.0).run()
+    next(s for s in app.slider if s.label == "Smoothing").set_value(0.0).run()
     band = by_title(app, "mean ± s.d. across seeds")
     mean = next(t for t in band.data if t.name.startswith("use_mhc=False (n=2"))
     # seeds 0 and 1 differ by exactly 0.1 at every step: mean = linspace + 0.05

@@ -13,6 +13,7 @@ import streamlit as st
 from app import cache
 from app.components import run_picker, show_figure
 from app.guard import shown_errors
+from app.run_actions import run_actions
 
 POLL_S = 1.0
 ACTIVE = ("queued", "running")
@@ -30,18 +31,25 @@ def _duration(seconds) -> str:
 
 
 def runs_table(runs: list[dict]) -> pd.DataFrame:
+    from core.run_admin import read_tags
+
     rows = []
     for run in runs:
         status, config = run["status"], run["config"]
+        total = status.get("total_steps")
         rows.append({
             "run": run["name"],
             "state": run["state"],
             "progress": float(status.get("progress") or 0.0),
-            "step": f"{status.get('step') or 0}/{status.get('total_steps') or '?'}",
-            "LoRA": config.get("model.kwargs.lora.enable"),
+            # before training starts the number of steps is not known yet: say so rather than "0/?"
+            "step": f"{status.get('step') or 0}/{total}" if total else "not started",
+            # LoRA needs a base: a from-scratch run trains every weight, whatever lora.enable says
+            "LoRA": bool(config.get("model.kwargs.lora.enable") and config.get("model.init_from"))
+            if config else None,
             "mHC": config.get("model.kwargs.use_mhc"),
             "velocity": config.get("model.kwargs.use_velocity_alignment"),
             "seed": config.get("training.seed"),
+            "tags": ", ".join(read_tags(run["path"])),
             "device": status.get("device"),
             "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(run["created"])) if run["created"]
             else "",
@@ -78,11 +86,19 @@ def _status_block(run: dict) -> None:
         st.success(f"{run['name']} completed in {_duration(took)}. Inspect it or compare it with other runs.")
     elif state == "failed":
         st.error(f"{run['name']} failed: {status.get('message') or 'no message recorded; see the log below'}")
+        if run["config"]:
+            with st.expander("Settings of the failed run"):
+                st.dataframe(pd.DataFrame({"value": [str(v) for v in run["config"].values()]},
+                                          index=list(run["config"])), key=f"failed_config_{run['name']}")
     elif state == "interrupted":
         st.warning(f"{run['name']} was interrupted ({status.get('message', '')}). Its last checkpoint is "
                    f"kept; see how to resume it: `python -m core runs resume-info {run['name']}`.")
     else:
         st.info(f"{run['name']} is {state}. {status.get('message') or ''}")
+    from core.evaluation.run_warnings import run_warnings
+
+    for warning in run_warnings(run["config"], status, cache.run_metrics(path)):
+        st.warning(warning)
     if state in ("failed", "interrupted", "cancelled"):
         with st.expander("Last lines of the run's log"):
             st.code(_log_tail(path), language="text")
@@ -107,8 +123,18 @@ def _live() -> None:
     metrics = cache.run_metrics(run["path"])
     c1, c2 = st.columns([1, 3])
     log_y = c1.toggle("Log-scale loss", value=True, key="train_log_y")
-    smoothing = c2.slider("Smoothing (exponential moving average weight)", 0.0, 0.99, 0.9, key="train_smooth")
-    figures = training.training_figures(metrics, log_y=log_y, smoothing=smoothing)
+    # the default follows the run's length (keyed by it, so another run gets its own default)
+    total = run["status"].get("total_steps") or (int(metrics["step"].max()) + 1 if "step" in metrics
+                                                 and len(metrics) else None)
+    default = training.default_smoothing(total)
+    smoothing = c2.slider("Smoothing (exponential moving average weight)", 0.0, 0.99, default,
+                          key=f"train_smooth_{run['name']}_{default}",
+                          help=f"Default {default} for a run of {total or 'unknown'} steps: the smoothed curve "
+                               "lags by about 1/(1 − weight) steps.")
+    # remembered beyond this page's widgets, so the Export page writes the figures as they are shown here
+    st.session_state["run_view"] = {"run": run["name"], "log_y": log_y, "smoothing": smoothing}
+    velocity = run["config"].get("model.kwargs.use_velocity_alignment")
+    figures = training.training_figures(metrics, log_y=log_y, smoothing=smoothing, velocity=velocity)
     show_figure(figures["loss"], f"{run['name']}_loss", key="train_loss")
     left, right = st.columns(2)
     with left:
@@ -129,3 +155,5 @@ def run_monitor() -> None:
             _live()
 
     live()
+    runs = {r["name"]: r for r in list_runs()}
+    run_actions(runs.get(st.session_state.get("selected_run")))

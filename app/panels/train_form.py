@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.readiness import BASES, readiness, train_choice
 from core.errors import ConfigError
 
-BASES = ("Demo base model (pretrained on the demo atlas)", "A checkpoint on the server", "From scratch")
 DEVICES = {"auto (GPU if present)": "auto", "CPU": "cpu", "GPU": "gpu"}
 LOSSES = {"alignment: (1 − cos) + β·| ‖Δz‖ − ‖v_z‖ |": "alignment", "L2: ‖Δz − v_z‖²": "l2"}
 
@@ -88,12 +88,46 @@ def build_overrides(form: dict, dataset, mapping: dict | None) -> list[str]:
     return [f"{k}={_value(v)}" for k, v in o.items()] + data_overrides(dataset, mapping) + extra
 
 
-def check_overrides(overrides: list[str]) -> None:
+def check_overrides(overrides: list[str]):
     """Resolve the overrides with the typed config (unknown keys, wrong types, out-of-range values raise
-    ``ConfigError``), exactly as ``python -m core train`` will."""
+    ``ConfigError``), exactly as ``python -m core train`` will; returns the config."""
     from core.config import load_config
 
-    load_config(overrides=overrides)
+    return load_config(overrides=overrides)
+
+
+def check_extra_against_data(cfg, choice: dict) -> None:
+    """'More settings' may change the set size or the base after the data was checked against the fields
+    above: check the data again with what will actually run, so such a launch fails here, not seconds later."""
+    from app.readiness import base_embedding, init_from
+
+    set_size, base = cfg.model.kwargs.cell_set_len, cfg.model.init_from or None
+    if set_size == choice["set_size"] and base == init_from(choice):
+        return
+    from app import cache
+    from core.errors import DataError
+
+    ref, mapping = st.session_state.get("dataset"), st.session_state.get("mapping")
+    report = cache.validation_report(ref, tuple(sorted(mapping.items())), set_size, base_embedding(base))
+    if report.errors:
+        raise DataError(f"with the settings under 'More settings' (set size {set_size}, base {base or 'none'}): "
+                        f"{report.errors[0]}")
+
+
+def _data_settings() -> dict:
+    """Base model, its checkpoint and the set size: outside the form, because the data is checked against them
+    as they change (Launch stays disabled while a check fails), and kept in ``train_choice`` for the Data
+    page."""
+    choice = train_choice()
+    st.markdown("**Base model and set size** (the data set is checked against them)")
+    c1, c2, c3 = st.columns([2, 2, 1])
+    base = c1.radio("Base model", BASES, index=BASES.index(choice["base"]), key="tf_base")
+    checkpoint = c2.text_input("Checkpoint path (for 'a checkpoint on the server')", value=choice["checkpoint"],
+                               key="tf_ckpt", disabled=base != BASES[1])
+    set_size = c3.number_input("Set size (cells per set)", 2, 4096, choice["set_size"], key="tf_set")
+    choice = {"base": base, "checkpoint": checkpoint, "set_size": int(set_size)}
+    st.session_state["train_choice"] = choice
+    return choice
 
 
 def train_form() -> None:
@@ -104,15 +138,16 @@ def train_form() -> None:
     m, t = defaults.model.kwargs, defaults.training
     dataset = st.session_state.get("dataset")
     mapping = st.session_state.get("mapping")
-    st.caption(f"Data: {dataset.label if dataset else 'none chosen'} (set in the sidebar).")
+    st.text(f"Data: {dataset.label if dataset else 'none chosen'} (set in the sidebar).")  # as text: a file name
+    choice = _data_settings()
+    base, checkpoint, set_size = choice["base"], choice["checkpoint"], choice["set_size"]
+    ready = readiness()
     with st.form("train_form"):
         c1, c2, c3 = st.columns(3)
         with c1:
-            st.markdown("**Run and base model**")
+            st.markdown("**Run**")
             name = st.text_input("Run name", value="st-lora", key="tf_name",
                                  help="Letters, digits, '.', '_' and '-'; a number is added if it is taken.")
-            base = st.radio("Base model", BASES, key="tf_base")
-            checkpoint = st.text_input("Checkpoint path (for 'a checkpoint on the server')", key="tf_ckpt")
             st.markdown("**LoRA**")
             lora = st.toggle("LoRA on the backbone", value=m.lora.enable, key="tf_lora")
             lora_r = st.number_input("Rank r", 1, 256, m.lora.r, key="tf_lora_r")
@@ -139,7 +174,6 @@ def train_form() -> None:
             epochs = st.number_input("Epochs", 1, 10_000, t.max_epochs or 5, key="tf_epochs")
             learning_rate = st.number_input("Learning rate", 1e-7, 1.0, t.learning_rate, format="%.1e",
                                             key="tf_lr")
-            set_size = st.number_input("Set size (cells per set)", 2, 4096, m.cell_set_len, key="tf_set")
             seed = st.number_input("Seed", 0, 2**31 - 1, t.seed, key="tf_seed")
             device = st.selectbox("Device", list(DEVICES), key="tf_device")
         extra = st.text_area(
@@ -147,10 +181,12 @@ def train_form() -> None:
             placeholder="training.batch_size=16\nmodel.kwargs.mhc.dynamic=false\ntraining.max_steps=200",
             help="Any key of the training config, checked before launching: an unknown key is reported with "
                  "the closest valid ones. These apply after the fields above.")
-        submitted = st.form_submit_button("Launch", type="primary")
+        if not ready.ready:
+            st.warning(f"Launch is disabled: {ready.blockers[0]}."
+                       + (f" ({len(ready.blockers) - 1} more on the Data page.)" if len(ready.blockers) > 1 else ""))
+        submitted = st.form_submit_button("Launch", type="primary", disabled=not ready.ready)
     if not submitted:
         return
-    st.session_state["set_size"] = int(set_size)
     st.session_state["min_confidence"] = float(velocity_min_confidence) if velocity else None
     form = dict(base=base, checkpoint=checkpoint, lora=lora, lora_r=int(lora_r), lora_alpha=int(lora_alpha),
                 mhc=mhc, n_streams=int(n_streams), sinkhorn_iters=int(sinkhorn_iters),
@@ -161,7 +197,7 @@ def train_form() -> None:
                 set_size=int(set_size), seed=int(seed), device=device, extra=extra)
     run_name = safe_run_name(name)
     overrides = build_overrides(form, dataset, mapping) + [f"run.name={run_name}"]
-    check_overrides(overrides)
+    check_extra_against_data(check_overrides(overrides), choice)
     run_dir = launch_run(overrides, run_name)
     st.session_state["selected_run"] = run_dir.name
     st.success(f"Launched **{run_dir.name}**; it appears below and updates live.")

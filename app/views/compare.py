@@ -7,9 +7,10 @@ from app import cache
 from app.components import show_figure
 from app.experiment_panel import experiment_panel
 from app.guard import shown_errors
-from core.evaluation import stability_summary
+from core.evaluation import seed_summary, stability_summary
 from core.figures import compare as compare_figures
-from core.figures.run import evaluation_table
+from core.figures import training as training_figures
+from core.figures.run import evaluation_table, read_evaluation
 from core.runs import list_runs
 
 st.title("Compare runs")
@@ -43,6 +44,17 @@ with shown_errors("building the comparison table"):
     elif len(diff.columns) == 0 and len(chosen) > 1:
         st.caption("The chosen runs have the same settings.")
 
+groups = compare_figures.group_by_configuration(configs)
+evaluations = {n: (read_evaluation(runs[n]["path"]) or {}).get("overall", {}).get("model") for n in chosen}
+evaluations = {n: e for n, e in evaluations.items() if e}
+if evaluations:
+    st.subheader("Evaluation per configuration (mean ± s.d. over seeds; ★ best)")
+    with shown_errors("summarising the evaluations over seeds"):
+        st.dataframe(seed_summary.formatted(seed_summary.per_configuration(evaluations, groups)),
+                     key="compare_seed_metrics")
+        st.caption("↓: lower is better, ↑: higher is better, → 1: closest to 1 is best. A configuration is "
+                   "the runs whose settings differ only by seed.")
+
 st.subheader("Curves")
 numeric = sorted({c for m in metrics.values() for c in m.columns
                   if c not in ("split", "step", "epoch") and pd.api.types.is_numeric_dtype(m[c])})
@@ -50,13 +62,16 @@ preferred = [c for c in ("loss", "dist_loss", "val_loss", "grad_norm", "cos_simi
 c1, c2, c3 = st.columns([2, 1, 1])
 column = c1.selectbox("Quantity", numeric or ["loss"], index=numeric.index(preferred[0]) if preferred else 0,
                       key="compare_column")
-smoothing = c2.slider("Smoothing", 0.0, 0.99, 0.9, key="compare_smoothing")
-log_y = c3.toggle("Log y", value=column in ("loss", "dist_loss", "grad_norm"), key="compare_log")
+longest = max((int(m["step"].max()) + 1 for m in metrics.values() if "step" in m and len(m)), default=None)
+default_smoothing = training_figures.default_smoothing(longest)
+smoothing = c2.slider("Smoothing", 0.0, 0.99, default_smoothing, key=f"compare_smoothing_{default_smoothing}")
+# per quantity: losses and gradient norms span decades (log), cosines and λ_t are signed or bounded (linear,
+# where a log axis would hide every negative value)
+log_y = c3.toggle("Log y", value=column in compare_figures.LOG_BY_DEFAULT, key=f"compare_log_{column}")
 with shown_errors("drawing the curves"):
     show_figure(compare_figures.overlaid_curves(metrics, column, smoothing, log_y), f"compare_{column}",
                 key="overlaid")
 
-groups = compare_figures.group_by_configuration(configs)
 if any(len(names) > 1 for names in groups.values()):
     with shown_errors("drawing the seed spread"):
         show_figure(compare_figures.seed_band_curves(metrics, groups, column, smoothing, log_y),

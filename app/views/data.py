@@ -5,28 +5,41 @@ import streamlit as st
 from app import cache
 from app.components import current_data, show_figure
 from app.guard import shown_errors
+from app.readiness import readiness
+from app.sidebar import describe_fields
 from core.figures.velocity import arrows_figure, confidence_histogram, embedding_scatter
 
 st.title("Data")
 ref, adata, mapping = current_data()
-st.caption(f"{ref.label}: {adata.n_obs:,} cells × {adata.n_vars:,} genes.")
+st.text(f"{ref.label}: {adata.n_obs:,} cells × {adata.n_vars:,} genes.")  # a user's file name, as text
 if mapping is None:
-    st.warning("Finish the column mapping in the sidebar to validate and summarise this data set.")
+    missing = st.session_state.get("mapping_missing") or []
+    st.warning(f"Choose the {describe_fields(missing) if missing else 'column mapping'} in the sidebar's column "
+               "mapping to validate and summarise this data set.")
     st.stop()
 mapping_fields = tuple(sorted(mapping.items()))
 
 # ---------------------------------------------------------------------------------------------- validation
 st.subheader("Validation")
 with shown_errors("validating the data set"):
-    report = cache.validation_report(ref, mapping_fields, st.session_state.get("set_size"))
-    if report.ok and not report.warnings:
+    ready = readiness()
+    if ready.against:
+        st.caption(f"Checked against the Train page's settings: {ready.against}.")
+    report = ready.report
+    if report is None:
+        for blocker in ready.blockers:
+            st.error(blocker)
+    elif ready.ready and not report.warnings:
         st.success("Ready to train: every check passed.")
-    elif report.ok:
+    elif ready.ready:
         st.success("Ready to train, with the warnings below.")
-    for problem in report.errors:
-        st.error(problem)
-    for warning in report.warnings:
-        st.warning(warning)
+    elif report.ok:  # only guesses stand in the way
+        st.info(f"Every check passed, but {ready.blockers[-1]}.")
+    if report is not None:
+        for problem in report.errors:
+            st.error(problem)
+        for warning in report.warnings:
+            st.warning(warning)
 
 st.subheader("Cells per condition × cell type × batch")
 with shown_errors("summarising the data set"):

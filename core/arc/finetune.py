@@ -120,14 +120,16 @@ def rebuild_for_checkpoint(cfg, hp: dict):
 
 
 def build_for_training_any(cfg, embed_dim: int, pert_map: dict[str, int], control: str,
-                           batch_map: dict[str, int] | None = None, base_path: str | None = None):
+                           batch_map: dict[str, int] | None = None, base_path: str | None = None,
+                           embedding: dict | None = None):
     """The trainer's model builder: an Arc State folder as ``model.init_from`` is imported here, anything else
     (no base, a checkpoint of ours, the demo base) is core.model.build's."""
     from core.model.build import build_for_training
 
     if cfg.model.init_from and find_arc_folder(cfg.model.init_from):
         return build_from_arc(cfg, embed_dim, pert_map, control, batch_map)
-    return build_for_training(cfg, embed_dim, pert_map, control, batch_map, base_path=base_path)
+    return build_for_training(cfg, embed_dim, pert_map, control, batch_map, base_path=base_path,
+                              embedding=embedding)
 
 
 def skeleton_for(ckpt: dict):

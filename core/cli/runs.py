@@ -1,4 +1,5 @@
-"""``python -m core runs list|status|cancel|resume|resume-info``: the run folders, as the app sees them."""
+"""``python -m core runs list|status|cancel|resume|resume-info|tag|delete|clone``: the run folders, as the app
+sees them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import time
 from pathlib import Path
 
 COMMAND = "runs"
-HELP = "list runs, show a run's status, cancel a run, resume an interrupted one (or show where it would resume)"
+HELP = ("list runs, show a run's status, cancel a run, resume an interrupted one (or show where it would resume), "
+        "tag, delete or clone one")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         sub.add_argument("run", help="run name (or path of a run folder)")
         if name == "cancel":
             sub.add_argument("--grace", type=float, default=2.0, help="seconds to wait before SIGTERM")
+    tag = actions.add_parser("tag", help="replace a run's tags (none: clear them)")
+    tag.add_argument("run", help="run name")
+    tag.add_argument("tags", nargs="*", help="labels, e.g. baseline 'best so far'")
+    delete = actions.add_parser("delete", help="delete a finished run's folder (refused while it runs)")
+    delete.add_argument("run", help="run name (inside the runs folder)")
+    clone = actions.add_parser("clone", help="launch a new run with a run's settings and some changes")
+    clone.add_argument("run", help="run name (or path of a run folder)")
+    clone.add_argument("changes", nargs="*", metavar="key=value", help="e.g. training.seed=1")
+    clone.add_argument("--name", default=None, help="name of the new run (default: <run>-clone)")
 
 
 def _age(seconds: float) -> str:
@@ -87,6 +98,8 @@ def run(args) -> int:
 
     if args.action == "list":
         return _list(args.root)
+    if args.action in ("tag", "delete", "clone"):
+        return _admin(args)
     run_dir = resolve_run(args.run, args.root, allow_outside=True)
     if args.action == "status":
         status = read_status(run_dir)
@@ -102,4 +115,23 @@ def run(args) -> int:
               f"'python -m core runs status {run_dir.name}'")
         return 0
     print(json.dumps(_resume_info(run_dir), indent=2))
+    return 0
+
+
+def _admin(args) -> int:
+    from core.run_admin import clone_run, delete_run, set_tags
+    from core.runs import resolve_run
+
+    # delete only inside the runs folder: a path typo must not remove some other folder
+    run_dir = resolve_run(args.run, args.root, allow_outside=args.action == "clone")
+    if args.action == "tag":
+        tags = set_tags(run_dir, args.tags)
+        print(f"{run_dir.name}: tags {tags or 'cleared'}")
+    elif args.action == "delete":
+        delete_run(run_dir)
+        print(f"{run_dir.name}: deleted")
+    else:
+        new = clone_run(run_dir, args.changes, args.name or f"{run_dir.name}-clone")
+        print(f"{new.name}: launched with the settings of {run_dir.name} and {args.changes or 'no changes'}; "
+              f"follow it with 'python -m core runs status {new.name}'")
     return 0

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 CONTROL_WORDS = ("sham", "control", "ctrl", "ctl", "vehicle", "dmso", "untreated", "non-targeting", "mock", "wt")
-_PERT_HINTS = ("condition", "perturbation", "treatment", "pert", "group", "sample_type")
+PERT_HINTS = ("condition", "perturbation", "treatment", "pert", "group", "sample_type")
 _CELL_TYPE_HINTS = ("cell_types_simple_short", "cell_type", "celltype", "cell_types", "annotation", "cluster")
 _BATCH_HINTS = ("mouse_id", "mouse", "batch", "donor", "sample", "plate", "replicate")
 _EMBED_HINTS = ("X_state", "X_state_baseline", "X_pca", "X_scvi", "X_emb")
@@ -81,7 +81,10 @@ def control_candidates(values) -> list[str]:
 def candidates(adata) -> dict[str, list[str]]:
     """Ranked options for each mapping field, for the UI's select boxes."""
     cats = categorical_columns(adata)
-    pert = [c for c in _rank(cats, _PERT_HINTS) if control_candidates(adata.obs[c])] or _rank(cats, _PERT_HINTS)
+    # columns holding a control-like value first, then those named like a condition, then the rest
+    ranked = _rank(cats, PERT_HINTS)
+    with_control = [c for c in ranked if control_candidates(adata.obs[c])]
+    pert = with_control + [c for c in ranked if c not in with_control]
     matrices = [k for k in adata.obsm.keys() if getattr(adata.obsm[k], "ndim", 0) == 2]
     embeds = _rank([k for k in matrices if "velocity" not in k], _EMBED_HINTS)
     two_d = ("X_umap", "X_tsne", "X_draw_graph_fa")
@@ -99,12 +102,21 @@ def candidates(adata) -> dict[str, list[str]]:
     }
 
 
+def _named_like(name: str, hints: tuple[str, ...]) -> bool:
+    return any(hint.lower() in name.lower() for hint in hints)
+
+
 def guess_mapping(adata) -> ColumnMapping:
-    """A best guess; every field can be overridden. Raises nothing: the validator reports what is missing."""
+    """A best guess; every field can be overridden. Raises nothing: the validator reports what is missing.
+
+    A field is guessed only on evidence: the condition column holds a control-like value or is named like a
+    condition, the cell-type column is named like one. Otherwise it stays "" (no guess), so a file without a
+    condition column is not silently trained with its cell types as "perturbations"."""
     opts = candidates(adata)
-    pert_col = opts["pert_col"][0] if opts["pert_col"] else ""
+    pert_col = next((c for c in opts["pert_col"] if control_candidates(adata.obs[c])
+                     or _named_like(c, PERT_HINTS)), "")
     controls = control_candidates(adata.obs[pert_col]) if pert_col else []
-    cell_type = next((c for c in opts["cell_type_key"] if c != pert_col), "")
+    cell_type = next((c for c in opts["cell_type_key"] if c != pert_col and _named_like(c, _CELL_TYPE_HINTS)), "")
     batch = next((c for c in opts["batch_col"] if c not in (pert_col, cell_type) and
                   any(h in c.lower() for h in _BATCH_HINTS)), None)
     embed = opts["embed_key"][0] if opts["embed_key"] else ""

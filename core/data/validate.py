@@ -74,15 +74,45 @@ def _check_embedding(adata, mapping: ColumnMapping, expected_dim: int | None, re
                              "choose the embedding the base model was trained on, or train from scratch")
 
 
+# A burn/sham design has 2 conditions, a time course or dose series a handful; more usually means that a
+# cell-type or cluster column was taken for the condition.
+MANY_CONDITIONS = 8
+
+
+def _check_condition_looks_like_one(mapping: ColumnMapping, levels: list[str], report: ValidationReport) -> None:
+    """Warnings, not errors: a real design may have many arms or an unusual control name, but the user
+    should look before training on cell types as "perturbations"."""
+    from core.data.mapping import PERT_HINTS, control_candidates
+
+    named_like_condition = any(hint in mapping.pert_col.lower() for hint in PERT_HINTS)
+    if len(levels) > MANY_CONDITIONS and not named_like_condition:  # an atlas's 'perturbation' column may
+        report.warnings.append(
+            f"'{mapping.pert_col}' has {len(levels)} values: a condition column usually has a few (e.g. burn "
+            "and sham); check it is not a cell-type or cluster column")
+    if not control_candidates([mapping.control_pert]):
+        report.warnings.append(
+            f"the control value '{mapping.control_pert}' does not look like a control (sham, control, ctrl, "
+            "vehicle, DMSO, ...); check that it marks the unperturbed cells")
+
+
 def validate(adata, mapping: ColumnMapping, set_size: int | None = None, expected_dim: int | None = None,
-             ) -> ValidationReport:
+             base_embedding: dict | None = None) -> ValidationReport:
     """Every problem of ``adata`` under ``mapping`` at once. ``set_size``: cells per set the model samples
     (a cell type needs that many control and perturbed cells); ``expected_dim``: the base model's latent
-    dimension. Usable cell types are in ``report.usable_cell_types``."""
+    dimension; ``base_embedding``: the base's embedding fingerprint (``core.data.fingerprint``), which gives
+    the dimension and warns when the data's embedding cannot be in the base's space. Usable cell types are
+    in ``report.usable_cell_types``."""
     report = ValidationReport()
     obs = adata.obs
     present = _columns_present(adata, mapping, report)
+    if base_embedding and expected_dim is None:
+        expected_dim = base_embedding.get("dim")
+    errors_before = len(report.errors)
     _check_embedding(adata, mapping, expected_dim, report)
+    if base_embedding and len(report.errors) == errors_before and mapping.embed_key in adata.obsm:
+        from core.data.fingerprint import embedding_fingerprint, same_space_warnings
+
+        report.warnings += same_space_warnings(base_embedding, embedding_fingerprint(adata, mapping.embed_key))
     if adata.obs_names.has_duplicates:
         dup = adata.obs_names[adata.obs_names.duplicated()][:3].tolist()
         report.errors.append(f"cell names are duplicated (e.g. {dup}); run adata.obs_names_make_unique()")
@@ -115,6 +145,7 @@ def validate(adata, mapping: ColumnMapping, set_size: int | None = None, expecte
         report.errors.append(f"'{mapping.pert_col}' has only the control value '{mapping.control_pert}': "
                              "a perturbed condition (e.g. burn) is needed to learn from")
         return report
+    _check_condition_looks_like_one(mapping, levels, report)
 
     control = labelled & (pert == mapping.control_pert)
     perturbed = labelled & (pert != mapping.control_pert)

@@ -13,12 +13,15 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.figures.style import OKABE_ITO, apply_style, faint, message_figure
+from core.figures.style import apply_style, faint, message_figure, palette
 from core.figures.training import ema, train_rows, val_rows
 
 # Keys that name or place a run rather than configure it.
 IDENTITY_KEYS = ("run.name", "run.dir", "run.root")
 SEED_KEY = "training.seed"
+# Quantities drawn on a log axis by default: positive and spanning decades. Everything else (cos_similarity,
+# lambda_t, lr schedules near 0) is linear, where negative or zero values stay visible.
+LOG_BY_DEFAULT = ("loss", "dist_loss", "val_loss", "val_dist_loss", "grad_norm")
 
 
 def flatten(config: dict, prefix: str = "") -> dict:
@@ -70,11 +73,12 @@ def overlaid_curves(metrics: dict[str, pd.DataFrame], column: str = "loss", smoo
     is_val = column.startswith("val_")
     fig = go.Figure()
     drawn = 0
+    colours = palette(len(metrics))
     for i, (name, table) in enumerate(metrics.items()):
         rows = val_rows(table) if is_val else train_rows(table)
         if column not in rows or rows[column].notna().sum() == 0:
             continue
-        colour = OKABE_ITO[i % len(OKABE_ITO)]
+        colour = colours[i]
         if is_val:
             fig.add_trace(go.Scatter(x=rows["step"], y=rows[column], mode="lines+markers", name=name,
                                      line=dict(color=colour, width=2)))
@@ -107,11 +111,12 @@ def seed_band_curves(metrics: dict[str, pd.DataFrame], groups: dict[str, list[st
                      smoothing: float = 0.9, log_y: bool = False) -> go.Figure:
     """Per configuration: mean over seeds of the smoothed curve, with a ± one standard deviation band."""
     fig = go.Figure()
+    colours = palette(len(groups))
     for i, (label, names) in enumerate(groups.items()):
         aligned = _aligned([metrics[n] for n in names if n in metrics], column, smoothing)
         if aligned.empty:
             continue
-        colour = OKABE_ITO[i % len(OKABE_ITO)]
+        colour = colours[i]
         mean, spread = aligned.mean(axis=1), aligned.std(axis=1, ddof=1).fillna(0.0)
         steps = aligned.index.to_numpy()
         fig.add_trace(go.Scatter(x=np.concatenate([steps, steps[::-1]]),
@@ -148,7 +153,7 @@ def stability_figure(stability: pd.DataFrame, groups: dict[str, list[str]]) -> g
             values = stability.loc[[n for n in groups[label] if n in stability.index], column].astype(float)
             if values.empty:
                 continue
-            colour = OKABE_ITO[i % len(OKABE_ITO)]
+            colour = palette(len(labels))[i]
             spread = float(values.std(ddof=1)) if len(values) > 1 else 0.0
             fig.add_trace(go.Bar(x=[label], y=[values.mean()], marker_color=faint(colour, 0.5),
                                  error_y=dict(type="data", array=[spread], visible=len(values) > 1),

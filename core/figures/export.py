@@ -116,12 +116,29 @@ def write_figures(figures: dict[str, go.Figure], out_dir: Path, formats=FORMATS)
     return written
 
 
-def run_bundle(run_dir: Path, figures: dict[str, go.Figure], image_formats=("png", "svg")) -> bytes:
-    """A zip of one run: figures (each as PNG and SVG, all in one ``figures.html``), ``metrics.csv``,
-    ``config.yaml``, the evaluation tables and ``predictions.h5ad`` where the run has them."""
-    from core.runs import read_metrics
+# Files of a run folder that go into its bundle when present: what it was asked to do (config), what it did
+# (log, status, summary, load report, the split), and what it needs to be read again (perturbation map,
+# embedding fingerprint, environment).
+BUNDLE_FILES = ("config.yaml", "log.txt", "status.json", "train_summary.json", "load_report.json", "split.csv",
+                "pert_map.json", "embedding.json", "env.json", "tags.json", "eval/metrics.json",
+                "eval/per_cell_type.csv")
+CHECKPOINTS = ("best", "final", "last")
+
+
+def run_bundle(run_dir: Path, figures: dict[str, go.Figure], image_formats=("png", "svg"),
+               checkpoint: str | None = None) -> bytes:
+    """A zip of one run: figures (each as PNG and SVG, all in one ``figures.html``), ``metrics.csv``, the
+    run's own files (``BUNDLE_FILES``), its mHC snapshots (``mhc/step_*.npz``), ``predictions.h5ad`` where
+    the run has them, and with ``checkpoint`` ("best", "final" or "last") that checkpoint."""
+    from core.errors import UserError
+    from core.runs import list_mhc_snapshots, read_metrics
 
     run_dir = Path(run_dir)
+    if checkpoint is not None:
+        if checkpoint not in CHECKPOINTS:
+            raise UserError(f"checkpoint must be one of {CHECKPOINTS}; got {checkpoint!r}")
+        if not (run_dir / "checkpoints" / f"{checkpoint}.ckpt").is_file():
+            raise UserError(f"run {run_dir.name} has no checkpoints/{checkpoint}.ckpt")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
         for name, fig in figures.items():
@@ -130,11 +147,15 @@ def run_bundle(run_dir: Path, figures: dict[str, go.Figure], image_formats=("png
         bundle.writestr("figures.html", figures_html(figures, title=f"Run {run_dir.name}"))
         metrics = read_metrics(run_dir)
         bundle.writestr("metrics.csv", metrics.to_csv(index=False))
-        for relative in ("config.yaml", "eval/metrics.json", "eval/per_cell_type.csv"):
+        for relative in BUNDLE_FILES:
             if (run_dir / relative).is_file():
                 bundle.write(run_dir / relative, relative)
+        for _, snapshot in list_mhc_snapshots(run_dir):
+            bundle.write(snapshot, f"mhc/{snapshot.name}", compress_type=zipfile.ZIP_STORED)
         predictions = run_dir / "eval" / "predictions.h5ad"
         if predictions.is_file():
             # .h5ad is already compressed HDF5; deflating it again only costs time.
             bundle.write(predictions, "predictions.h5ad", compress_type=zipfile.ZIP_STORED)
+        if checkpoint is not None:
+            bundle.write(run_dir / "checkpoints" / f"{checkpoint}.ckpt", f"checkpoints/{checkpoint}.ckpt")
     return buffer.getvalue()

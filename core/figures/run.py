@@ -162,7 +162,8 @@ def run_figures(run_dir: Path, adata=None, basis_key: str = "X_umap", log_y: boo
     from core.runs import list_mhc_snapshots, load_mhc_snapshot, read_config, read_metrics
 
     run_dir = Path(run_dir)
-    figures = dict(training_figures(read_metrics(run_dir), log_y=log_y, smoothing=smoothing))
+    velocity = read_config(run_dir).get("model", {}).get("kwargs", {}).get("use_velocity_alignment")
+    figures = dict(training_figures(read_metrics(run_dir), log_y=log_y, smoothing=smoothing, velocity=velocity))
     snapshots = [load_mhc_snapshot(p) for _, p in list_mhc_snapshots(run_dir)]
     if snapshots:
         figures.update(mhc_figures(snapshots, snapshot_index))

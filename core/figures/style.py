@@ -59,9 +59,20 @@ def _build_template() -> go.layout.Template:
 pio.templates[_TEMPLATE_NAME] = _build_template()
 
 
+def _full_log_labels(axis) -> None:
+    # Without a tick format plotly labels the ticks inside a decade by their first digit only, so 0.4-1
+    # reads "4 5 6 ... 9 1"; "~g" writes each as its value (0.4, 0.5, ..., 1).
+    # Axes with their own decade ticks (dtick=1, e.g. 10^-5 in power format) never get the digit labels.
+    if axis.type == "log" and not axis.tickformat and axis.dtick is None:
+        axis.tickformat = "~g"
+
+
 def apply_style(fig: go.Figure, title: str | None = None, height: int | None = None) -> go.Figure:
-    """Give ``fig`` the publication template (and a title); returns the same figure for chaining."""
+    """Give ``fig`` the publication template (and a title); returns the same figure for chaining. Call it
+    after the axes' types are set: log axes get full tick labels."""
     fig.update_layout(template=_TEMPLATE_NAME)
+    fig.for_each_xaxis(_full_log_labels)
+    fig.for_each_yaxis(_full_log_labels)
     if title is not None:
         fig.update_layout(title_text=title)
     if height is not None:
@@ -69,10 +80,32 @@ def apply_style(fig: go.Figure, title: str | None = None, height: int | None = N
     return fig
 
 
+# Past eight categories Okabe-Ito would repeat (two cell types in one colour); then 24 + 24 distinct
+# colours from plotly's Dark24 and Light24, not colour-blind safe but never the same twice up to 48.
+def _long_palette() -> list[str]:
+    from plotly.colors import qualitative
+
+    seen, out = set(), []
+    for colour in qualitative.Dark24 + qualitative.Light24:
+        if colour.upper() not in seen:
+            seen.add(colour.upper())
+            out.append(colour)
+    return out
+
+
+LONG_PALETTE = _long_palette()
+
+
+def palette(n: int) -> list[str]:
+    """``n`` colours: Okabe-Ito up to eight, a longer qualitative palette beyond (cycling past its end)."""
+    colours = OKABE_ITO if n <= len(OKABE_ITO) else LONG_PALETTE
+    return [colours[i % len(colours)] for i in range(n)]
+
+
 def category_colours(categories) -> dict:
-    """A stable colour per category, in sorted order, cycling Okabe-Ito past eight categories."""
+    """A stable colour per category, in sorted order; distinct colours for up to 48 categories."""
     ordered = sorted({str(c) for c in categories})
-    return {c: OKABE_ITO[i % len(OKABE_ITO)] for i, c in enumerate(ordered)}
+    return dict(zip(ordered, palette(len(ordered))))
 
 
 def faint(hex_colour: str, alpha: float = 0.25) -> str:

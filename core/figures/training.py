@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from core.figures.style import OKABE_ITO, ROLE_COLOURS, apply_style, faint, message_figure
+from core.figures.style import ROLE_COLOURS, apply_style, faint, message_figure, palette
 
 LOSS_TERMS = {
     "loss": "total",
@@ -37,6 +37,15 @@ def ema(values, weight: float = 0.9) -> np.ndarray:
             norm = weight * norm + (1 - weight)
         out[i] = s / norm if norm > 0 else np.nan
     return out
+
+
+def default_smoothing(n_steps: int | None) -> float:
+    """The EMA weight for a run of ``n_steps``: a time constant 1/(1 - w) of about 5% of the run, so the
+    smoothed curve lags by a few steps on a short run (0.9 lagged ~10 of 85) and still calms a long one.
+    0 (raw) below 20 steps; at most 0.99."""
+    if not n_steps or n_steps < 20:
+        return 0.0
+    return round(min(0.99, 1.0 - 20.0 / n_steps), 2)
 
 
 def train_rows(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -76,7 +85,7 @@ def loss_curves(metrics: pd.DataFrame, log_y: bool = False, smoothing: float = 0
     fig = go.Figure()
     for i, column in enumerate(terms):
         _raw_and_smoothed(fig, rows["step"], rows[column], f"train {LOSS_TERMS[column]}",
-                          OKABE_ITO[i % len(OKABE_ITO)], smoothing)
+                          palette(len(terms))[i], smoothing)
     if _has(val, "val_loss"):
         fig.add_trace(go.Scatter(x=val["step"], y=val["val_loss"], mode="lines+markers",
                                  marker=dict(symbol="diamond", size=8), name="validation total",
@@ -98,11 +107,22 @@ def grad_norm_curve(metrics: pd.DataFrame, log_y: bool = True, smoothing: float 
     return apply_style(fig, title="Gradient norm")
 
 
-def lambda_curve(metrics: pd.DataFrame) -> go.Figure:
-    """λ_t = min(1, step / warm-up): how much of the velocity weight was switched on at each step."""
+def _velocity_absent(velocity: bool | None, what: str, title: str) -> go.Figure:
+    """Why a velocity curve is empty, from the run's settings when known (not from the metrics: a run with
+    velocity on has none while it prepares data, or after an early failure)."""
+    if velocity:
+        return message_figure(f"Velocity alignment is on; no {what} logged yet.", title=title)
+    if velocity is False:
+        return message_figure(f"Velocity alignment is off in this run (no {what}).", title=title)
+    return message_figure(f"No {what} logged (velocity alignment off, or no steps yet).", title=title)
+
+
+def lambda_curve(metrics: pd.DataFrame, velocity: bool | None = None) -> go.Figure:
+    """λ_t = min(1, step / warm-up): how much of the velocity weight was switched on at each step.
+    ``velocity``: whether the run's config turns velocity alignment on (None: unknown)."""
     rows = train_rows(metrics)
     if not _has(rows, "lambda_t"):
-        return message_figure("Velocity alignment is off in this run (no λ_t).", title="Velocity warm-up λ_t")
+        return _velocity_absent(velocity, "λ_t", "Velocity warm-up λ_t")
     fig = go.Figure(go.Scatter(x=rows["step"], y=rows["lambda_t"], mode="lines",
                                line=dict(color=ROLE_COLOURS["v_z"], width=2), name="λ_t"))
     fig.update_xaxes(title_text="training step")
@@ -110,12 +130,11 @@ def lambda_curve(metrics: pd.DataFrame) -> go.Figure:
     return apply_style(fig, title="Velocity warm-up λ_t")
 
 
-def cos_curve(metrics: pd.DataFrame, smoothing: float = 0.9) -> go.Figure:
+def cos_curve(metrics: pd.DataFrame, smoothing: float = 0.9, velocity: bool | None = None) -> go.Figure:
     """Mean cos(Δz, v_z) over the confident control cells of each training batch."""
     rows = train_rows(metrics)
     if not _has(rows, "cos_similarity"):
-        return message_figure("Velocity alignment is off in this run (no cos(Δz, v_z)).",
-                              title="cos(Δz, v_z) during training")
+        return _velocity_absent(velocity, "cos(Δz, v_z)", "cos(Δz, v_z) during training")
     fig = go.Figure()
     _raw_and_smoothed(fig, rows["step"], rows["cos_similarity"], "cos(Δz, v_z)", ROLE_COLOURS["delta_z"],
                       smoothing)
@@ -125,12 +144,13 @@ def cos_curve(metrics: pd.DataFrame, smoothing: float = 0.9) -> go.Figure:
     return apply_style(fig, title="cos(Δz, v_z) during training")
 
 
-def training_figures(metrics: pd.DataFrame, log_y: bool = False,
-                     smoothing: float = 0.9) -> dict[str, go.Figure]:
-    """Every training figure of a run, by file-safe name (used by the app, the export and the CLI)."""
+def training_figures(metrics: pd.DataFrame, log_y: bool = False, smoothing: float = 0.9,
+                     velocity: bool | None = None) -> dict[str, go.Figure]:
+    """Every training figure of a run, by file-safe name (used by the app, the export and the CLI).
+    ``velocity``: the run's ``model.kwargs.use_velocity_alignment`` (None: unknown)."""
     return {
         "loss": loss_curves(metrics, log_y=log_y, smoothing=smoothing),
         "grad_norm": grad_norm_curve(metrics, smoothing=smoothing),
-        "lambda_t": lambda_curve(metrics),
-        "cos_delta_z_v_z": cos_curve(metrics, smoothing=smoothing),
+        "lambda_t": lambda_curve(metrics, velocity=velocity),
+        "cos_delta_z_v_z": cos_curve(metrics, smoothing=smoothing, velocity=velocity),
     }

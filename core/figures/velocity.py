@@ -102,10 +102,20 @@ def arrow_paths(x, y, u, v, scale: float, head: float = 0.35, angle: float = np.
     return xs, ys
 
 
-def _quiver_trace(x, y, u, v, scale: float, colour: str, name: str) -> go.Scatter:
+def _quiver_trace(x, y, u, v, scale: float, colour: str, name: str, width: float = 1.6,
+                  opacity: float = 1.0) -> go.Scatter:
     xs, ys = arrow_paths(x, y, u, v, scale)
-    return go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=colour, width=1.6), name=name,
-                      hoverinfo="skip", showlegend=True)
+    return go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=colour, width=width), name=name,
+                      opacity=opacity, hoverinfo="skip", showlegend=True)
+
+
+def _layering(names: list[str]) -> list[tuple[str, float, float]]:
+    """(name, line width, opacity) in drawing order. Δz, the model's prediction, is drawn last (on top);
+    fields beneath are wider and translucent, so where two arrows coincide the lower one shows as a halo
+    around the upper one instead of hiding it (v_z used to cover Δz completely)."""
+    order = sorted(names, key=lambda name: name == "Δz")
+    depth = len(order) - 1
+    return [(name, 1.6 + 1.8 * (depth - k), 1.0 if k == depth else 0.55) for k, name in enumerate(order)]
 
 
 def _display_scale(coords: np.ndarray, arrow_fields: dict, n_arrows: int) -> float:
@@ -133,24 +143,27 @@ def arrows_figure(coords: np.ndarray, arrow_fields: dict[str, np.ndarray], mode:
     _background(fig, coords, MAX_SCATTER_POINTS, seed)
     spare = iter(["#009E73", "#CC79A7", "#E69F00", "#56B4E9"])
     roles = {"Δz": ROLE_COLOURS["delta_z"], "v_z": ROLE_COLOURS["v_z"], "velocity": ROLE_COLOURS["v_z"]}
-    colours = [roles.get(name) or next(spare) for name in arrow_fields]
+    colours = {name: roles.get(name) or next(spare) for name in arrow_fields}
+    layers = _layering(list(arrow_fields))
     if mode == "grid":
         averaged = {name: grid_average(coords, a, grid_size) for name, a in arrow_fields.items()}
         scale = _display_scale(coords, {n: np.stack([g[2], g[3]], -1) for n, g in averaged.items()},
                                grid_size ** 2)
-        for (name, (xs, ys, u, v)), colour in zip(averaged.items(), colours):
+        for name, width, opacity in layers:
+            xs, ys, u, v = averaged[name]
             gx, gy = np.meshgrid(xs, ys)
             ok = np.isfinite(u) & np.isfinite(v) & ((u != 0) | (v != 0))
             if ok.any():
-                fig.add_trace(_quiver_trace(gx[ok], gy[ok], u[ok], v[ok], scale, colour, name))
+                fig.add_trace(_quiver_trace(gx[ok], gy[ok], u[ok], v[ok], scale, colours[name], name, width,
+                                            opacity))
         detail = f"grid-averaged on {grid_size}×{grid_size}"
     else:
         keep = subsample_index(len(coords), n_cells, seed)
         scale = _display_scale(coords, {n: a[keep] for n, a in arrow_fields.items()}, len(keep))
-        for (name, a), colour in zip(arrow_fields.items(), colours):
-            a = np.asarray(a)[keep]
+        for name, width, opacity in layers:
+            a = np.asarray(arrow_fields[name])[keep]
             x, y = coords[keep, 0], coords[keep, 1]
-            fig.add_trace(_quiver_trace(x, y, a[:, 0], a[:, 1], scale, colour, name))
+            fig.add_trace(_quiver_trace(x, y, a[:, 0], a[:, 1], scale, colours[name], name, width, opacity))
         detail = f"one arrow per cell, {len(keep):,} of {len(coords):,} cells"
     _axis_titles(fig, basis)
     names = " and ".join(arrow_fields)

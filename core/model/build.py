@@ -8,7 +8,8 @@ initialised (LoRA and mHC parameters, which the base never had).
 
 Checkpoint hyper-parameters (``hparams``, saved by Lightning in every checkpoint; plain values only so that
 ``torch.load(weights_only=True)`` reads them): config (the resolved config as a dict), pert_map (label -> row),
-control (the control label), embed_dim, batch_map (label -> row, {} without a batch covariate), lora_applied.
+control (the control label), embed_dim, batch_map (label -> row, {} without a batch covariate), lora_applied,
+embedding (the embedding's fingerprint, ``core.data.fingerprint``; absent in older checkpoints).
 """
 
 from __future__ import annotations
@@ -155,11 +156,13 @@ def load_base_weights(model: StateTransitionModel, base_state: dict, base_hp: di
 
 
 def build_for_training(cfg: Config, embed_dim: int, pert_map: dict[str, int], control: str,
-                       batch_map: dict[str, int] | None = None,
-                       base_path: str | None = None) -> tuple[StateTransitionModel, dict, list[str]]:
+                       batch_map: dict[str, int] | None = None, base_path: str | None = None,
+                       embedding: dict | None = None) -> tuple[StateTransitionModel, dict, list[str]]:
     """The model to train: from scratch, or from the base checkpoint ``base_path`` (``model.init_from`` resolved
     by the caller: "demo" is a checkpoint the trainer builds), base weights first, then LoRA, then mHC.
-    Returns the model, the load report and notes for the log. Sizes come from the base when there is one."""
+    Returns the model, the load report and notes for the log. Sizes come from the base when there is one.
+    ``embedding``: the data's embedding fingerprint (``core.data.fingerprint``); a base trained in another
+    space gets a WARNING note."""
     from core.io.checkpoint import load_checkpoint
 
     batch_map = batch_map or {}
@@ -179,6 +182,10 @@ def build_for_training(cfg: Config, embed_dim: int, pert_map: dict[str, int], co
     if base_hp["embed_dim"] != embed_dim:
         raise CheckpointError(f"the base model was trained on {base_hp['embed_dim']}-d embeddings but the data's "
                               f"embedding has {embed_dim} dimensions; choose the embedding the base was trained on")
+    if embedding is not None:
+        from core.data.fingerprint import same_space_warnings
+
+        notes += [f"WARNING: {w}" for w in same_space_warnings(base_hp.get("embedding"), embedding)]
     for key in SIZE_KEYS:
         base_value = getattr(base_cfg.model.kwargs, key)
         if getattr(m, key) != base_value:

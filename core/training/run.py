@@ -123,6 +123,16 @@ def _log_handlers(run_dir: Path) -> list[logging.Handler]:
     return handlers
 
 
+def resolve_defaults(cfg: Config) -> Config:
+    """Fill the settings left to the trainer with what it will use, in place, so that config.yaml says what
+    ran: a CLI run with training.max_epochs unset and an app run with max_epochs=5 are the same settings
+    (Compare groups them as seeds)."""
+    t = cfg.training
+    if t.max_epochs is None and t.max_steps <= 0:
+        t.max_epochs = 5
+    return cfg
+
+
 def train(cfg: Config, callbacks: list | None = None, progress: bool | None = None) -> Path:
     """Run training as configured; returns the run folder. A failure ends with status 'failed' and the error in
     plain words in status.json, then is raised again (UserErrors reach the CLI as one line). ``callbacks``: extra
@@ -137,6 +147,9 @@ def train(cfg: Config, callbacks: list | None = None, progress: bool | None = No
     log.setLevel(logging.INFO)
     log.propagate = False
     writer.write_status("running", step=0, message="preparing data", config_name=cfg.run.name)
+    resolve_defaults(cfg)
+    if rank_zero:  # written now so that a run failing while it prepares data still shows its settings
+        save_config(cfg, run_dir / "config.yaml")
     writer.start_heartbeat_thread()
     import torch
 
@@ -166,14 +179,23 @@ def train(cfg: Config, callbacks: list | None = None, progress: bool | None = No
             handler.close()
 
 
-def _prepare_data(cfg: Config, run_dir: Path):
+def _prepare_data(cfg: Config, run_dir: Path, phase=lambda text: None):
+    """``phase(text)``: called as each part starts, so the status says which one is running (they took 16 s
+    together on the demo, most of it reading the data or, with velocity on, computing velocity)."""
     from core.data.designs import INTERPOLATION_WARNING
+    from core.data.fingerprint import embedding_fingerprint
     from core.data.validate import validate
     from core.training.data import SetDataModule, load_adata, loss_mapping, make_split, resolve_mapping, resolve_split
 
     d = cfg.data.kwargs
+    velocity_first = cfg.model.kwargs.use_velocity_alignment and not d.path and not d.velocity_key
+    phase("reading the data set" + (" and computing its velocity (cached after the first run)"
+                                    if velocity_first else ""))
     adata = load_adata(cfg)
     mapping = resolve_mapping(cfg, adata)
+    if _is_rank_zero():  # again, with the data keys the mapping filled in
+        save_config(cfg, run_dir / "config.yaml")
+    phase(f"checking {adata.n_obs:,} cells against the mapping")
     report = validate(adata, loss_mapping(cfg, mapping), set_size=cfg.model.kwargs.cell_set_len)
     report.raise_if_errors()
     notes = [f"data: {w}" for w in report.warnings]
@@ -181,6 +203,7 @@ def _prepare_data(cfg: Config, run_dir: Path):
     if nested and cfg.model.kwargs.use_batch:
         notes.append(f"WARNING: model.kwargs.use_batch=true while '{mapping.batch_col}' is nested in condition: the "
                      "batch embedding can encode the condition itself; consider model.kwargs.use_batch=false")
+    phase("splitting the cells and building the sets")
     d.split = resolve_split(adata.obs, mapping, d.split)  # the saved config says which design was used
     split = make_split(adata.obs, mapping, d.split, d.val_fraction, d.test_fraction, cfg.training.seed, d.holdout)
     if d.split == "fraction":
@@ -191,6 +214,7 @@ def _prepare_data(cfg: Config, run_dir: Path):
         frame = pd.DataFrame({"obs_name": adata.obs_names.astype(str), "split": split})
         atomic_write_text(run_dir / "split.csv", frame.to_csv(index=False))
     data = SetDataModule(cfg, adata, mapping, split, cell_types=report.usable_cell_types)
+    data.embedding = embedding_fingerprint(adata, mapping.embed_key)  # recorded in the checkpoint
     notes += data.matching_notes()
     counts = {s: int((split == s).sum()) for s in ("train", "val", "test")}
     notes.append(f"split by {d.split}: {counts['train']} train, {counts['val']} val, {counts['test']} test cells "
@@ -213,17 +237,27 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list, progress: 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     L.seed_everything(t.seed, workers=True, verbose=False)
-    data, mapping, data_notes = _prepare_data(cfg, run_dir)
+    def phase(text):
+        writer.write_status("running", message=f"preparing data: {text}")
+
+    data, mapping, data_notes = _prepare_data(cfg, run_dir, phase)
     for note in data_notes:
         log.info(note)
     if _stopped_early(writer, "preparing data"):
         return run_dir
 
     accelerator, device = device_choice(t.accelerator)
+    building = "building the model"
+    if cfg.model.init_from == "demo":
+        from core.training.demo_base import demo_base_path
+
+        if not demo_base_path().exists():
+            building += ": pretraining the demo base on the demo atlas (once, about half a minute)"
+    writer.write_status("running", message=building)
     base_path = resolve_base(cfg.model.init_from, train)  # may pretrain the demo base: before seeding, not after
     torch.manual_seed(t.seed)  # the model's initial weights do not depend on how much data preparation drew
     model, load_report, notes = build_for_training(cfg, data.table.z.shape[1], data.pert_map, mapping.control_pert,
-                                                   data.batch_map, base_path=base_path)
+                                                   data.batch_map, base_path=base_path, embedding=data.embedding)
     for note in notes:
         log.info("model: %s", note)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -238,10 +272,11 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list, progress: 
         atomic_write_json(run_dir / "load_report.json", {**load_report, "notes": notes, "data_notes": data_notes,
                                                          "trainable_parameters": n_train, "parameters": n_all})
         atomic_write_json(run_dir / "env.json", environment(device))
+        atomic_write_json(run_dir / "embedding.json", data.embedding)  # read by base_embedding without torch
 
     hparams = {"config": cfg.to_dict(), "pert_map": data.pert_map, "control": mapping.control_pert,
                "embed_dim": int(data.table.z.shape[1]), "batch_map": data.batch_map,
-               "lora_applied": bool(cfg.model.init_from) and m.lora.enable,
+               "lora_applied": bool(cfg.model.init_from) and m.lora.enable, "embedding": data.embedding,
                **getattr(model, "checkpoint_hparams", {})}  # an imported Arc model's architecture
     module = STModule(model, hparams)
     if _stopped_early(writer, "building the model"):

@@ -1,0 +1,121 @@
+"""Is the chosen data set ready to train with the Train page's settings? One answer for the Data page's
+check and the Train page's Launch button, so "Ready" on one never meets a failure after the other.
+
+The settings the data is checked against (base model, its checkpoint, cells per set) live in
+``session_state["train_choice"]``, not in widget keys: widgets inside a page reset when the user leaves it,
+and the Data page must see what the Train page chose. The check is ``core.data.validate.validate`` with the
+base's embedding (``core.training.demo_base.base_embedding``), the same call as training makes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import streamlit as st
+
+BASES = ("Demo base model (pretrained on the demo atlas)", "A checkpoint on the server", "From scratch")
+
+
+def default_choice() -> dict:
+    from core.config import Config
+
+    return {"base": BASES[0], "checkpoint": "", "set_size": int(Config().model.kwargs.cell_set_len)}
+
+
+def train_choice() -> dict:
+    """The Train page's data-dependent settings: base (one of ``BASES``), checkpoint, set_size."""
+    return {**default_choice(), **st.session_state.get("train_choice", {})}
+
+
+def init_from(choice: dict) -> str | None:
+    """``model.init_from`` for the choice: 'demo', a checkpoint path, or None (from scratch)."""
+    if choice["base"] == BASES[0]:
+        return "demo"
+    if choice["base"] == BASES[1]:
+        return choice["checkpoint"].strip() or None
+    return None
+
+
+@st.cache_resource(max_entries=8, show_spinner="Reading what embedding the base model was trained on…")
+def _base_embedding(init_from: str, stamp: float):
+    from core.training.demo_base import base_embedding
+
+    return base_embedding(init_from)
+
+
+def base_embedding(init_from: str | None) -> dict | None:
+    """The base's embedding fingerprint, cached per checkpoint file (re-read when the file changes)."""
+    if not init_from:
+        return None
+    if init_from == "demo":
+        from core.training.demo_base import demo_base_path
+
+        path = demo_base_path()
+    else:
+        path = os.path.expanduser(init_from)
+    try:
+        stamp = os.path.getmtime(path)
+    except OSError:
+        stamp = 0.0
+    return _base_embedding(init_from, stamp)
+
+
+def describe_base(choice: dict, embedding: dict | None) -> str:
+    name = {BASES[0]: "the demo base", BASES[1]: "the checkpoint", BASES[2]: "none (from scratch)"}[choice["base"]]
+    if embedding and embedding.get("key"):
+        return f"{name} (trained on obsm['{embedding['key']}'], {embedding['dim']}-d)"
+    if embedding:
+        return f"{name} ({embedding['dim']}-d)"
+    return name
+
+
+@dataclass
+class Readiness:
+    """What stands between this data set and a launch. ``blockers``: one-line reasons Launch is disabled;
+    ``report``: the validation report (None when the mapping is incomplete); ``against``: the settings it was
+    checked against, in words."""
+
+    blockers: list[str] = field(default_factory=list)
+    report: object = None
+    against: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return not self.blockers
+
+
+def readiness() -> Readiness:
+    from app import cache
+    from app.sidebar import describe_fields
+    from core.errors import UserError
+
+    out = Readiness()
+    ref = st.session_state.get("dataset")
+    if ref is None:
+        out.blockers.append("choose a data set in the sidebar")
+        return out
+    mapping = st.session_state.get("mapping")
+    if mapping is None:
+        missing = st.session_state.get("mapping_missing") or []
+        what = describe_fields(missing) if missing else "column mapping"
+        out.blockers.append(f"choose the {what} in the sidebar's column mapping")
+        return out
+    choice = train_choice()
+    base = init_from(choice)
+    if choice["base"] == BASES[1] and base is None:
+        out.blockers.append("give the path of the base checkpoint (.ckpt), or choose another base model")
+        return out
+    try:
+        embedding = base_embedding(base)
+    except UserError as err:
+        out.blockers.append(str(err))
+        return out
+    out.against = f"set size {choice['set_size']}, base model {describe_base(choice, embedding)}"
+    out.report = cache.validation_report(ref, tuple(sorted(mapping.items())), choice["set_size"], embedding)
+    out.blockers += out.report.errors
+    guessed = st.session_state.get("mapping_guessed") or []
+    if guessed:
+        out.blockers.append(f"the {describe_fields(guessed)} {'is' if len(guessed) == 1 else 'are'} guessed: "
+                            "check and confirm them in the sidebar's column mapping")
+    return out
