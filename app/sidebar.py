@@ -59,15 +59,13 @@ def _saved_upload(uploaded) -> DatasetRef:
 
 
 def _server_path(text: str) -> DatasetRef | None:
+    from core.data_roots import checked_input_path
+
     text = text.strip()
     if not text:
         return None
-    path = Path(text).expanduser()
-    if path.suffix != ".h5ad":
-        raise DataError(f"{text} is not a .h5ad file; give the path of an AnnData .h5ad file on this server")
-    if not path.is_file():
-        raise DataError(f"no file at {text}; check the path (it is read on the server, not your computer)")
-    path = path.resolve()
+    # resolved (symlinks too) and checked against the data roots before anything is said about the file
+    path = checked_input_path(text, "data file", (".h5ad",))
     return DatasetRef("path", str(path), f"File: {path.name}", str(path))
 
 

@@ -90,10 +90,12 @@ def build_overrides(form: dict, dataset, mapping: dict | None) -> list[str]:
 
 def check_overrides(overrides: list[str]) -> None:
     """Resolve the overrides with the typed config (unknown keys, wrong types, out-of-range values raise
-    ``ConfigError``), exactly as ``python -m core train`` will."""
+    ``ConfigError``), exactly as ``python -m core train`` will; then refuse what form text may not choose:
+    where the run writes, or files to read outside the data roots (core/data_roots.py)."""
     from core.config import load_config
+    from core.data_roots import check_app_config
 
-    load_config(overrides=overrides)
+    check_app_config(load_config(overrides=overrides))
 
 
 def train_form() -> None:

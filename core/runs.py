@@ -695,7 +695,8 @@ def _train_command(run_dir: Path, overrides: list[str], config: Path | None = No
     command = [sys.executable, "-m", "core", "train"]
     if config is not None:
         command += ["--config", str(config)]
-    return [*command, f"run.dir={run_dir}", *[str(o) for o in overrides]]
+    # run.dir goes last, so no override (form text included) can move where the run writes
+    return [*command, *[str(o) for o in overrides], f"run.dir={run_dir}"]
 
 
 def _spawn(run_dir: Path, command: list[str], status: dict) -> None:
