@@ -98,6 +98,8 @@ class ModelKwargs:
 class ModelConfig:
     kwargs: ModelKwargs = field(default_factory=ModelKwargs)
     init_from: str | None = None  # a checkpoint path, or "demo" for the demo base
+    # true: fine-tune even when base tensors do not fit this model (they are skipped and start random)
+    allow_partial_base: bool = False
 
 
 @dataclass

@@ -102,7 +102,7 @@ def candidates(adata) -> dict[str, list[str]]:
 def guess_mapping(adata) -> ColumnMapping:
     """A best guess; every field can be overridden. Raises nothing: the validator reports what is missing."""
     opts = candidates(adata)
-    pert_col = opts["pert_col"][0] if opts["pert_col"] else ""
+    pert_col = _guess_pert_col(adata, opts["pert_col"])
     controls = control_candidates(adata.obs[pert_col]) if pert_col else []
     cell_type = next((c for c in opts["cell_type_key"] if c != pert_col), "")
     batch = next((c for c in opts["batch_col"] if c not in (pert_col, cell_type) and
@@ -118,6 +118,21 @@ def guess_mapping(adata) -> ColumnMapping:
         velocity_key=velocity,
         confidence_key=opts["confidence_key"][0] if opts["confidence_key"] and velocity else None,
     )
+
+
+def _guess_pert_col(adata, ranked: list[str]) -> str:
+    """A column named like a condition (integer columns too: 0/1 conditions are common), else one holding a
+    control-like value (sham, control, ...) that is not named like a batch or cell type, else none: the
+    validator then asks the user. A mouse id such as 'sham_1' taken as the condition trains one fake
+    perturbation per mouse (issue 12, point 7)."""
+    named = [c for c in adata.obs.columns if any(h in str(c).lower() for h in _PERT_HINTS)
+             and adata.obs[c].nunique(dropna=True) <= 200]
+    if named:
+        return _rank(named, _PERT_HINTS)[0]
+    other_roles = _BATCH_HINTS + _CELL_TYPE_HINTS
+    with_control = [c for c in ranked if control_candidates(adata.obs[c])
+                    and not any(h in str(c).lower() for h in other_roles)]
+    return with_control[0] if with_control else ""
 
 
 def _guess_velocity(adata, embed: str, options: list[str]) -> str | None:

@@ -180,6 +180,7 @@ def train(cfg: Config, callbacks: list | None = None) -> Path:
 
 
 def _prepare_data(cfg: Config, run_dir: Path):
+    from core.data.split_check import train_split_cell_types
     from core.data.validate import validate
     from core.training.data import SetDataModule, load_adata, loss_mapping, make_split, resolve_mapping
 
@@ -199,7 +200,10 @@ def _prepare_data(cfg: Config, run_dir: Path):
 
         frame = pd.DataFrame({"obs_name": adata.obs_names.astype(str), "split": split})
         atomic_write_text(run_dir / "split.csv", frame.to_csv(index=False))
-    data = SetDataModule(cfg, adata, mapping, split, cell_types=report.usable_cell_types)
+    usable, split_notes = train_split_cell_types(adata.obs, mapping, split, report.usable_cell_types,
+                                                 cfg.model.kwargs.cell_set_len)  # counted after the split
+    notes += [f"data: {w}" for w in split_notes]
+    data = SetDataModule(cfg, adata, mapping, split, cell_types=usable)
     notes += data.matching_notes()
     counts = {s: int((split == s).sum()) for s in ("train", "val", "test")}
     notes.append(f"split by {d.split}: {counts['train']} train, {counts['val']} val, {counts['test']} test cells "
@@ -214,6 +218,7 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
 
     from core.model.build import build_for_training
     from core.training.callbacks import RunFolderCallback
+    from core.training.finite_check import check_finite_result
     from core.training.module import STModule
 
     t, m = cfg.training, cfg.model.kwargs
@@ -284,6 +289,7 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
 
     if not callback.cancelled and trainer.global_step > 0 and callback.last_val_step != trainer.global_step:
         _final_validation(trainer, module, data, checkpoint, ckpt_dir)
+    check_finite_result(module, module.val_summary.get("val_loss"), trainer.global_step)  # else: failed
     trainer.save_checkpoint(ckpt_dir / "final.ckpt", weights_only=False)
     trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # where a resumed run continues
     state = "cancelled" if callback.cancelled else "completed"
