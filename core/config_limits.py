@@ -35,6 +35,7 @@ UPPER_BOUNDS = {
     "model.kwargs.mhc.n_streams": 16,
     "model.kwargs.mhc.sinkhorn_iters": 10_000,
     "model.kwargs.velocity_warmup_steps": 100_000_000,
+    "training.learning_rate": 10.0,  # beyond this Adam's update overflows float32 (a RuntimeError in torch)
     "training.batch_size": 8192,
     "training.max_epochs": 1_000_000,
     "training.max_steps": 1_000_000_000,
