@@ -251,8 +251,18 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` that never leaves a half-written checkpoint at ``path`` (temp file + rename)."""
     import torch
 
+    def save(handle):
+        try:
+            torch.save(obj, handle)
+        except RuntimeError as err:
+            # torch's zip writer turns the OSError of a failed write (ENOSPC) into "RuntimeError ... unexpected
+            # pos"; the OSError it swallowed is its context: raise that, so a full disk reads as one
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise
+
     ensure_dir(Path(path).parent)
-    _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
+    _atomic_write(Path(path), save)
 
 
 def atomic_checkpoint_io():
@@ -549,7 +559,9 @@ def read_metrics(run_dir: str | os.PathLike):
         pass
     if not rows:
         return pd.DataFrame(columns=["split", "step", "epoch"])
-    return pd.DataFrame(rows)
+    from core.metrics_clean import clean_metrics
+
+    return clean_metrics(pd.DataFrame(rows))  # numeric steps, each (split, step) once
 
 
 def _flatten(config, prefix: str = "") -> dict:
