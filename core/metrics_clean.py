@@ -1,5 +1,5 @@
 """What a reader of metrics.jsonl may assume (issue 12, points 4 and 12): every row has a numeric ``step``,
-``split`` is train or val, every other column is numeric, and each (split, step) appears once.
+every column but ``split`` is numeric, and each (split, step) appears once.
 
 A row with a non-numeric step (a hand-edited or foreign file) crashed ``figures`` and three app pages; rows a
 resumed run wrote again for steps it had already logged made curves zig-zag. Such rows are dropped, and of
@@ -22,10 +22,7 @@ def clean_metrics(frame):
     for column in frame.columns:
         if column not in TEXT_COLUMNS and frame[column].dtype == object:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    if "split" not in frame:
-        return frame.iloc[0:0]
-    frame = frame[frame["split"].isin(("train", "val"))]  # a row of neither split belongs to no curve
     frame = frame[pd.to_numeric(frame["step"], errors="coerce").notna()]
     frame = frame.astype({"step": "int64"})
-    frame = frame.drop_duplicates(subset=["split", "step"], keep="last")
+    frame = frame.drop_duplicates(subset=["split", "step"] if "split" in frame else ["step"], keep="last")
     return frame.reset_index(drop=True)

@@ -711,7 +711,7 @@ def _train_command(run_dir: Path, overrides: list[str], config: Path | None = No
     return [*command, *[str(o) for o in overrides], f"run.dir={run_dir}"]
 
 
-def _spawn(run_dir: Path, command: list[str], status: dict) -> None:
+def _spawn(run_dir: Path, command: list[str], status: dict) -> subprocess.Popen:
     """Write ``status`` (queued), then start ``command`` in a new session with its output appended to
     log.txt, record its pid, and watch it from a daemon thread (see ``_watch_child``)."""
     atomic_write_json(run_dir / "status.json", status)
@@ -747,6 +747,7 @@ def _spawn(run_dir: Path, command: list[str], status: dict) -> None:
         atomic_write_json(run_dir / "status.json", dict(current, pid=child.pid))
     _CHILDREN[run_dir] = child
     threading.Thread(target=_watch_child, args=(run_dir, child), name="run-watch", daemon=True).start()
+    return child
 
 
 def _queued_fields(now: float) -> dict:
@@ -797,13 +798,21 @@ def resume_run(run_dir: str | os.PathLike, overrides: list[str] = ()) -> Path:
         raise RunFolderError(
             f"run {run_dir.name} has no config.yaml (it stopped before training began); launch it again instead"
         )
-    (run_dir / "STOP").unlink(missing_ok=True)
-    raw = _read_json(run_dir / "status.json") or {}
-    for stale in ("exit_code", "stopping"):
-        raw.pop(stale, None)
-    fields = {**raw, **_queued_fields(time.time())}
-    fields["message"] = "resuming from checkpoints/last.ckpt"
-    _spawn(run_dir, _train_command(run_dir, ["training.resume=true", *overrides], config=config), fields)
+    from core import run_lock
+
+    run_lock.acquire(run_dir)  # before anything is written: a second resume must not touch the first's files
+    try:
+        (run_dir / "STOP").unlink(missing_ok=True)
+        raw = _read_json(run_dir / "status.json") or {}
+        for stale in ("exit_code", "stopping"):
+            raw.pop(stale, None)
+        fields = {**raw, **_queued_fields(time.time())}
+        fields["message"] = "resuming from checkpoints/last.ckpt"
+        child = _spawn(run_dir, _train_command(run_dir, ["training.resume=true", *overrides], config=config), fields)
+    except BaseException:
+        run_lock.release(run_dir)
+        raise
+    run_lock.hand_over(run_dir, child.pid)  # the trainer holds it from now on (core/run_lock.py)
     return run_dir
 
 

@@ -19,6 +19,7 @@ import time
 import warnings
 from pathlib import Path
 
+from core import run_lock
 from core.config import Config, save_config
 from core.errors import UserError
 from core.runs import RunWriter, atomic_checkpoint_io, atomic_write_json, atomic_write_text, new_run_dir, runs_root
@@ -143,6 +144,16 @@ def train(cfg: Config, callbacks: list | None = None) -> Path:
     Lightning callbacks (run after the run-folder callback)."""
     run_dir = prepare_run_dir(cfg)
     rank_zero = _is_rank_zero()
+    if rank_zero:  # one trainer per folder; refused before anything is written (core/run_lock.py)
+        run_lock.acquire(run_dir, adopt=True)
+    try:
+        return _train_locked(cfg, run_dir, rank_zero, callbacks)
+    finally:
+        if rank_zero:
+            run_lock.release(run_dir)
+
+
+def _train_locked(cfg: Config, run_dir: Path, rank_zero: bool, callbacks: list | None) -> Path:
     writer = RunWriter(run_dir) if rank_zero else _QuietWriter(run_dir)
     handlers = _log_handlers(run_dir) if rank_zero else []
     for handler in handlers:
