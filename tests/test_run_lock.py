@@ -14,6 +14,7 @@ import time
 import pytest
 
 from core import run_lock, runs
+from core.errors import DataError
 from core.run_lock import RunLockedError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,7 +123,7 @@ def test_the_trainer_releases_its_lock_when_it_fails(tmp_path):
     from core.training.run import train
 
     run_dir = tmp_path / "run"
-    with pytest.raises(Exception):
+    with pytest.raises(DataError, match="no file at"):
         train(load_config(None, [f"run.dir={run_dir}", f"data.kwargs.path={tmp_path / 'missing.h5ad'}"]))
     assert runs.read_status(run_dir)["state"] == "failed"
     assert not (run_dir / run_lock.LOCK_NAME).exists()
