@@ -264,7 +264,13 @@ class SetDataModule(L.LightningDataModule):
         return notes
 
     def train_dataloader(self):
-        return torch.utils.data.DataLoader(self.train_sets, batch_size=self.batch_size, shuffle=False)
+        from core.training.resume_state import ResumableLoader
+
+        if self.trainer is not None and self.trainer.world_size > 1:  # DDP swaps in its own sampler
+            return torch.utils.data.DataLoader(self.train_sets, batch_size=self.batch_size, shuffle=False)
+        # resumable in mid-epoch: Lightning saves how many batches of the epoch were processed (resume_state.py)
+        return ResumableLoader(self.train_sets, self.batch_size,
+                               lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def val_dataloader(self):
         return torch.utils.data.DataLoader(self.val_sets, batch_size=self.batch_size, shuffle=False)

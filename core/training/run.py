@@ -231,6 +231,7 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
     from core.training.callbacks import RunFolderCallback
     from core.training.finite_check import check_finite_result
     from core.training.module import STModule
+    from core.training.resume_state import RngState, SaveOnCancel, prepare_resume
 
     t, m = cfg.training, cfg.model.kwargs
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
@@ -282,11 +283,15 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
                                  save_on_train_epoch_end=False)
     precision = t.precision or ("bf16-mixed" if device == "cuda" else "32-true")
     resume = ckpt_dir / "last.ckpt" if t.resume and (ckpt_dir / "last.ckpt").exists() else None
+    if resume is not None and _is_rank_zero():
+        prepare_resume(run_dir, resume)  # metrics after the checkpoint's step dropped, orphan temp files removed
+    cancel_saver = SaveOnCancel(callback, ckpt_dir / "last.ckpt")
     trainer = L.Trainer(
         accelerator=accelerator, devices=devices, strategy=t.strategy, precision=precision,
         max_epochs=max_epochs, max_steps=t.max_steps,
         val_check_interval=val_every, check_val_every_n_epoch=None if val_every else 1,
-        callbacks=[callback, *extra_callbacks, checkpoint], plugins=[atomic_checkpoint_io()], logger=False,
+        callbacks=[callback, cancel_saver, RngState(), *extra_callbacks, checkpoint],
+        plugins=[atomic_checkpoint_io()], logger=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0 if resume else -1,
         default_root_dir=run_dir, deterministic=False, gradient_clip_val=None,
     )
@@ -302,7 +307,8 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
         _final_validation(trainer, module, data, checkpoint, ckpt_dir)
     check_finite_result(module, module.val_summary.get("val_loss"), trainer.global_step)  # else: failed
     trainer.save_checkpoint(ckpt_dir / "final.ckpt", weights_only=False)
-    trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # where a resumed run continues
+    if not cancel_saver.saved:  # a cancel saved last.ckpt inside the loop, where a resume must continue
+        trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # where a resumed run continues
     state = "cancelled" if callback.cancelled else "completed"
     seconds = time.time() - started
     if _is_rank_zero():
