@@ -13,6 +13,7 @@ import streamlit as st
 from app import cache
 from app.components import run_picker, show_figure
 from app.guard import shown_errors
+from app.plain import plain
 
 POLL_S = 1.0
 ACTIVE = ("queued", "running")
@@ -72,17 +73,18 @@ def _status_block(run: dict) -> None:
         st.progress(min(max(progress, 0.0), 1.0), text=text)
         if st.button("Cancel this run", key=f"cancel_{run['name']}"):
             final = cancel_run(path)
-            st.warning(f"{run['name']} is {final['state']}; what it saved is kept.")
+            st.warning(f"{plain(run['name'])} is {final['state']}; what it saved is kept.")
     elif state == "completed":
         took = (status.get("ended") or 0) - (status.get("started") or status.get("created") or 0)
-        st.success(f"{run['name']} completed in {_duration(took)}. Inspect it or compare it with other runs.")
+        st.success(f"{plain(run['name'])} completed in {_duration(took)}. Inspect it or compare it with other runs.")
     elif state == "failed":
-        st.error(f"{run['name']} failed: {status.get('message') or 'no message recorded; see the log below'}")
+        message = status.get("message") or "no message recorded; see the log below"
+        st.error(f"{plain(run['name'])} failed: {plain(message)}")
     elif state == "interrupted":
-        st.warning(f"{run['name']} was interrupted ({status.get('message', '')}). Its last checkpoint is "
+        st.warning(f"{plain(run['name'])} was interrupted ({plain(status.get('message', ''))}). Its last checkpoint is "
                    f"kept; see how to resume it: `python -m core runs resume-info {run['name']}`.")
     else:
-        st.info(f"{run['name']} is {state}. {status.get('message') or ''}")
+        st.info(f"{plain(run['name'])} is {state}. {plain(status.get('message') or '')}")
     if state in ("failed", "interrupted", "cancelled"):
         with st.expander("Last lines of the run's log"):
             st.code(_log_tail(path), language="text")

@@ -16,6 +16,7 @@ import streamlit as st
 
 from app.cache import DEMO_DATASETS, DatasetRef, guessed_mapping, load_dataset, path_adata, upload_digest
 from app.guard import shown_errors
+from app.plain import plain
 from core.errors import DataError
 
 SOURCES = ("Demo data", "Upload a .h5ad file", "A .h5ad path on the server")
@@ -148,4 +149,4 @@ def render() -> None:
             with shown_errors("reading the data set's columns"):
                 st.session_state["mapping"] = _mapping_widgets(ref)
         if ref.kind != "demo":
-            st.caption(f"Reading `{os.path.basename(ref.key)}`; the original file is never modified.")
+            st.caption(f"Reading {plain(os.path.basename(ref.key))}; the original file is never modified.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.plain import plain
 from core.errors import ConfigError
 
 BASES = ("Demo base model (pretrained on the demo atlas)", "A checkpoint on the server", "From scratch")
@@ -106,7 +107,7 @@ def train_form() -> None:
     m, t = defaults.model.kwargs, defaults.training
     dataset = st.session_state.get("dataset")
     mapping = st.session_state.get("mapping")
-    st.caption(f"Data: {dataset.label if dataset else 'none chosen'} (set in the sidebar).")
+    st.caption(f"Data: {plain(dataset.label) if dataset else 'none chosen'} (set in the sidebar).")
     with st.form("train_form"):
         c1, c2, c3 = st.columns(3)
         with c1:
@@ -166,7 +167,7 @@ def train_form() -> None:
     check_overrides(overrides)
     run_dir = launch_run(overrides, run_name)
     st.session_state["selected_run"] = run_dir.name
-    st.success(f"Launched **{run_dir.name}**; it appears below and updates live.")
+    st.success(f"Launched **{plain(run_dir.name)}**; it appears below and updates live.")
     if velocity and not (mapping or {}).get("velocity_key"):
         st.info("No velocity key is chosen in the sidebar, so training computes scvelo velocity for this data "
                 "set first (cached for later runs).")

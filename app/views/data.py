@@ -5,11 +5,12 @@ import streamlit as st
 from app import cache
 from app.components import current_data, show_figure
 from app.guard import shown_errors
+from app.plain import plain
 from core.figures.velocity import arrows_figure, confidence_histogram, embedding_scatter
 
 st.title("Data")
 ref, adata, mapping = current_data()
-st.caption(f"{ref.label}: {adata.n_obs:,} cells × {adata.n_vars:,} genes.")
+st.caption(f"{plain(ref.label)}: {adata.n_obs:,} cells × {adata.n_vars:,} genes.")
 if mapping is None:
     st.warning("Finish the column mapping in the sidebar to validate and summarise this data set.")
     st.stop()
@@ -24,9 +25,9 @@ with shown_errors("validating the data set"):
     elif report.ok:
         st.success("Ready to train, with the warnings below.")
     for problem in report.errors:
-        st.error(problem)
+        st.error(plain(problem))
     for warning in report.warnings:
-        st.warning(warning)
+        st.warning(plain(warning))
 
 st.subheader("Cells per condition × cell type × batch")
 with shown_errors("summarising the data set"):
