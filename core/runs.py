@@ -44,8 +44,9 @@ from core.errors import CheckpointError, ConfigError, UserError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR_ENV = "ST_RUNS_DIR"
 
-STATES = ("queued", "running", "completed", "failed", "cancelled")
-TERMINAL_STATES = ("completed", "failed", "cancelled")
+# "interrupted" is recorded by a trainer stopped by SIGTERM; read_status also derives it for a dead process
+STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
+TERMINAL_STATES = ("completed", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
 # A run whose heartbeat is older than this reads as interrupted. The trainer beats every ~2 s, so this
 # allows for a long pause (a slow validation pass, a stalled network disk) without false alarms.

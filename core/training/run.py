@@ -180,7 +180,9 @@ def _train_locked(cfg: Config, run_dir: Path, rank_zero: bool, callbacks: list |
         if writer.stop_requested() or not isinstance(sys.exc_info()[1], SystemExit):
             writer.write_status("cancelled", message="cancelled: the training process was interrupted")
         else:
-            writer.write_status("failed", message="the training process was terminated (SIGTERM)")
+            # a bare SIGTERM (a scheduler, a shutdown) is no failure of the run: it can be resumed
+            writer.write_status("interrupted", message="interrupted: the training process received SIGTERM; "
+                                f"resume it with 'python -m core runs resume {run_dir.name}'")
         raise
     finally:
         torch.set_num_threads(threads)  # an in-process caller (tests, notebooks) gets its setting back
