@@ -29,9 +29,9 @@ def upload_limit_mb() -> int:
 
 
 def uploads_dir() -> Path:
-    from core.runs import runs_root
+    from core.uploads import uploads_dir as folder
 
-    return runs_root() / ".uploads"
+    return folder()
 
 
 def _saved_upload(uploaded) -> DatasetRef:
@@ -56,6 +56,9 @@ def _saved_upload(uploaded) -> DatasetRef:
                 path.unlink(missing_ok=True)
                 cache.pop(uploaded.file_id, None)
                 raise
+            from core.uploads import evict
+
+            evict(keep=path)  # the folder stays under ST_UPLOADS_MAX_BYTES, oldest uploads out first
     return DatasetRef("upload", str(path), f"Upload: {uploaded.name}", str(path))
 
 

@@ -79,4 +79,7 @@ def save_copy_with_velocity(ref, adata, embed_key: str, params: dict):
         with st.spinner("Writing the copy…"):
             work.write_h5ad(tmp)
         tmp.replace(path)
+        from core.uploads import evict
+
+        evict(keep=path)  # copies count against ST_UPLOADS_MAX_BYTES like uploads
     return path

@@ -28,14 +28,19 @@ def _total_ram() -> int:
         return 8 * 2**30
 
 
+def parse_size(text: str, env: str) -> int:
+    """``8G``, ``500M``, ``1.5T``, ``4096`` -> bytes; ``ConfigError`` naming ``env`` otherwise."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?", text.strip(), flags=re.IGNORECASE)
+    if not match:
+        raise ConfigError(f"{env}={text!r} is not a size; write e.g. 8G or 500M")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
 def memory_budget() -> int:
     """The budget in bytes (see the module docstring); a malformed setting is a one-line ``ConfigError``."""
     text = os.environ.get(BUDGET_ENV, "").strip()
     if text:
-        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?", text, flags=re.IGNORECASE)
-        if not match:
-            raise ConfigError(f"{BUDGET_ENV}={text!r} is not a size; write e.g. 8G or 500M")
-        return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+        return parse_size(text, BUDGET_ENV)
     fraction_text = os.environ.get(FRACTION_ENV, "").strip()
     try:
         fraction = float(fraction_text) if fraction_text else DEFAULT_FRACTION
