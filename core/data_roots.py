@@ -63,7 +63,8 @@ def checked_input_path(text: str, what: str = "file", suffixes: tuple[str, ...] 
     if suffixes and resolved.suffix not in suffixes and Path(text).suffix not in suffixes:
         raise DataError(f"{text!r} is not a {' or '.join(suffixes)} file; give the path of one")
     if not resolved.is_file():
-        raise DataError(f"no {what} at {text!r}; check the path (it is read on the server, not your computer)")
+        raise DataError(f"no file at {text!r} (the {what}); check the path (it is read on the server, not your "
+                        "computer)")
     return resolved
 
 

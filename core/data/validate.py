@@ -116,8 +116,16 @@ def validate(adata, mapping: ColumnMapping, set_size: int | None = None, expecte
         )
         return report
     if not report.perturbations:
-        report.errors.append(f"'{mapping.pert_col}' has only the control value '{mapping.control_pert}': "
-                             "a perturbed condition (e.g. burn) is needed to learn from")
+        # name the real cause: perturbed cells that exist but were all left out for want of a cell type
+        unlabelled = sorted({p for p in pert[obs[mapping.pert_col].notna().to_numpy() & ~labelled]}
+                            - {mapping.control_pert})
+        if unlabelled:
+            report.errors.append(f"the perturbed cells ({', '.join(unlabelled[:5])}) all have no cell type in "
+                                 f"'{mapping.cell_type_key}', so none is left to learn from; fill in their cell "
+                                 "types or choose another cell-type column")
+        else:
+            report.errors.append(f"'{mapping.pert_col}' has only the control value '{mapping.control_pert}': "
+                                 "a perturbed condition (e.g. burn) is needed to learn from")
         return report
 
     control = labelled & (pert == mapping.control_pert)

@@ -204,6 +204,12 @@ def _hidden_size_disagrees(ckpt):
     ckpt["hyper_parameters"]["config"]["model"]["kwargs"]["hidden_dim"] = 64
 
 
+def _perturbed_without_cell_type(a):
+    cell_type = a.obs["cell_types_simple_short"].astype(object).to_numpy()
+    cell_type[(a.obs["condition"] == "burn").to_numpy()] = np.nan
+    a.obs["cell_types_simple_short"] = cell_type
+
+
 INFER = ["infer", "--checkpoint", "{ckpt}", "--adata", "{data}", "--output", "{out}"]
 
 ISSUE_12_CASES = [
@@ -226,6 +232,7 @@ ISSUE_12_CASES = [
     Case("embedding_sparse", _train(), "sparse matrix", _edited(_embedding(_sparse_embedding))),
     Case("integer_condition_guessed", ["train", "data.kwargs.path={data}", *TINY], "control value",
          _edited(_integer_condition)),
+    Case("perturbed_cells_without_cell_type", _train(), "all have no cell type", _edited(_perturbed_without_cell_type)),
     Case("set_size_fits_before_split_only", _train("model.kwargs.cell_set_len=90"), "after the train/val/test split",
          _edited(lambda a: None)),
     Case("base_labelled_gpt2", _train("model.init_from={ckpt}"), "does not fit this model",
