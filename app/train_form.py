@@ -8,6 +8,7 @@ import streamlit as st
 from app.plain import plain
 from core.errors import ConfigError
 
+MAX_EXTRA_CHARS = 20_000
 BASES = ("Demo base model (pretrained on the demo atlas)", "A checkpoint on the server", "From scratch")
 DEVICES = {"auto (GPU if present)": "auto", "CPU": "cpu", "GPU": "gpu"}
 LOSSES = {"alignment: (1 − cos) + β·| ‖Δz‖ − ‖v_z‖ |": "alignment", "L2: ‖Δz − v_z‖²": "l2"}
@@ -85,7 +86,10 @@ def build_overrides(form: dict, dataset, mapping: dict | None) -> list[str]:
     o["model.kwargs.cell_set_len"] = form["set_size"]
     o["training.seed"] = form["seed"]
     o["training.accelerator"] = DEVICES[form["device"]]
-    extra = [line.strip() for line in form.get("extra", "").splitlines() if line.strip()]
+    text = form.get("extra", "")
+    if len(text) > MAX_EXTRA_CHARS:  # each line is bounded by the config; the number of lines is bounded here
+        raise ConfigError(f"'More settings' holds {len(text):,} characters; at most {MAX_EXTRA_CHARS:,} are accepted")
+    extra = [line.strip() for line in text.splitlines() if line.strip()]
     return [f"{k}={_value(v)}" for k, v in o.items()] + data_overrides(dataset, mapping) + extra
 
 

@@ -576,12 +576,19 @@ def _flatten(config, prefix: str = "") -> dict:
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:
-    """config.yaml as a nested dict ({} if absent or unreadable)."""
+    """config.yaml as a nested dict ({} if absent, unreadable, or bigger than a config can be: a run folder
+    copied from elsewhere must not expand an alias bomb in every run list)."""
     import yaml
 
+    from core.config_limits import MAX_CONFIG_FILE_BYTES, check_parsed_size
+
+    path = Path(run_dir) / "config.yaml"
     try:
-        loaded = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        if path.stat().st_size > MAX_CONFIG_FILE_BYTES:
+            return {}
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        check_parsed_size(loaded, str(path))
+    except (OSError, yaml.YAMLError, RecursionError, ConfigError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
 

@@ -112,3 +112,26 @@ def test_the_cli_refuses_a_bomb_with_exit_2_and_one_line(capsys):
     code = main(["train", f"run.name={alias_bomb()}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "anchors and aliases" in err[0]
+
+
+def test_a_run_folder_with_a_bomb_in_its_config_lists_without_expanding_it(tmp_path):
+    from core.runs import list_runs, read_config
+
+    run = tmp_path / "copied-run"
+    run.mkdir()
+    (run / "status.json").write_text('{"state": "completed"}')
+    (run / "config.yaml").write_text("a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+        f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")))
+    assert read_config(run) == {}
+    assert [r["name"] for r in list_runs(tmp_path)] == ["copied-run"]
+
+
+def test_the_app_bounds_the_more_settings_text():
+    from app.train_form import BASES, MAX_EXTRA_CHARS, build_overrides
+
+    form = dict(base=BASES[2], checkpoint="", lora=False, mhc=False, velocity=False, epochs=1, learning_rate=1e-3,
+                set_size=8, seed=0, device="CPU", extra="training.seed=1\n" * (MAX_EXTRA_CHARS // 10))
+    with pytest.raises(ConfigError, match="'More settings' holds"):
+        build_overrides(form, None, None)
+    form["extra"] = "training.seed=1\n"
+    assert build_overrides(form, None, None)[-1] == "training.seed=1"
