@@ -135,3 +135,10 @@ def test_the_app_bounds_the_more_settings_text():
         build_overrides(form, None, None)
     form["extra"] = "training.seed=1\n"
     assert build_overrides(form, None, None)[-1] == "training.seed=1"
+
+
+def test_the_apps_launch_check_refuses_a_bomb_before_launching():
+    from app.train_form import check_overrides
+
+    with pytest.raises(ConfigError, match="anchors and aliases"):
+        check_overrides(["training.max_steps=1", f"run.name={alias_bomb()}"])
