@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 
+import lightning as L
 import pytest
 
 from core import run_lock, runs
@@ -157,3 +158,33 @@ def test_two_resumes_at_once_start_one_trainer(tmp_path, monkeypatch):
     _wait(lambda: json.loads((run_dir / run_lock.LOCK_NAME).read_text())["pid"] == child.pid)
     child.kill()
     child.wait()
+
+
+def test_a_real_resume_hands_the_lock_to_its_trainer_and_completes(small_demo, tmp_path):
+    """runs.resume_run with the real trainer: the launcher's lock passes to the child, the run completes at its
+    full step count, and no lock is left behind."""
+    from core.config import load_config
+    from core.training.run import train
+
+    data = tmp_path / "d.h5ad"
+    small_demo.write_h5ad(data)
+    run_dir = tmp_path / "run"
+    overrides = [f"data.kwargs.path={data}", "data.kwargs.pert_col=condition", "data.kwargs.control_pert=sham",
+                 "data.kwargs.cell_type_key=cell_types_simple_short", "data.kwargs.embed_key=X_pca",
+                 "model.kwargs.hidden_dim=16", "model.kwargs.n_layers=1", "model.kwargs.n_heads=2",
+                 "model.kwargs.cell_set_len=8", "training.max_steps=12", "training.accelerator=cpu",
+                 f"run.dir={run_dir}"]
+
+    class StopAt(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 5:
+                (run_dir / "STOP").write_text("cancel")
+
+    train(load_config(None, overrides), callbacks=[StopAt()])
+    assert runs.read_status(run_dir)["state"] == "cancelled"
+    runs.resume_run(run_dir)
+    child = runs._CHILDREN[run_dir.resolve()]
+    child.wait(timeout=600)
+    status = runs.read_status(run_dir)
+    assert status["state"] == "completed" and status["step"] == 12, status
+    assert not (run_dir / run_lock.LOCK_NAME).exists()
