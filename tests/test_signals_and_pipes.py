@@ -53,8 +53,10 @@ def test_sigterm_marks_the_run_interrupted_and_it_can_be_resumed(small_demo, tmp
 
 def test_runs_list_into_a_closed_pipe_prints_no_traceback(tmp_path):
     root = tmp_path / "runs"
-    for i in range(2000):  # 140 KB of lines, more than a pipe buffer holds: the writer meets the closed pipe
-        run = root / f"run-{i:04d}"
+    # 2,000 lines of 150 characters: 300 KB, far more than the pipe's 64 KB and head's one read, so the writer
+    # certainly meets the closed pipe
+    for i in range(2000):
+        run = root / f"run-{i:04d}-{'x' * 80}"
         run.mkdir(parents=True)
         (run / "status.json").write_text(json.dumps({"state": "completed", "step": i}))
     env = dict(os.environ, ST_RUNS_DIR=str(root))

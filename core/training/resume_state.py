@@ -7,7 +7,8 @@ validation every ``val_freq`` steps, or by a cancel) continues exactly where it 
   indices is the same as having drawn them. Without it the epoch restarted at batch 0 and the resumed run
   trained other sets (38 of 40 tensors differed).
 - ``RngState``: torch, numpy and Python RNG states saved with the checkpoint and restored with it.
-- ``SaveOnCancel``: a cancel saves last.ckpt inside the batch loop. Saved after ``fit`` returns, the loop
+- ``SaveOnCancel``: a cancel saves its checkpoint inside the batch loop; the trainer then makes it last.ckpt,
+  over the one Lightning's ModelCheckpoint writes when training ends. Saved after ``fit`` returns, the loop
   state already counts the cancelled epoch as finished, and the resumed run skipped the rest of it (a
   680-step run cancelled at 386 ended "completed" at 675).
 - ``prepare_resume``: metrics rows the resumed run will write again are dropped, and temp files left by

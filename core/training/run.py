@@ -287,7 +287,7 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
     resume = ckpt_dir / "last.ckpt" if t.resume and (ckpt_dir / "last.ckpt").exists() else None
     if resume is not None and _is_rank_zero():
         prepare_resume(run_dir, resume)  # metrics after the checkpoint's step dropped, orphan temp files removed
-    cancel_saver = SaveOnCancel(callback, ckpt_dir / "last.ckpt")
+    cancel_saver = SaveOnCancel(callback, ckpt_dir / "cancel.ckpt")
     trainer = L.Trainer(
         accelerator=accelerator, devices=devices, strategy=t.strategy, precision=precision,
         max_epochs=max_epochs, max_steps=t.max_steps,
@@ -309,7 +309,9 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list) -> Path:
         _final_validation(trainer, module, data, checkpoint, ckpt_dir)
     check_finite_result(module, module.val_summary.get("val_loss"), trainer.global_step)  # else: failed
     trainer.save_checkpoint(ckpt_dir / "final.ckpt", weights_only=False)
-    if not cancel_saver.saved:  # a cancel saved last.ckpt inside the loop, where a resume must continue
+    if cancel_saver.saved:  # saved inside the loop, where a resume must continue; it replaces any later last.ckpt
+        os.replace(ckpt_dir / "cancel.ckpt", ckpt_dir / "last.ckpt")
+    else:
         trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # where a resumed run continues
     state = "cancelled" if callback.cancelled else "completed"
     seconds = time.time() - started
