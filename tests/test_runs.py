@@ -513,6 +513,11 @@ def test_a_trainer_that_exits_with_an_error_is_marked_failed_with_its_message(fa
 def test_a_sigkilled_trainer_reads_as_interrupted_and_resumes_in_the_same_folder(fake_trainer):
     run_dir = runs.launch_run(["honour-stop"], name="killed", root=fake_trainer)
     status = _wait_for_state(run_dir, {"running"})
+    # kill only once a row is on disk: "running" is written before the first row, and killing in between
+    # (a loaded machine) left no metrics to check
+    deadline = time.monotonic() + 120.0
+    while runs.read_metrics(run_dir).empty and time.monotonic() < deadline:
+        time.sleep(0.05)
     os.kill(status["pid"], signal.SIGKILL)
     interrupted = _wait_for_state(run_dir, {"interrupted"})
     assert interrupted["recorded_state"] == "running"
