@@ -21,7 +21,7 @@ _spec.loader.exec_module(make_corpus)
 
 # One case per item of issue 7's bad-input list (some items, e.g. NaN or inf, have several cases), then
 # issue 12's: config bounds, allocation bombs, non-AnnData HDF5, bad embeddings, guessed conditions, bad bases.
-EXPECTED_CASES = 25 + 22
+EXPECTED_CASES = 25 + 23
 
 
 # The cases that also run as a real ``python -m core`` process (one of each kind: config, data, checkpoint and

@@ -7,7 +7,8 @@ dataset's declared shape x item size is summed, without reading any data, and ch
 budget (core/memory_budget.py). In backed mode X stays on disk, so X is not counted.
 
 Files that are HDF5 but not AnnData (loom, 10x Genomics .h5, an empty file) get their own one-line message
-instead of anndata's "may be truncated".
+instead of anndata's "may be truncated"; a file with an external link (into another HDF5 file, possibly
+outside the data roots) is refused.
 """
 
 from __future__ import annotations
@@ -64,6 +65,23 @@ def declared_bytes(handle, backed: bool = False) -> int:
     return total
 
 
+def external_link(handle) -> str | None:
+    """The path (inside the file) of the first link to another file, or None. anndata never writes them; a
+    crafted file uses one to make us read an HDF5 file anywhere on the server (outside the data roots)."""
+    import h5py
+
+    found = []
+
+    def visit(path: str, link):
+        if isinstance(link, h5py.ExternalLink):
+            found.append(path)
+            return True
+        return None
+
+    handle.visititems_links(visit)
+    return found[0] if found else None
+
+
 def check_h5ad(source, name: str, backed: bool = False) -> None:
     """DataError (one line) if ``source`` (a path or a binary file object) is HDF5 but not AnnData, or declares
     more data than the memory budget; reads headers only. Files h5py cannot open are left to the reader."""
@@ -77,6 +95,10 @@ def check_h5ad(source, name: str, backed: bool = False) -> None:
         error = _not_anndata(list(handle.keys()), name)
         if error is not None:
             raise error
+        link = external_link(handle)
+        if link is not None:
+            raise DataError(f"{name} links to another file at '{link[:80]}' (an HDF5 external link); an .h5ad must "
+                            "hold its own data: save a self-contained copy with adata.write_h5ad()")
         need = declared_bytes(handle, backed)
     budget = memory_budget()
     if need > budget:

@@ -139,6 +139,17 @@ def _declares_terabytes(small_demo, folder: Path, name: str) -> None:
         f["obsm"].create_dataset("X_bomb", shape=(small_demo.n_obs, 10**9), dtype="float32", chunks=(1, 1024))
 
 
+def _external_link(small_demo, folder: Path, name: str) -> None:
+    """A valid .h5ad whose obsm has a link into another HDF5 file (which could lie anywhere on the server)."""
+    import h5py
+
+    _write(small_demo, folder, name)
+    with h5py.File(folder / f"{name}-elsewhere.h5", "w") as other:
+        other.create_dataset("secret", data=np.arange(small_demo.n_obs * 2, dtype=np.float32).reshape(-1, 2))
+    with h5py.File(folder / f"{name}.h5ad", "a") as f:
+        f["obsm"]["X_linked"] = h5py.ExternalLink(str(folder / f"{name}-elsewhere.h5"), "/secret")
+
+
 def _hdf5_like(groups: tuple[str, ...]):
     def make(small_demo, folder: Path, name: str) -> None:
         import h5py
@@ -220,6 +231,7 @@ ISSUE_12_CASES = [
     Case("hidden_dim_huge", _train("model.kwargs.hidden_dim=65536", data=False), "hidden_dim must be <="),
     Case("learning_rate_inf", _train("training.learning_rate=inf", data=False), "must be a finite number"),
     Case("h5ad_declares_terabytes", _train(), "memory budget", _declares_terabytes),
+    Case("h5ad_external_link", _train(), "links to another file", _external_link),
     Case("loom_file", _train(), "loom", _hdf5_like(("matrix_", "row_attrs", "col_attrs"))),
     Case("tenx_h5_file", _train(), "10x genomics", _hdf5_like(("matrix",))),
     Case("empty_hdf5", _train(), "empty hdf5", _hdf5_like(())),
