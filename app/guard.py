@@ -12,6 +12,7 @@ import logging
 
 import streamlit as st
 
+from app.plain import plain
 from core.errors import UserError
 
 log = logging.getLogger("app")
@@ -19,10 +20,10 @@ log = logging.getLogger("app")
 
 def show_error(err: Exception, doing: str) -> None:
     if isinstance(err, UserError):
-        st.error(str(err), icon=":material/warning:")
+        st.error(plain(err), icon=":material/warning:")  # messages quote user strings: shown as text
         return
     log.exception("unexpected error while %s", doing)
-    st.error(f"Something went wrong while {doing} ({type(err).__name__}: {err}). The details are in the "
+    st.error(f"Something went wrong while {doing} ({type(err).__name__}: {plain(err)}). The details are in the "
              "server log; try again, or report it with that log if it happens again.",
              icon=":material/error:")
 

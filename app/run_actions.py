@@ -33,14 +33,14 @@ def _resume(run: dict) -> str:
 
 
 def _save_tags(run: dict) -> str:
-    from core.run_admin import set_tags
+    from core.runs.admin import set_tags
 
     saved = set_tags(run["path"], st.session_state[f"tags_{run['name']}"].split(","))
     return f"Tags of {run['name']}: {', '.join(saved) or 'none'}."
 
 
 def _clone(run: dict) -> str:
-    from core.run_admin import clone_run
+    from core.runs.admin import clone_run
 
     changes = st.session_state[f"clone_changes_{run['name']}"].splitlines()
     new = clone_run(run["path"], changes, st.session_state[f"clone_name_{run['name']}"])
@@ -49,7 +49,7 @@ def _clone(run: dict) -> str:
 
 
 def _delete(run: dict) -> str:
-    from core.run_admin import delete_run
+    from core.runs.admin import delete_run
 
     delete_run(run["path"])
     st.session_state.pop("selected_run", None)
@@ -68,7 +68,7 @@ def _outcome() -> None:
 
 
 def run_actions(run: dict | None) -> None:
-    from core.run_admin import read_tags
+    from core.runs.admin import read_tags
 
     _outcome()
     if run is None:

@@ -16,6 +16,7 @@ import streamlit as st
 from app import url_state
 from app.cache import DEMO_DATASETS, DatasetRef, guessed_mapping, load_dataset, path_adata, upload_digest
 from app.guard import shown_errors
+from app.plain import plain
 from core.errors import DataError
 
 SOURCES = ("Demo data", "Upload a .h5ad file", "A .h5ad path on the server")
@@ -28,9 +29,9 @@ def upload_limit_mb() -> int:
 
 
 def uploads_dir() -> Path:
-    from core.paths import runs_root
+    from core.runs.uploads import uploads_dir as folder
 
-    return runs_root() / ".uploads"
+    return folder()
 
 
 def _saved_upload(uploaded) -> DatasetRef:
@@ -58,19 +59,20 @@ def _saved_upload(uploaded) -> DatasetRef:
                     text = str(err).replace(str(path), uploaded.name).replace(path.name, uploaded.name)
                     raise DataError(text) from err
                 raise
+            from core.runs.uploads import evict
+
+            evict(keep=path)  # the folder stays under ST_UPLOADS_MAX_BYTES, oldest uploads out first
     return DatasetRef("upload", str(path), f"Upload: {uploaded.name}", str(path))
 
 
 def _server_path(text: str) -> DatasetRef | None:
+    from core.data.roots import checked_input_path
+
     text = text.strip()
     if not text:
         return None
-    path = Path(text).expanduser()
-    if path.suffix != ".h5ad":
-        raise DataError(f"{text} is not a .h5ad file; give the path of an AnnData .h5ad file on this server")
-    if not path.is_file():
-        raise DataError(f"no file at {text}; check the path (it is read on the server, not your computer)")
-    path = path.resolve()
+    # resolved (symlinks too) and checked against the data roots before anything is said about the file
+    path = checked_input_path(text, "data file", (".h5ad",))
     return DatasetRef("path", str(path), f"File: {path.name}", str(path))
 
 
@@ -227,5 +229,5 @@ def render() -> None:
                 # complete or nothing: a page never validates or trains with a field left to choose
                 st.session_state["mapping"] = None if st.session_state["mapping_missing"] else mapping
         if ref.kind != "demo":
-            # st.text: the user's file name is shown as typed, never read as markdown
-            st.text(f"Reading {ref.label.partition(': ')[2]}; the original file is never modified.")
+            # the user's file name as typed, never read as markdown
+            st.caption(f"Reading {plain(ref.label.partition(': ')[2])}; the original file is never modified.")

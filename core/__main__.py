@@ -5,6 +5,7 @@ traceback; see ``core/errors.py``.
 """
 
 import argparse
+import os
 import sys
 
 from core.cli import discover
@@ -32,6 +33,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (python -m core runs list | head): stop quietly, and point stdout at devnull
+        # so the interpreter's final flush does not raise the same error again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -22,6 +22,13 @@ from pathlib import Path
 
 import yaml
 
+from core.config_limits import (
+    MAX_CONFIG_FILE_BYTES,
+    check_bounds,
+    check_model_memory,
+    check_parsed_size,
+    check_text_size,
+)
 from core.errors import ConfigError
 
 # Arc State's names -> ours, so that commands written for ``state tx train`` run unchanged.
@@ -102,6 +109,8 @@ class ModelKwargs:
 class ModelConfig:
     kwargs: ModelKwargs = field(default_factory=ModelKwargs)
     init_from: str | None = None  # a checkpoint path, or "demo" for the demo base
+    # true: fine-tune even when base tensors do not fit this model (they are skipped and start random)
+    allow_partial_base: bool = False
 
 
 @dataclass
@@ -281,11 +290,15 @@ def _to_config(schema) -> Config:
 def parse_override(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key=value, e.g. training.max_epochs=3")
+    check_text_size(text, "the override")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    except RecursionError:  # PyYAML's parser recurses once per nesting level
+        raise ConfigError(f"the value of {key.strip()[:100]} is nested too deeply") from None
+    check_parsed_size(value, f"the value of {key.strip()[:100]}")
     return key.strip(), value
 
 
@@ -302,10 +315,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"no config file at {path}")
+        if path.stat().st_size > MAX_CONFIG_FILE_BYTES:
+            raise ConfigError(f"{path} is larger than {MAX_CONFIG_FILE_BYTES:,} bytes; a config is a few KB")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from err
+        except RecursionError:
+            raise ConfigError(f"{path} is nested too deeply to be a config") from None
+        check_parsed_size(data, str(path))
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of config keys")
         _apply_dict(cfg, data)
@@ -318,6 +336,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_from_dict(data: dict) -> Config:
+    check_parsed_size(data, "the config")
     cfg = _schema()
     _apply_dict(cfg, data)
     config = _to_config(cfg)
@@ -331,6 +350,7 @@ def _check(ok: bool, message: str) -> None:
 
 
 def validate_config(cfg: Config) -> None:
+    check_bounds(cfg)  # first: upper bounds, finite numbers, bounded text (core/config_limits.py)
     m, t, d = cfg.model.kwargs, cfg.training, cfg.data.kwargs
     _check(m.backbone in ("llama", "gpt2"), f"model.kwargs.backbone must be llama or gpt2; got {m.backbone!r}")
     _check(m.hidden_dim >= 8 and m.n_heads >= 1 and m.hidden_dim % m.n_heads == 0,
@@ -385,6 +405,7 @@ def validate_config(cfg: Config) -> None:
            f"data.kwargs.match_by must be cell_type or cell_type_batch; got {d.match_by!r}")
     _check(0 <= d.val_fraction < 0.5 and 0 <= d.test_fraction < 0.5,
            "data.kwargs.val_fraction and test_fraction must lie in [0, 0.5)")
+    check_model_memory(cfg)  # the estimate of core/config_limits.py against the memory budget
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -99,10 +99,18 @@ def test_upload_limit_is_stated_in_the_sidebar(app):
     assert any("Upload limit: 500 MB" in c.value for c in app.sidebar.caption)
 
 
-@pytest.mark.parametrize("kind, expected", [("csv", "not an .h5ad (HDF5) file"), ("truncated", "truncated")])
+@pytest.mark.parametrize("kind, expected", [("csv", "not an .h5ad (HDF5) file"), ("truncated", "truncated"),
+                                            ("declares 200 GB", "more than the memory budget")])
 def test_bad_upload_is_refused_in_one_line_and_not_kept(app, tmp_path, demo_adata, kind, expected):
     if kind == "csv":
         content = b"cell,condition\nA,sham\n"
+    elif kind.startswith("declares"):  # a small file whose obsm declares 50 x 10^9 float32, storing nothing
+        import h5py
+
+        demo_adata[:50].copy().write_h5ad(tmp_path / "bomb.h5ad")
+        with h5py.File(tmp_path / "bomb.h5ad", "a") as f:
+            f["obsm"].create_dataset("X_bomb", shape=(50, 10**9), dtype="float32", chunks=(1, 1024))
+        content = (tmp_path / "bomb.h5ad").read_bytes()
     else:
         demo_adata[:50].copy().write_h5ad(tmp_path / "whole.h5ad")
         content = (tmp_path / "whole.h5ad").read_bytes()[:3000]
@@ -148,7 +156,8 @@ def test_upload_with_other_column_names_works_through_the_mapping(app, demo_adat
 
 def test_server_path_that_does_not_exist_says_so(app, tmp_path):
     app.sidebar.radio(key="data_source").set_value("A .h5ad path on the server").run()
-    app.sidebar.text_input(key="server_path").set_value(str(tmp_path / "missing.h5ad")).run()
+    # inside the runs folder, a data root: outside the roots the app does not say whether a path exists
+    app.sidebar.text_input(key="server_path").set_value(str(tmp_path / "runs" / "missing.h5ad")).run()
     assert not app.exception
     assert any("no file at" in e.value for e in app.sidebar.error)
 

@@ -19,8 +19,9 @@ make_corpus = importlib.util.module_from_spec(_spec)
 sys.modules["make_corpus"] = make_corpus  # dataclasses look their module up there
 _spec.loader.exec_module(make_corpus)
 
-# One case per item of the bad-input list in README "What happens when…" (NaN or inf have several cases).
-EXPECTED_CASES = 25
+# One case per item of the bad-input list in README "What happens when…" (NaN or inf have several cases): files,
+# config values and bounds, allocation bombs, non-AnnData HDF5, bad embeddings, guessed conditions, bad bases.
+EXPECTED_CASES = 25 + 23
 
 
 # The cases that also run as a real ``python -m core`` process (one of each kind: config, data, checkpoint and

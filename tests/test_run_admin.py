@@ -14,8 +14,8 @@ from core.config import load_config, save_config
 from core.errors import ConfigError
 from core.evaluation.run_warnings import run_warnings
 from core.figures.compare import flatten
-from core.run_admin import clone_overrides, delete_run, read_tags, set_tags
 from core.runs import RunFolderError, RunWriter, read_config, read_status
+from core.runs.admin import clone_overrides, delete_run, read_tags, set_tags
 from core.training.data import DEMO_MAPPINGS
 from core.training.run import resolve_defaults
 

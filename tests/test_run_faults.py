@@ -280,3 +280,39 @@ def test_a_full_disk_while_saving_fails_the_run_clearly_and_keeps_the_previous_c
     assert last["epoch"] == 0 and last["global_step"] == first_epoch_steps
     assert not [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")]
     assert not (run_dir / "checkpoints" / "final.ckpt").exists()
+
+
+def test_a_full_disk_inside_torchs_zip_writer_is_the_same_one_line(small_h5ad, tmp_path, monkeypatch):
+    """On a real full disk the OSError comes from inside torch's zip writer, which re-raises it as
+    ``RuntimeError ... unexpected pos``: the run must still end with the disk-full sentence."""
+    import errno
+    import io
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    class FillsUp(io.RawIOBase):
+        def __init__(self, handle, room):
+            self.handle, self.room = handle, room
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            if len(data) > self.room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.room -= len(data)
+            return self.handle.write(data)
+
+    def save_onto_a_filling_disk(obj, handle, *args, **kwargs):
+        calls["n"] += 1
+        target = handle if calls["n"] <= 2 else FillsUp(handle, 4096)
+        return real_save(obj, target, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_onto_a_filling_disk)
+    run_dir = tmp_path / "zip-full"
+    with pytest.raises(runs.RunFolderError) as err:
+        _train_in_process(_overrides(small_h5ad, "training.max_epochs=3"), run_dir)
+    assert "disk is full" in str(err.value) and "\n" not in str(err.value)
+    assert runs.read_status(run_dir)["state"] == "failed"
+    assert not [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")]

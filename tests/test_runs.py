@@ -421,13 +421,15 @@ FAKE_TRAINER = textwrap.dedent(
         worker = subprocess.Popen(["sleep", "60"])
         open(os.path.join(run_dir, "worker.pid"), "w").write(str(worker.pid))
     for step in range(10_000):
+        # a row before the STOP check, as the real trainer logs a step before it sees STOP: a cancel that
+        # lands before the first step still leaves one row (the check at the top raced with fast cancels)
+        writer.append_metrics({"split": "train", "step": step, "loss": 1.0})
+        writer.heartbeat(step=step)
         if mode in ("honour-stop", "slow-save") and writer.stop_requested():
             if mode == "slow-save":
                 time.sleep(1.5)  # saving a big checkpoint
             writer.write_status("cancelled", step=step, message="cancelled by STOP")
             sys.exit(0)
-        writer.append_metrics({"split": "train", "step": step, "loss": 1.0})
-        writer.heartbeat(step=step)
         time.sleep(0.02)
     """
 )
@@ -446,7 +448,7 @@ def fake_trainer(tmp_path, monkeypatch):
     return tmp_path / "runs"
 
 
-def _wait_for_state(run_dir, states, timeout=20.0):
+def _wait_for_state(run_dir, states, timeout=120.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = runs.read_status(run_dir)
@@ -509,6 +511,11 @@ def test_a_trainer_that_exits_with_an_error_is_marked_failed_with_its_message(fa
 def test_a_sigkilled_trainer_reads_as_interrupted_and_resumes_in_the_same_folder(fake_trainer):
     run_dir = runs.launch_run(["honour-stop"], name="killed", root=fake_trainer)
     status = _wait_for_state(run_dir, {"running"})
+    # kill only once a row is on disk: "running" is written before the first row, and killing in between
+    # (a loaded machine) left no metrics to check
+    deadline = time.monotonic() + 120.0
+    while runs.read_metrics(run_dir).empty and time.monotonic() < deadline:
+        time.sleep(0.05)
     os.kill(status["pid"], signal.SIGKILL)
     interrupted = _wait_for_state(run_dir, {"interrupted"})
     assert interrupted["recorded_state"] == "running"

@@ -13,6 +13,7 @@ import streamlit as st
 from app import cache
 from app.components import run_picker, show_figure
 from app.guard import shown_errors
+from app.plain import plain
 from app.run_actions import run_actions
 
 POLL_S = 1.0
@@ -31,7 +32,7 @@ def _duration(seconds) -> str:
 
 
 def runs_table(runs: list[dict]) -> pd.DataFrame:
-    from core.run_admin import read_tags
+    from core.runs.admin import read_tags
 
     rows = []
     for run in runs:
@@ -80,25 +81,26 @@ def _status_block(run: dict) -> None:
         st.progress(min(max(progress, 0.0), 1.0), text=text)
         if st.button("Cancel this run", key=f"cancel_{run['name']}"):
             final = cancel_run(path)
-            st.warning(f"{run['name']} is {final['state']}; what it saved is kept.")
+            st.warning(f"{plain(run['name'])} is {final['state']}; what it saved is kept.")
     elif state == "completed":
         took = (status.get("ended") or 0) - (status.get("started") or status.get("created") or 0)
-        st.success(f"{run['name']} completed in {_duration(took)}. Inspect it or compare it with other runs.")
+        st.success(f"{plain(run['name'])} completed in {_duration(took)}. Inspect it or compare it with other runs.")
     elif state == "failed":
-        st.error(f"{run['name']} failed: {status.get('message') or 'no message recorded; see the log below'}")
+        message = status.get("message") or "no message recorded; see the log below"
+        st.error(f"{plain(run['name'])} failed: {plain(message)}")
         if run["config"]:
             with st.expander("Settings of the failed run"):
                 st.dataframe(pd.DataFrame({"value": [str(v) for v in run["config"].values()]},
                                           index=list(run["config"])), key=f"failed_config_{run['name']}")
     elif state == "interrupted":
-        st.warning(f"{run['name']} was interrupted ({status.get('message', '')}). Its last checkpoint is "
+        st.warning(f"{plain(run['name'])} was interrupted ({plain(status.get('message', ''))}). Its last checkpoint is "
                    f"kept; see how to resume it: `python -m core runs resume-info {run['name']}`.")
     else:
-        st.info(f"{run['name']} is {state}. {status.get('message') or ''}")
+        st.info(f"{plain(run['name'])} is {state}. {plain(status.get('message') or '')}")
     from core.evaluation.run_warnings import run_warnings
 
     for warning in run_warnings(run["config"], status, cache.run_metrics(path)):
-        st.warning(warning)
+        st.warning(plain(warning))
     if state in ("failed", "interrupted", "cancelled"):
         with st.expander("Last lines of the run's log"):
             st.code(_log_tail(path), language="text")

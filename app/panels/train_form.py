@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.plain import plain
 from app.readiness import BASES, readiness, train_choice
 from core.errors import ConfigError
 
+MAX_EXTRA_CHARS = 20_000
 DEVICES = {"auto (GPU if present)": "auto", "CPU": "cpu", "GPU": "gpu"}
 LOSSES = {"alignment: (1 − cos) + β·| ‖Δz‖ − ‖v_z‖ |": "alignment", "L2: ‖Δz − v_z‖²": "l2"}
 
@@ -84,16 +86,23 @@ def build_overrides(form: dict, dataset, mapping: dict | None) -> list[str]:
     o["model.kwargs.cell_set_len"] = form["set_size"]
     o["training.seed"] = form["seed"]
     o["training.accelerator"] = DEVICES[form["device"]]
-    extra = [line.strip() for line in form.get("extra", "").splitlines() if line.strip()]
+    text = form.get("extra", "")
+    if len(text) > MAX_EXTRA_CHARS:  # each line is bounded by the config; the number of lines is bounded here
+        raise ConfigError(f"'More settings' holds {len(text):,} characters; at most {MAX_EXTRA_CHARS:,} are accepted")
+    extra = [line.strip() for line in text.splitlines() if line.strip()]
     return [f"{k}={_value(v)}" for k, v in o.items()] + data_overrides(dataset, mapping) + extra
 
 
 def check_overrides(overrides: list[str]):
     """Resolve the overrides with the typed config (unknown keys, wrong types, out-of-range values raise
-    ``ConfigError``), exactly as ``python -m core train`` will; returns the config."""
+    ``ConfigError``), exactly as ``python -m core train`` will; then refuse what form text may not choose:
+    where the run writes, or files to read outside the data roots (core/data/roots.py). Returns the config."""
     from core.config import load_config
+    from core.data.roots import check_app_config
 
-    return load_config(overrides=overrides)
+    cfg = load_config(overrides=overrides)
+    check_app_config(cfg)
+    return cfg
 
 
 def check_extra_against_data(cfg, choice: dict) -> None:
@@ -138,7 +147,7 @@ def train_form() -> None:
     m, t = defaults.model.kwargs, defaults.training
     dataset = st.session_state.get("dataset")
     mapping = st.session_state.get("mapping")
-    st.text(f"Data: {dataset.label if dataset else 'none chosen'} (set in the sidebar).")  # as text: a file name
+    st.caption(f"Data: {plain(dataset.label) if dataset else 'none chosen'} (set in the sidebar).")
     choice = _data_settings()
     base, checkpoint, set_size = choice["base"], choice["checkpoint"], choice["set_size"]
     ready = readiness()
@@ -200,7 +209,7 @@ def train_form() -> None:
     check_extra_against_data(check_overrides(overrides), choice)
     run_dir = launch_run(overrides, run_name)
     st.session_state["selected_run"] = run_dir.name
-    st.success(f"Launched **{run_dir.name}**; it appears below and updates live.")
+    st.success(f"Launched **{plain(run_dir.name)}**; it appears below and updates live.")
     if velocity and not (mapping or {}).get("velocity_key"):
         st.info("No velocity key is chosen in the sidebar, so training computes scvelo velocity for this data "
                 "set first (cached for later runs).")

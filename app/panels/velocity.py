@@ -116,4 +116,7 @@ def save_copy_with_velocity(ref, adata, embed_key: str, params: dict):
         compute_velocity(work, basis=embed_key.removeprefix("X_"), embed_key=embed_key, **params)
         with st.spinner("Writing the copy…"):  # atomic, with a temp name per process: sessions never collide
             atomic_write_with(path, work.write_h5ad)
+        from core.runs.uploads import evict
+
+        evict(keep=path)  # copies count against ST_UPLOADS_MAX_BYTES like uploads
     return path

@@ -5,13 +5,14 @@ import streamlit as st
 from app import cache
 from app.components import current_data, show_figure
 from app.guard import shown_errors
+from app.plain import plain
 from app.readiness import readiness
 from app.sidebar import describe_fields
 from core.figures.velocity import arrows_figure, confidence_histogram, embedding_scatter
 
 st.title("Data")
 ref, adata, mapping = current_data()
-st.text(f"{ref.label}: {adata.n_obs:,} cells × {adata.n_vars:,} genes.")  # a user's file name, as text
+st.caption(f"{plain(ref.label)}: {adata.n_obs:,} cells × {adata.n_vars:,} genes.")
 if mapping is None:
     missing = st.session_state.get("mapping_missing") or []
     st.warning(f"Choose the {describe_fields(missing) if missing else 'column mapping'} in the sidebar's column "
@@ -34,12 +35,12 @@ with shown_errors("validating the data set"):
     elif ready.ready:
         st.success("Ready to train, with the warnings below.")
     elif report.ok:  # only guesses stand in the way
-        st.info(f"Every check passed, but {ready.blockers[-1]}.")
+        st.info(f"Every check passed, but {plain(ready.blockers[-1])}.")
     if report is not None:
         for problem in report.errors:
-            st.error(problem)
+            st.error(plain(problem))
         for warning in report.warnings:
-            st.warning(warning)
+            st.warning(plain(warning))
 
 st.subheader("Cells per condition × cell type × batch")
 with shown_errors("summarising the data set"):

@@ -5,6 +5,7 @@ import streamlit as st
 from app import cache
 from app.components import run_path, run_picker, show_figure
 from app.guard import shown_errors
+from app.plain import plain
 from core.evaluation.mhc_drift import mapping_drift
 from core.figures import mhc as mhc_figures
 from core.runs import list_runs
@@ -19,7 +20,7 @@ if not runs:
 run = run_picker(runs, "Run", key="inspect_run")
 path = run_path(run)
 status = run["status"]
-st.caption(f"State: **{run['state']}**" + (f": {status.get('message')}" if status.get("message") else ""))
+st.caption(f"State: **{run['state']}**" + (f": {plain(status.get('message'))}" if status.get("message") else ""))
 
 # Only the open tab is drawn (a tab switch reruns the page): drawing both doubled the page switch.
 mhc_tab, velocity_tab = st.tabs(TABS, key="inspect_tab", on_change="rerun")

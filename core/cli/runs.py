@@ -119,8 +119,8 @@ def run(args) -> int:
 
 
 def _admin(args) -> int:
-    from core.run_admin import clone_run, delete_run, set_tags
     from core.runs import resolve_run
+    from core.runs.admin import clone_run, delete_run, set_tags
 
     # delete only inside the runs folder: a path typo must not remove some other folder
     run_dir = resolve_run(args.run, args.root, allow_outside=args.action == "clone")

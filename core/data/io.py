@@ -7,6 +7,7 @@ from pathlib import Path
 
 import anndata as ad
 
+from core.data.h5_budget import check_h5ad
 from core.errors import DataError
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -21,6 +22,7 @@ def read_h5ad(source, backed: bool = False) -> ad.AnnData:
         data = bytes(source)
         if not data.startswith(_HDF5_SIGNATURE):
             raise DataError("the uploaded file is not an .h5ad (HDF5) file; export it with adata.write_h5ad()")
+        check_h5ad(io.BytesIO(data), "the uploaded file")  # headers only: AnnData? fits the memory budget?
         try:
             return ad.read_h5ad(io.BytesIO(data))
         except Exception as err:  # h5py/anndata raise many types for damaged files
@@ -33,6 +35,7 @@ def read_h5ad(source, backed: bool = False) -> ad.AnnData:
     with open(path, "rb") as fh:
         if fh.read(8) != _HDF5_SIGNATURE:
             raise DataError(f"{path.name} is not an .h5ad (HDF5) file; export it with adata.write_h5ad()")
+    check_h5ad(path, path.name, backed=backed)  # headers only, before anndata allocates anything
     try:
         return ad.read_h5ad(path, backed="r" if backed else None)
     except Exception as err:

@@ -113,8 +113,7 @@ def guess_mapping(adata) -> ColumnMapping:
     condition, the cell-type column is named like one. Otherwise it stays "" (no guess), so a file without a
     condition column is not silently trained with its cell types as "perturbations"."""
     opts = candidates(adata)
-    pert_col = next((c for c in opts["pert_col"] if control_candidates(adata.obs[c])
-                     or _named_like(c, PERT_HINTS)), "")
+    pert_col = _guess_pert_col(adata, opts["pert_col"])
     controls = control_candidates(adata.obs[pert_col]) if pert_col else []
     cell_type = next((c for c in opts["cell_type_key"] if c != pert_col and _named_like(c, _CELL_TYPE_HINTS)), "")
     batch = next((c for c in opts["batch_col"] if c not in (pert_col, cell_type) and
@@ -130,6 +129,21 @@ def guess_mapping(adata) -> ColumnMapping:
         velocity_key=velocity,
         confidence_key=opts["confidence_key"][0] if opts["confidence_key"] and velocity else None,
     )
+
+
+def _guess_pert_col(adata, ranked: list[str]) -> str:
+    """A column named like a condition (integer columns too: 0/1 conditions are common), else one holding a
+    control-like value (sham, control, ...) that is not named like a batch or cell type, else none: the
+    validator then asks the user. A mouse id such as 'sham_1' taken as the condition trains one fake
+    perturbation per mouse (issue 12, point 7)."""
+    named = [c for c in adata.obs.columns if any(h in str(c).lower() for h in PERT_HINTS)
+             and adata.obs[c].nunique(dropna=True) <= 200]
+    if named:
+        return _rank(named, PERT_HINTS)[0]
+    other_roles = _BATCH_HINTS + _CELL_TYPE_HINTS
+    with_control = [c for c in ranked if control_candidates(adata.obs[c])
+                    and not any(h in str(c).lower() for h in other_roles)]
+    return with_control[0] if with_control else ""
 
 
 def _guess_velocity(adata, embed: str, options: list[str]) -> str | None:

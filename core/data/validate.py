@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from core.data.embedding_check import embedding_problem, embedding_warning
 from core.data.mapping import ColumnMapping
 from core.errors import DataError
 
@@ -60,11 +61,14 @@ def _check_embedding(adata, mapping: ColumnMapping, expected_dim: int | None, re
     if not mapping.embed_key or mapping.embed_key not in adata.obsm:
         report.errors.append(f"embedding obsm['{mapping.embed_key}'] not found; available: {list(adata.obsm)}")
         return
-    z = np.asarray(adata.obsm[mapping.embed_key])
-    if z.ndim != 2 or z.shape[0] != adata.n_obs or not np.issubdtype(z.dtype, np.number):
-        report.errors.append(f"obsm['{mapping.embed_key}'] must be a numeric cells x dimensions array; "
-                             f"got shape {z.shape}")
+    problem = embedding_problem(adata.obsm[mapping.embed_key], adata.n_obs)
+    if problem:
+        report.errors.append(f"obsm['{mapping.embed_key}'] {problem}")
         return
+    warning = embedding_warning(adata.obsm[mapping.embed_key])
+    if warning:
+        report.warnings.append(f"obsm['{mapping.embed_key}'] {warning}")
+    z = np.asarray(adata.obsm[mapping.embed_key])
     finite = np.isfinite(z.astype(np.float64))
     if not finite.all():
         report.errors.append(f"obsm['{mapping.embed_key}'] has NaN or inf in {int((~finite).any(1).sum())} cells; "
@@ -142,8 +146,16 @@ def validate(adata, mapping: ColumnMapping, set_size: int | None = None, expecte
         )
         return report
     if not report.perturbations:
-        report.errors.append(f"'{mapping.pert_col}' has only the control value '{mapping.control_pert}': "
-                             "a perturbed condition (e.g. burn) is needed to learn from")
+        # name the real cause: perturbed cells that exist but were all left out for want of a cell type
+        unlabelled = sorted({p for p in pert[obs[mapping.pert_col].notna().to_numpy() & ~labelled]}
+                            - {mapping.control_pert})
+        if unlabelled:
+            report.errors.append(f"the perturbed cells ({', '.join(unlabelled[:5])}) all have no cell type in "
+                                 f"'{mapping.cell_type_key}', so none is left to learn from; fill in their cell "
+                                 "types or choose another cell-type column")
+        else:
+            report.errors.append(f"'{mapping.pert_col}' has only the control value '{mapping.control_pert}': "
+                                 "a perturbed condition (e.g. burn) is needed to learn from")
         return report
     _check_condition_looks_like_one(mapping, levels, report)
 

@@ -15,7 +15,17 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     import torch
 
     ensure_dir(Path(path).parent)
-    _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
+    def save(handle):
+        try:
+            torch.save(obj, handle)
+        except RuntimeError as err:
+            # torch's zip writer turns the OSError of a failed write (ENOSPC) into "RuntimeError ... unexpected
+            # pos"; the OSError it swallowed is its context: raise that, so a full disk reads as one
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise
+
+    _atomic_write(Path(path), save)
 
 
 def atomic_checkpoint_io():

@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 
 from core.config import Config, config_from_dict
+from core.config_limits import check_model_memory
 from core.errors import CheckpointError, ConfigError
+from core.model.base_check import check_base_coverage
 from core.model.state_transition import StateTransitionModel
 
 LORA_TARGETS = {
@@ -84,8 +86,9 @@ def read_checkpoint(ckpt: dict, path) -> tuple[Config, dict, dict]:
         state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         hp["pert_map"], hp["control"], hp["embed_dim"] = dict(hp["pert_map"]), hp["control"], int(hp["embed_dim"])
         hp.setdefault("batch_map", {})
-    except (KeyError, TypeError) as err:
-        raise CheckpointError(f"{path} is not a State Transition checkpoint of this project (no {err})") from err
+    except (KeyError, TypeError, AttributeError, ValueError) as err:  # missing or malformed metadata
+        raise CheckpointError(f"{path} is not a State Transition checkpoint of this project "
+                              f"({type(err).__name__}: {str(err)[:120]})") from err
     except ConfigError as err:
         raise CheckpointError(f"{path} has a config this version cannot read ({err})") from err
     return cfg, hp, state
@@ -194,8 +197,14 @@ def build_for_training(cfg: Config, embed_dim: int, pert_map: dict[str, int], co
     if m.mhc.layer_indices is not None and max(m.mhc.layer_indices) >= m.n_layers:
         raise ConfigError(f"model.kwargs.mhc.layer_indices {m.mhc.layer_indices} must lie in 0..{m.n_layers - 1}: "
                           f"the base model has {m.n_layers} layers")
+    check_model_memory(cfg, embed_dim)  # the base's sizes replaced ours: estimate again before building
     model = plain_model(cfg, embed_dim, len(pert_map), len(batch_map))
-    report = load_base_weights(model, base_state, base_hp, pert_map, control, batch_map)
+    try:
+        report = load_base_weights(model, base_state, base_hp, pert_map, control, batch_map)
+    except (KeyError, IndexError, RuntimeError) as err:  # tensors named or shaped unlike its own metadata
+        raise CheckpointError(f"the tensors of {path} do not match its own metadata (names or sizes differ) "
+                              f"({type(err).__name__}: {str(err).splitlines()[0][:120]})") from err
+    check_base_coverage(report, path, cfg.model.allow_partial_base)
     report["base"] = str(path)
     notes.append(f"base {path}: {len(report['loaded'])} tensors loaded, {len(report['skipped'])} skipped, "
                  f"rebuilt {report['rebuilt'] or 'none'}")
@@ -217,9 +226,15 @@ def build_for_checkpoint(ckpt: dict, path, skeleton=None) -> tuple[StateTransiti
     if skeleton is not None:
         model = skeleton(cfg, hp)
     else:
+        check_model_memory(cfg, hp["embed_dim"])
         model = plain_model(cfg, hp["embed_dim"], len(hp["pert_map"]), len(hp["batch_map"]))
         add_adapters(model, cfg, bool(hp.get("lora_applied", False)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a size in the config that the weights do not have
+        raise CheckpointError(f"{path} has tensors of other sizes than its own config says "
+                              f"({str(err).splitlines()[-1].strip()[:160]}); was it edited or written by another "
+                              "version of this project?") from err
     if missing or unexpected:
         raise CheckpointError(f"{path} does not match its own config ({len(missing)} missing, {len(unexpected)} "
                               "unexpected tensors); was it written by another version of this project?")

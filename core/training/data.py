@@ -245,9 +245,11 @@ class SetSampler(torch.utils.data.Dataset):
         return item
 
 
-def pert_map_for(table: CellTable) -> dict[str, int]:
-    """Label -> row of the perturbation embedding; the control first, then the others sorted."""
-    labels = [table.control] + sorted(set(table.pert) - {table.control})
+def pert_map_for(table: CellTable, labelled: np.ndarray | None = None) -> dict[str, int]:
+    """Label -> row of the perturbation embedding; the control first, then the others sorted. ``labelled``:
+    the cells whose label counts (not those whose condition is missing, which astype(str) calls "nan")."""
+    pert = table.pert if labelled is None else table.pert[labelled]
+    labels = [table.control] + sorted(set(pert) - {table.control})
     return {label: i for i, label in enumerate(labels)}
 
 
@@ -267,8 +269,11 @@ class SetDataModule(L.LightningDataModule):
         self.batch_size, self.set_len, self.seed, self.match_by = t.batch_size, m.cell_set_len, t.seed, d.match_by
         if cell_types is not None:
             split = np.where(adata.obs[mapping.cell_type_key].astype(str).isin(cell_types), split, "unused")
+        # cells without a condition or cell type take no part: astype(str) would turn NaN into a label "nan"
+        labelled = (adata.obs[mapping.pert_col].notna() & adata.obs[mapping.cell_type_key].notna()).to_numpy()
+        split = np.where(labelled, split, "unused")
         self.table = CellTable.from_adata(adata, loss_mapping(cfg, mapping), split)
-        self.pert_map = pert_map_for(self.table)
+        self.pert_map = pert_map_for(self.table, labelled)
         if m.use_batch and not mapping.batch_col:
             raise ConfigError("model.kwargs.use_batch=true needs a batch column (data.kwargs.batch_col)")
         self.batch_map = batch_map_for(self.table) if m.use_batch else {}
@@ -291,7 +296,13 @@ class SetDataModule(L.LightningDataModule):
         return notes
 
     def train_dataloader(self):
-        return torch.utils.data.DataLoader(self.train_sets, batch_size=self.batch_size, shuffle=False)
+        from core.training.resume_state import ResumableLoader
+
+        if self.trainer is not None and self.trainer.world_size > 1:  # DDP swaps in its own sampler
+            return torch.utils.data.DataLoader(self.train_sets, batch_size=self.batch_size, shuffle=False)
+        # resumable in mid-epoch: Lightning saves how many batches of the epoch were processed (resume_state.py)
+        return ResumableLoader(self.train_sets, self.batch_size,
+                               lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def val_dataloader(self):
         return torch.utils.data.DataLoader(self.val_sets, batch_size=self.batch_size, shuffle=False)

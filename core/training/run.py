@@ -27,6 +27,7 @@ from core.io.checkpoint import atomic_checkpoint_io
 from core.paths import SHARED_RUN_DIR_ENV, runs_root
 from core.progress import ProgressBar
 from core.runs import RunWriter, new_run_dir
+from core.runs import lock as run_lock
 from core.training.devices import device_choice, lightning_devices, world_size
 
 log = logging.getLogger("core.training")
@@ -140,6 +141,17 @@ def train(cfg: Config, callbacks: list | None = None, progress: bool | None = No
     terminal or in the notebook; by default shown when there is one to show it on (core/progress.py)."""
     run_dir = prepare_run_dir(cfg)
     rank_zero = _is_rank_zero()
+    if rank_zero:  # one trainer per folder; refused before anything is written (core/runs/lock.py)
+        run_lock.acquire(run_dir, adopt=True)
+    try:
+        return _train_locked(cfg, run_dir, rank_zero, callbacks, progress)
+    finally:
+        if rank_zero:
+            run_lock.release(run_dir)
+
+
+def _train_locked(cfg: Config, run_dir: Path, rank_zero: bool, callbacks: list | None,
+                  progress: bool | None) -> Path:
     writer = RunWriter(run_dir) if rank_zero else _QuietWriter(run_dir)
     handlers = _log_handlers(run_dir) if rank_zero else []
     for handler in handlers:
@@ -169,7 +181,9 @@ def train(cfg: Config, callbacks: list | None = None, progress: bool | None = No
         if writer.stop_requested() or not isinstance(sys.exc_info()[1], SystemExit):
             writer.write_status("cancelled", message="cancelled: the training process was interrupted")
         else:
-            writer.write_status("failed", message="the training process was terminated (SIGTERM)")
+            # a bare SIGTERM (a scheduler, a shutdown) is no failure of the run: it can be resumed
+            writer.write_status("interrupted", message="interrupted: the training process received SIGTERM; "
+                                f"resume it with 'python -m core runs resume {run_dir.name}'")
         raise
     finally:
         torch.set_num_threads(threads)  # an in-process caller (tests, notebooks) gets its setting back
@@ -184,6 +198,7 @@ def _prepare_data(cfg: Config, run_dir: Path, phase=lambda text: None):
     together on the demo, most of it reading the data or, with velocity on, computing velocity)."""
     from core.data.designs import INTERPOLATION_WARNING
     from core.data.fingerprint import embedding_fingerprint
+    from core.data.split_check import train_split_cell_types
     from core.data.validate import validate
     from core.training.data import SetDataModule, load_adata, loss_mapping, make_split, resolve_mapping, resolve_split
 
@@ -213,7 +228,10 @@ def _prepare_data(cfg: Config, run_dir: Path, phase=lambda text: None):
 
         frame = pd.DataFrame({"obs_name": adata.obs_names.astype(str), "split": split})
         atomic_write_text(run_dir / "split.csv", frame.to_csv(index=False))
-    data = SetDataModule(cfg, adata, mapping, split, cell_types=report.usable_cell_types)
+    usable, split_notes = train_split_cell_types(adata.obs, mapping, split, report.usable_cell_types,
+                                                 cfg.model.kwargs.cell_set_len)  # counted after the split
+    notes += [f"data: {w}" for w in split_notes]
+    data = SetDataModule(cfg, adata, mapping, split, cell_types=usable)
     data.embedding = embedding_fingerprint(adata, mapping.embed_key)  # recorded in the checkpoint
     notes += data.matching_notes()
     counts = {s: int((split == s).sum()) for s in ("train", "val", "test")}
@@ -230,8 +248,10 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list, progress: 
     from core.arc.finetune import build_for_training_any as build_for_training
     from core.training.callbacks import RunFolderCallback
     from core.training.demo_base import resolve_base
+    from core.training.finite_check import check_finite_result
     from core.training.logger import RunFolderLogger
     from core.training.module import STModule
+    from core.training.resume_state import RngState, SaveOnCancel, prepare_resume
 
     t, m = cfg.training, cfg.model.kwargs
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
@@ -297,13 +317,16 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list, progress: 
                                  save_on_train_epoch_end=False)
     precision = t.precision or ("bf16-mixed" if device == "cuda" else "32-true")
     resume = ckpt_dir / "last.ckpt" if t.resume and (ckpt_dir / "last.ckpt").exists() else None
+    if resume is not None and _is_rank_zero():
+        prepare_resume(run_dir, resume)  # metrics after the checkpoint's step dropped, orphan temp files removed
+    cancel_saver = SaveOnCancel(callback, ckpt_dir / "cancel.ckpt")
     trainer = L.Trainer(
         accelerator=accelerator, devices=devices, strategy=t.strategy, precision=precision,
         max_epochs=max_epochs, max_steps=t.max_steps,
         val_check_interval=val_every, check_val_every_n_epoch=None if val_every else 1,
-        callbacks=[callback, *extra_callbacks, checkpoint], plugins=[atomic_checkpoint_io()],
-        logger=RunFolderLogger(writer), log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0 if resume else -1,
+        callbacks=[callback, cancel_saver, RngState(), *extra_callbacks, checkpoint],
+        plugins=[atomic_checkpoint_io()], logger=RunFolderLogger(writer), log_every_n_steps=1,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0 if resume else -1,
         default_root_dir=run_dir, deterministic=False, gradient_clip_val=t.grad_clip or None,
     )
     if trainer.world_size > 1:
@@ -317,8 +340,12 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list, progress: 
 
     if not callback.cancelled and trainer.global_step > 0 and callback.last_val_step != trainer.global_step:
         _final_validation(trainer, module, data, checkpoint, ckpt_dir)
+    check_finite_result(module, module.val_summary.get("val_loss"), trainer.global_step)  # else: failed
     trainer.save_checkpoint(ckpt_dir / "final.ckpt", weights_only=False)
-    trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # where a resumed run continues
+    if cancel_saver.saved:  # saved inside the loop, where a resume must continue; it replaces any later last.ckpt
+        os.replace(ckpt_dir / "cancel.ckpt", ckpt_dir / "last.ckpt")
+    else:
+        trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # where a resumed run continues
     state = "cancelled" if callback.cancelled else "completed"
     seconds = time.time() - started
     if _is_rank_zero():

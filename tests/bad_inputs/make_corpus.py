@@ -121,6 +121,145 @@ def _other_embedding_dim(small_demo, folder: Path, name: str) -> None:
     _write(small_demo, folder, name)
 
 
+# --- issue 12: what the first corpus missed -------------------------------------------------------------
+
+
+def _alias_bomb(depth: int = 8, width: int = 9) -> str:
+    levels = ["&l0 [x,x,x,x,x,x,x,x,x]"] + [
+        f"&l{i} [" + ",".join([f"*l{i - 1}"] * width) + "]" for i in range(1, depth + 1)]
+    return "[" + ",".join(levels) + "]"
+
+
+def _declares_terabytes(small_demo, folder: Path, name: str) -> None:
+    """A valid .h5ad plus an obsm dataset that declares 1200 x 10^9 float32 (4.8 TB) and stores nothing."""
+    import h5py
+
+    _write(small_demo, folder, name)
+    with h5py.File(folder / f"{name}.h5ad", "a") as f:
+        f["obsm"].create_dataset("X_bomb", shape=(small_demo.n_obs, 10**9), dtype="float32", chunks=(1, 1024))
+
+
+def _external_link(small_demo, folder: Path, name: str) -> None:
+    """A valid .h5ad whose obsm has a link into another HDF5 file (which could lie anywhere on the server)."""
+    import h5py
+
+    _write(small_demo, folder, name)
+    with h5py.File(folder / f"{name}-elsewhere.h5", "w") as other:
+        other.create_dataset("secret", data=np.arange(small_demo.n_obs * 2, dtype=np.float32).reshape(-1, 2))
+    with h5py.File(folder / f"{name}.h5ad", "a") as f:
+        f["obsm"]["X_linked"] = h5py.ExternalLink(str(folder / f"{name}-elsewhere.h5"), "/secret")
+
+
+def _hdf5_like(groups: tuple[str, ...]):
+    def make(small_demo, folder: Path, name: str) -> None:
+        import h5py
+
+        with h5py.File(folder / f"{name}.h5ad", "w") as f:
+            for group in groups:
+                f.create_group(group).create_dataset("data", data=np.zeros(3, dtype=np.float32))
+    return make
+
+
+def _embedding(value_of):
+    def edit(a):
+        a.obsm["X_pca"] = value_of(a)
+    return edit
+
+
+def _sparse_embedding(a):
+    import scipy.sparse as sp
+
+    return sp.csr_matrix(np.asarray(a.obsm["X_pca"]))
+
+
+def _integer_condition(a):
+    """condition as 0/1 integers: no control-like value anywhere, so nothing may be guessed as the condition."""
+    a.obs["condition"] = (a.obs["condition"] == "burn").astype(np.int64).to_numpy()
+    a.obs = a.obs[["condition", "cell_types_simple_short", "mouse_id"]]
+
+
+def _base_checkpoint(edit):
+    """A genuine base checkpoint of the demo's 50-d embedding, then ``edit(ckpt)`` makes it inconsistent."""
+    def make(small_demo, folder: Path, name: str) -> None:
+        import torch
+
+        from core.config import load_config
+        from core.model.build import plain_model
+
+        cfg = load_config(None, ["model.kwargs.hidden_dim=32", "model.kwargs.n_layers=2", "model.kwargs.n_heads=2",
+                                 *MAPPING])
+        model = plain_model(cfg, small_demo.obsm["X_pca"].shape[1], 2, 0)
+        ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"config": cfg.to_dict(), "pert_map": {"sham": 0, "burn": 1},
+                                     "control": "sham", "embed_dim": small_demo.obsm["X_pca"].shape[1],
+                                     "batch_map": {}, "lora_applied": False}}
+        edit(ckpt)
+        torch.save(ckpt, folder / f"{name}.ckpt")
+        _write(small_demo, folder, name)
+    return make
+
+
+def _labelled_gpt2(ckpt):  # LLaMA tensors under a config that says gpt2
+    ckpt["hyper_parameters"]["config"]["model"]["kwargs"]["backbone"] = "gpt2"
+
+
+def _renamed_tensors(ckpt):
+    ckpt["state_dict"] = {k.replace("model.", "model.renamed_"): v for k, v in ckpt["state_dict"].items()}
+
+
+def _malformed_hparams(ckpt):
+    ckpt["hyper_parameters"]["config"] = ["not", "a", "mapping"]
+
+
+def _hidden_size_disagrees(ckpt):
+    ckpt["hyper_parameters"]["config"]["model"]["kwargs"]["hidden_dim"] = 64
+
+
+def _perturbed_without_cell_type(a):
+    cell_type = a.obs["cell_types_simple_short"].astype(object).to_numpy()
+    cell_type[(a.obs["condition"] == "burn").to_numpy()] = np.nan
+    a.obs["cell_types_simple_short"] = cell_type
+
+
+INFER = ["infer", "--checkpoint", "{ckpt}", "--adata", "{data}", "--output", "{out}"]
+
+ISSUE_12_CASES = [
+    Case("yaml_alias_bomb", _train(f"run.name={_alias_bomb()}", data=False), "anchors and aliases"),
+    Case("n_streams_permutations", _train("model.kwargs.use_mhc=true", "model.kwargs.mhc.projection=permutations",
+                                          "model.kwargs.mhc.n_streams=11", data=False), "permutation matrices"),
+    Case("n_layers_huge", _train("model.kwargs.n_layers=10000", data=False), "n_layers must be <="),
+    Case("hidden_dim_huge", _train("model.kwargs.hidden_dim=65536", data=False), "hidden_dim must be <="),
+    Case("learning_rate_inf", _train("training.learning_rate=inf", data=False), "must be a finite number"),
+    Case("h5ad_declares_terabytes", _train(), "memory budget", _declares_terabytes),
+    Case("h5ad_external_link", _train(), "links to another file", _external_link),
+    Case("loom_file", _train(), "loom", _hdf5_like(("matrix_", "row_attrs", "col_attrs"))),
+    Case("tenx_h5_file", _train(), "10x genomics", _hdf5_like(("matrix",))),
+    Case("empty_hdf5", _train(), "empty hdf5", _hdf5_like(())),
+    Case("embedding_n_by_0", _train(), "no dimensions",
+         _edited(_embedding(lambda a: np.zeros((a.n_obs, 0), dtype=np.float32)))),
+    Case("embedding_1d", _train(), "single dimension",
+         _edited(_embedding(lambda a: np.asarray(a.obsm["X_pca"])[:, 0].copy()))),
+    Case("embedding_integer", _train(), "floating point",
+         _edited(_embedding(lambda a: np.round(np.asarray(a.obsm["X_pca"]) * 10).astype(np.int32)))),
+    Case("embedding_sparse", _train(), "sparse matrix", _edited(_embedding(_sparse_embedding))),
+    Case("integer_condition_guessed", ["train", "data.kwargs.path={data}", *TINY], "control value",
+         _edited(_integer_condition)),
+    Case("perturbed_cells_without_cell_type", _train(), "all have no cell type", _edited(_perturbed_without_cell_type)),
+    Case("set_size_fits_before_split_only", _train("model.kwargs.cell_set_len=90"), "after the train/val/test split",
+         _edited(lambda a: None)),
+    Case("base_labelled_gpt2", _train("model.init_from={ckpt}"), "does not fit this model",
+         _base_checkpoint(_labelled_gpt2)),
+    Case("base_tensors_renamed", _train("model.init_from={ckpt}"), "do not match its own metadata",
+         _base_checkpoint(_renamed_tensors)),
+    Case("base_hparams_malformed", _train("model.init_from={ckpt}"), "not a state transition checkpoint",
+         _base_checkpoint(_malformed_hparams)),
+    Case("base_hidden_size_disagrees", _train("model.init_from={ckpt}"), "do not match its own metadata",
+         _base_checkpoint(_hidden_size_disagrees)),
+    Case("infer_hidden_size_disagrees", INFER, "other sizes than its own config",
+         _base_checkpoint(_hidden_size_disagrees)),
+    Case("infer_tensors_renamed", INFER, "does not match its own config", _base_checkpoint(_renamed_tensors)),
+]
+
 CASES = [
     Case("not_hdf5", _train(), "not an .h5ad (HDF5) file", _not_hdf5),
     Case("truncated_h5ad", _train(), "truncated", _truncated),
@@ -160,6 +299,7 @@ CASES = [
          _not_hdf5),
     Case("velocity_overwrites_input", ["velocity", "--adata", "{data}", "--output", "{data}"], "never overwritten",
          _edited(lambda a: None)),
+    *ISSUE_12_CASES,
 ]
 
 

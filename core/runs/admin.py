@@ -14,7 +14,11 @@ import shutil
 from pathlib import Path
 
 from core.errors import ConfigError
-from core.runs import ACTIVE_STATES, RunFolderError, atomic_write_json, launch_run, read_config, read_status
+from core.errors import RunFolderError
+from core.io.atomic import atomic_write_json
+from core.runs.launcher import launch_run
+from core.runs.layout import ACTIVE_STATES, safe_run_name
+from core.runs.reader import read_config, read_status
 
 TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+-]{0,39}")
 # Keys that place or name a run, or continue one: never copied into a clone.
@@ -96,7 +100,7 @@ def clone_overrides(run_dir: str | Path, changes: list[str]) -> list[str]:
 def clone_run(run_dir: str | Path, changes: list[str], name: str) -> Path:
     """Launch a new run named ``name`` (a number is added if taken) with the source's settings and
     ``changes``; returns its folder."""
-    from core.runs import safe_run_name
+
 
     overrides = clone_overrides(run_dir, changes)
     run_name = safe_run_name(name)
