@@ -77,9 +77,6 @@ def tilted_weights(n: int, index: int) -> torch.Tensor:
     return weights
 
 
-RMS_EPS = 1e-6
-
-
 def permutation_matrices(n: int) -> torch.Tensor:
     """All n! permutation matrices [n!, n, n], the identity first."""
     eye = torch.eye(n)
