@@ -174,6 +174,20 @@ def test_a_finetuned_checkpoint_rebuilds_exactly(base):
         assert torch.equal(rebuilt(z, torch.tensor([0, 1])), model.eval()(z, torch.tensor([0, 1])))
 
 
+def test_an_mhc_checkpoint_of_the_earlier_copies_init_is_refused_not_run_differently(base):
+    # the earlier init spread a run's input as n copies and saved no expansion; running it with (1 + p) h would
+    # silently change its predictions
+    path, _ = base
+    cfg = _finetune_cfg(path, "model.kwargs.use_mhc=true")
+    model, _, _ = build_for_training(cfg, D, FT_PERTS, "sham")
+    state = {f"model.{k}": v for k, v in model.state_dict().items() if not k.endswith("hc.expansion")}
+    assert len(state) < len(model.state_dict())
+    hp = {"config": cfg.to_dict(), "pert_map": FT_PERTS, "control": "sham", "embed_dim": D, "batch_map": {},
+          "lora_applied": True}
+    with pytest.raises(CheckpointError, match="another version"):
+        build_for_checkpoint({"state_dict": state, "hyper_parameters": hp}, "old.ckpt")
+
+
 def test_a_base_that_already_has_adapters_is_refused(base, tmp_path):
     path, _ = base
     cfg = _finetune_cfg(path)

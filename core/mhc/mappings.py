@@ -77,9 +77,6 @@ def tilted_weights(n: int, index: int) -> torch.Tensor:
     return weights
 
 
-RMS_EPS = 1e-6
-
-
 def permutation_matrices(n: int) -> torch.Tensor:
     """All n! permutation matrices [n!, n, n], the identity first."""
     eye = torch.eye(n)
@@ -106,8 +103,10 @@ class mHCMappings(nn.Module):
 
         self.b_pre = nn.Parameter(torch.logit(tilted_weights(n, layer_index)))
         self.b_post = nn.Parameter(torch.logit((1.0 + stream_pattern(n)) / 2.0))  # H_post = 2 sigmoid = 1 + p
-        # how a run's first layer spreads its input h over the streams: x = expansion h (a constant, not learned)
-        self.register_buffer("expansion", 1.0 + stream_pattern(n), persistent=False)
+        # how a run's first layer spreads its input h over the streams: x = expansion h (a constant, not learned).
+        # Saved with the weights, so a checkpoint of the earlier init (copies, no such key) is refused on load
+        # instead of being run with a first layer it was not trained with.
+        self.register_buffer("expansion", 1.0 + stream_pattern(n))
         if projection == "sinkhorn":
             self.b_res = nn.Parameter(torch.eye(n) * RES_DIAG_INIT)
             self.n_res = n * n
