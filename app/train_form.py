@@ -9,7 +9,7 @@ from core.errors import ConfigError
 
 BASES = ("Demo base model (pretrained on the demo atlas)", "A checkpoint on the server", "From scratch")
 DEVICES = {"auto (GPU if present)": "auto", "CPU": "cpu", "GPU": "gpu"}
-# What the held-out cells measure (core/evaluation/designs.py); auto holds out mice for burn/sham data.
+# What the held-out cells measure (core/data/designs.py); auto holds out mice for burn/sham data.
 DESIGNS = {"auto: held-out mice when each condition has ≥ 2": "auto", "held-out cells (interpolation)": "fraction",
            "held-out mice": "batch", "held-out cell type": "cell_type"}
 LOSSES = {"alignment: (1 − cos) + β·| ‖Δz‖ − ‖v_z‖ |": "alignment", "L2: ‖Δz − v_z‖²": "l2"}

@@ -9,7 +9,7 @@ import yaml
 from streamlit.testing.v1 import AppTest
 from test_evaluation_heldout import KEYS, build_dataset, perfect_predictions
 
-from core.evaluation.designs import describe_design
+from core.data.designs import describe_design
 from core.evaluation.heldout import evaluate_predictions
 from core.evaluation.report import json_ready, write_evaluation
 from core.runs import RunWriter

@@ -84,7 +84,7 @@ def test_held_out_cell_type_needs_a_known_cell_type():
 
 
 def test_fraction_split_is_refused_no_longer_but_warned_as_interpolation():
-    from core.evaluation.designs import describe_design
+    from core.data.designs import describe_design
 
     assert describe_design({"split": "fraction"})["warnings"][0].startswith("held-out cells come from the same mice")
     held = describe_design({"split": "cell_type", "holdout": "Fibroblast"})

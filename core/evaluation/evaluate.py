@@ -6,7 +6,7 @@
 3. ``core.evaluation.heldout.evaluate_predictions`` scores them per cell type and overall, next to the
    baselines of ``core.evaluation.baselines`` and the real-vs-real floor; cos(delta_z, v_z) where the data
    has latent velocities (the demo's are computed once and cached), weighted by confidence as the run's
-   loss was. The final checkpoint's scores are under ``final``; the design (``core.evaluation.designs``)
+   loss was. The final checkpoint's scores are under ``final``; the design (``core.data.designs``)
    says what the held-out cells measure, with a warning when they measure interpolation.
 4. The run's training-stability figures (``stability_summary`` of metrics.jsonl) are added, and
    eval/metrics.json, eval/per_cell_type.csv and eval/predictions.h5ad are written atomically.
@@ -18,9 +18,9 @@ import logging
 import time
 from pathlib import Path
 
+from core.data.designs import describe_design
 from core.errors import DataError
 from core.evaluation import metrics
-from core.evaluation.designs import describe_design
 from core.evaluation.heldout import DataKeys, evaluate_predictions
 from core.evaluation.report import write_evaluation
 from core.evaluation.stability import stability_summary

@@ -180,8 +180,8 @@ def train(cfg: Config, callbacks: list | None = None) -> Path:
 
 
 def _prepare_data(cfg: Config, run_dir: Path):
+    from core.data.designs import INTERPOLATION_WARNING
     from core.data.validate import validate
-    from core.evaluation.designs import INTERPOLATION_WARNING
     from core.training.data import SetDataModule, load_adata, loss_mapping, make_split, resolve_mapping, resolve_split
 
     d = cfg.data.kwargs
