@@ -185,7 +185,7 @@ class Runner:
                 raise UserError(f"run folder {job.run_dir} appeared while starting it; run the experiment again")
             self.counts["trained"] += 1
         job.state = "training"
-        self.log(f"  training {job.run_name}")
+        self.log(f"  {'resuming' if need == 'resume' else 'training'} {job.run_name}")
 
     def _start_evaluation(self, job: Job) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.slot_env[job.slot])
