@@ -18,7 +18,7 @@ ARM_CHOICES = [*PRESETS, STABILITY]
 
 def _form() -> None:
     from core.config import load_config
-    from core.experiment.arms import DEFAULT_COMMON, parse_arms
+    from core.experiment.arms import DEFAULT_COMMON, default_name, parse_arms
     from core.experiment.launch import launch_experiment
     from core.runs import safe_run_name
 
@@ -47,8 +47,6 @@ def _form() -> None:
                 load_config(overrides=[*common, *arm.overrides])
             except ConfigError as err:
                 raise ConfigError(f"arm {arm.name}: {err}") from None
-        from core.cli.experiment import default_name
-
         chosen = safe_run_name(name) if name.strip() else default_name(parsed)
         folder = launch_experiment(",".join(arms), int(seeds), chosen, shared, demo_base=demo_base)
         st.session_state["experiment_shown"] = folder.name

@@ -56,3 +56,22 @@ def test_inspect_shows_every_baseline_with_the_best_named_and_the_interpolation_
     assert any("Design: held-out cells" in t.value for t in at.text)
     # no predictions were kept: the Δz figures say how to get them
     assert any("did not keep" in i.value for i in at.info)
+
+
+def test_train_form_design_becomes_the_split_and_a_numeric_cell_type_stays_text():
+    from app.train_form import BASES, DESIGNS, build_overrides
+
+    from app.cache import DatasetRef
+    from core.config import load_config
+    from core.errors import ConfigError
+
+    form = dict(base=BASES[2], checkpoint="", lora=False, mhc=False, velocity=False, epochs=1,
+                learning_rate=1e-3, set_size=8, seed=0, device="CPU", extra="")
+    demo = DatasetRef("demo", "burn_sham", "demo", None)
+    cfg = load_config(overrides=build_overrides({**form, "design": "held-out cell type", "holdout": "1"}, demo, None))
+    assert (cfg.data.kwargs.split, cfg.data.kwargs.holdout) == ("cell_type", "1")
+    cfg = load_config(overrides=build_overrides({**form, "design": "held-out mice"}, demo, None))
+    assert (cfg.data.kwargs.split, cfg.data.kwargs.holdout) == ("batch", None)
+    assert DESIGNS[next(iter(DESIGNS))] == "auto"
+    with pytest.raises(ConfigError, match="needs data.kwargs.holdout"):
+        load_config(overrides=build_overrides({**form, "design": "held-out cell type", "holdout": " "}, demo, None))

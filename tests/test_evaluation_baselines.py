@@ -106,14 +106,34 @@ def test_resampled_training_burn_cells_are_training_burn_cells_of_the_same_type(
                                   predicted)
 
 
-def test_split_half_floor_is_the_energy_distance_between_the_halves(scored):
+def test_split_half_floor_is_the_halves_distance_moved_to_the_scored_set_sizes(scored):
     adata, split, result = scored
     for kind in SHIFTS:
         real = ((adata.obs["condition"] == "burn") & (adata.obs["cell_type"] == kind)).to_numpy()
-        a, b = split_half(adata.obsm["X_latent"][real & (split == "test").to_numpy()], seed=0)
+        cells = adata.obsm["X_latent"][real & (split == "test").to_numpy()]
+        a, b = split_half(cells, seed=0)
+        # dbar by hand: the mean distance over distinct pairs
+        distances = np.linalg.norm(cells[:, None] - cells[None], axis=-1)
+        dbar = distances[~np.eye(len(cells), dtype=bool)].mean()
+        n_pred = n_real = len(cells)  # 10 predictions, 10 real cells
+        expected = (metrics.energy_distance(a, b) - 0.5 * dbar * (1 / len(a) + 1 / len(b))
+                    + 0.5 * dbar * (1 / n_pred + 1 / n_real))
         floor = result.summary["per_cell_type"][kind]["real_split_half"]
-        assert floor["energy_distance"] == pytest.approx(metrics.energy_distance(a, b), rel=1e-12)
+        assert floor["energy_distance"] == pytest.approx(expected, rel=1e-10)
+        assert floor["mae_mean"] == pytest.approx(np.abs(a.mean(0) - b.mean(0)).mean())  # half against half
         assert "cos_delta_v" not in floor  # a real cell has no delta_z of its own
+
+
+def test_v_statistic_bias_of_the_energy_distance_is_half_dbar_times_inverse_sizes():
+    """The correction the floor relies on, checked by simulation: two independent samples of one
+    distribution, of sizes n and m, have mean energy distance 1/2 dbar (1/n + 1/m)."""
+    from core.evaluation.baselines import mean_pairwise_distance
+
+    rng = np.random.default_rng(0)
+    n, m, dims = 12, 30, 3
+    values = [metrics.energy_distance(rng.normal(size=(n, dims)), rng.normal(size=(m, dims))) for _ in range(400)]
+    dbar = mean_pairwise_distance(rng.normal(size=(4000, dims)), max_cells=None)
+    assert np.mean(values) == pytest.approx(0.5 * dbar * (1 / n + 1 / m), rel=0.05)
 
 
 def test_best_entry_is_the_lowest_distance_and_never_the_floor(scored):

@@ -110,17 +110,37 @@ def test_evaluate_without_split_file_says_what_is_missing(trained_run, tmp_path,
     assert "split.csv is missing" in capsys.readouterr().err
 
 
-def test_evaluate_scores_the_final_checkpoint_as_evaluating_it_alone_would(trained_run, evaluated, tmp_path):
-    run_dir, summary = evaluated
+def test_a_best_checkpoint_kept_at_the_last_step_is_the_final_one(evaluated):
+    _, summary = evaluated
     final = summary["final"]
-    assert final["checkpoint"].endswith("final.ckpt") and final["step"] == 3 and not final["same_as_best"]
-    assert summary["checkpoint"].endswith("best.ckpt")
-    assert main(["evaluate", str(run_dir), "--top-k", "5", "--checkpoint", final["checkpoint"],
+    assert summary["checkpoint_step"] == final["step"] == 3 and final["same_as_best"]
+    assert final["checkpoint"].endswith("final.ckpt") and "overall" not in final
+
+
+def test_evaluate_scores_the_final_checkpoint_as_evaluating_it_alone_would(trained_run, tmp_path):
+    import shutil
+
+    import torch
+
+    run_dir, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("eval"))
+    # an earlier best: another state of the weights, kept at step 1
+    best = torch.load(copy / "checkpoints" / "best.ckpt", weights_only=False, map_location="cpu")
+    best["global_step"] = 1
+    best["state_dict"] = {k: v * 0.5 if v.is_floating_point() else v for k, v in best["state_dict"].items()}
+    torch.save(best, copy / "checkpoints" / "best.ckpt")
+    assert main(["evaluate", str(copy), "--top-k", "5", "--no-predictions"]) == 0
+    summary = json.loads((copy / "eval" / "metrics.json").read_text())
+    final = summary["final"]
+    assert summary["checkpoint_step"] == 1 and final["step"] == 3 and not final["same_as_best"]
+    assert main(["evaluate", str(copy), "--top-k", "5", "--checkpoint", final["checkpoint"],
                  "--output", str(tmp_path / "final"), "--no-predictions"]) == 0
     alone = json.loads((tmp_path / "final" / "metrics.json").read_text())
     assert alone["final"]["same_as_best"]  # a given checkpoint is scored alone
     for key in ("energy_distance", "mae_mean", "pearson_delta", "cos_delta_v"):
         assert final["overall"]["model"][key] == pytest.approx(alone["overall"]["model"][key], rel=1e-9)
+    assert summary["overall"]["model"]["energy_distance"] != pytest.approx(final["overall"]["model"]["energy_distance"])
 
 
 def test_evaluate_names_the_design_held_out_mice_by_default_for_burn_sham(evaluated):

@@ -100,3 +100,48 @@ def test_the_python_api_resumes_the_same_experiment_and_returns_its_verdicts(exp
     assert again["counts"]["skipped"] == 4 and again["counts"]["trained"] == 0  # nothing redone
     assert list(table["verdict"]) == [c["verdict"] for c in results["comparisons"]]
     assert table.attrs["folder"] == experiment_dir("tiny", runs)
+
+
+def test_what_a_run_folder_still_needs_follows_its_recorded_state(tmp_path):
+    import os
+
+    from core.experiment.runner import Job, _job_needs
+    from core.runs import RunWriter
+
+    def folder(name, state, config=True, evaluated=None):
+        path = tmp_path / name
+        with RunWriter(path) as writer:
+            writer.write_status(state, message="the loss became NaN at step 3" if state == "failed" else "")
+        if config:
+            (path / "config.yaml").write_text("training: {seed: 0}\n")
+        if evaluated is not None:
+            (path / "checkpoints").mkdir()
+            (path / "checkpoints" / "final.ckpt").write_bytes(b"x")
+            (path / "eval").mkdir()
+            (path / "eval" / "metrics.json").write_text("{}")
+            if not evaluated:  # an evaluation older than the checkpoint (the run was trained further)
+                os.utime(path / "eval" / "metrics.json", (0, 0))
+        return Job(parse_arms("base")[0], 0, name, [], path)
+
+    assert _job_needs(Job(parse_arms("base")[0], 0, "absent", [], tmp_path / "absent")) == "train"
+    assert _job_needs(folder("done", "completed", evaluated=True)) == "nothing"
+    assert _job_needs(folder("stale", "completed", evaluated=False)) == "evaluate"
+    assert _job_needs(folder("cancelled", "cancelled")) == "resume"
+    assert _job_needs(folder("diverged", "failed")) == "failed"  # a result, not retried
+    assert _job_needs(folder("never-started", "cancelled", config=False)) == "restart"
+
+
+def test_a_failed_run_counts_as_an_outcome_of_its_arm(tmp_path):
+    from types import SimpleNamespace
+
+    from core.experiment.results import analyse
+
+    arms = parse_arms("base,+mhc")
+    spec = ExperimentSpec("x", arms, [0, 1], [])
+    jobs = [SimpleNamespace(arm=arm, seed=seed, run_name=f"{arm.slug}{seed}", message="NaN",
+                            state="failed" if (arm.name == "+mhc" and seed == 1) else "done",
+                            run_dir=tmp_path / f"{arm.slug}{seed}") for arm in arms for seed in (0, 1)]
+    results = analyse(spec, jobs)
+    failed = next(c for c in results["comparisons"] if c["metric"] == "failed@state")
+    assert failed["differences"] == [0.0, 1.0] and failed["arm_mean"] == 0.5 and failed["reference_mean"] == 0.0
+    assert results["failed"] == ["mhc1: NaN"]

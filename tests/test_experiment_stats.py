@@ -134,3 +134,26 @@ def test_paired_dot_plot_joins_each_seed_between_arm_and_reference(tmp_path):
     assert [t.name for t in dots] == ["seed 0", "seed 1"] and list(dots[0].y) == [0.13, 0.11]
     notes = [a.text for a in fig.layout.annotations]
     assert "best baseline: Gaussian OT" in notes and "real/real floor" in notes
+
+
+def test_default_name_comes_from_the_arms_so_the_same_command_resumes():
+    from core.experiment.arms import default_name
+
+    assert default_name(parse_arms("base,+mhc")) == "base-vs-mhc"
+    assert default_name(parse_arms("base,+mhc+velocity")) == "base-vs-mhc-velocity"
+    assert default_name(parse_arms("stability")) == "stability"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arms", "base,+mhcc"], "error: unknown arm '+mhcc'"),
+    (["--seeds", "0"], "error: --seeds must be between 1 and 100; got 0"),
+    (["--arm", "lr", "training.lr"], "error: --arm lr training.lr: give a name, then key=value overrides"),
+])
+def test_cli_refuses_bad_arms_and_seeds_in_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    from core.__main__ import main
+
+    monkeypatch.setenv("ST_RUNS_DIR", str(tmp_path))
+    assert main(["experiment", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message)
+    assert list(tmp_path.iterdir()) == []  # nothing was written

@@ -11,6 +11,9 @@ from core.errors import ConfigError
 
 MAX_EXTRA_CHARS = 20_000
 DEVICES = {"auto (GPU if present)": "auto", "CPU": "cpu", "GPU": "gpu"}
+# What the held-out cells measure (core/data/designs.py); auto holds out mice for burn/sham data.
+DESIGNS = {"auto: held-out mice when each condition has ≥ 2": "auto", "held-out cells (interpolation)": "fraction",
+           "held-out mice": "batch", "held-out cell type": "cell_type"}
 LOSSES = {"alignment: (1 − cos) + β·| ‖Δz‖ − ‖v_z‖ |": "alignment", "L2: ‖Δz − v_z‖²": "l2"}
 
 
@@ -86,11 +89,15 @@ def build_overrides(form: dict, dataset, mapping: dict | None) -> list[str]:
     o["model.kwargs.cell_set_len"] = form["set_size"]
     o["training.seed"] = form["seed"]
     o["training.accelerator"] = DEVICES[form["device"]]
+    design = DESIGNS.get(form.get("design"), "auto")
+    designs = [f"data.kwargs.split={design}"]
+    if design == "cell_type" and form.get("holdout", "").strip():
+        designs.append(f"data.kwargs.holdout={_text(form['holdout'].strip())}")  # a cell type's name stays text
     text = form.get("extra", "")
     if len(text) > MAX_EXTRA_CHARS:  # each line is bounded by the config; the number of lines is bounded here
         raise ConfigError(f"'More settings' holds {len(text):,} characters; at most {MAX_EXTRA_CHARS:,} are accepted")
     extra = [line.strip() for line in text.splitlines() if line.strip()]
-    return [f"{k}={_value(v)}" for k, v in o.items()] + data_overrides(dataset, mapping) + extra
+    return [f"{k}={_value(v)}" for k, v in o.items()] + designs + data_overrides(dataset, mapping) + extra
 
 
 def check_overrides(overrides: list[str]):
@@ -185,6 +192,8 @@ def train_form() -> None:
                                             key="tf_lr")
             seed = st.number_input("Seed", 0, 2**31 - 1, t.seed, key="tf_seed")
             device = st.selectbox("Device", list(DEVICES), key="tf_device")
+            design = st.selectbox("Held-out design", list(DESIGNS), key="tf_design")
+            holdout = st.text_input("Held-out cell type (for that design)", key="tf_holdout")
         extra = st.text_area(
             "More settings (optional): one `key=value` per line, as on the command line", key="tf_extra",
             placeholder="training.batch_size=16\nmodel.kwargs.mhc.dynamic=false\ntraining.max_steps=200",
@@ -203,7 +212,8 @@ def train_form() -> None:
                 velocity=velocity, velocity_lambda=float(velocity_lambda), velocity_beta=float(velocity_beta),
                 velocity_warmup=int(velocity_warmup), velocity_min_confidence=float(velocity_min_confidence),
                 velocity_loss=velocity_loss, epochs=int(epochs), learning_rate=float(learning_rate),
-                set_size=int(set_size), seed=int(seed), device=device, extra=extra)
+                set_size=int(set_size), seed=int(seed), device=device, design=design, holdout=holdout,
+                extra=extra)
     run_name = safe_run_name(name)
     overrides = build_overrides(form, dataset, mapping) + [f"run.name={run_name}"]
     check_extra_against_data(check_overrides(overrides), choice)

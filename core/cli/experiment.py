@@ -32,15 +32,9 @@ def add_arguments(parser) -> None:
                         help="settings shared by every arm, e.g. training.max_epochs=3 data.kwargs.split=batch")
 
 
-def default_name(arms) -> str:
-    if any(a.name.startswith("base@lr=") for a in arms):
-        return "stability"
-    return "-vs-".join(a.slug for a in arms)[:80]
-
-
 def run(args) -> int:
     from core.errors import ConfigError
-    from core.experiment.arms import DEFAULT_COMMON, parse_arms
+    from core.experiment.arms import DEFAULT_COMMON, default_name, parse_arms
     from core.experiment.results import markdown
     from core.experiment.runner import ExperimentSpec, experiment_dir, run_experiment
 

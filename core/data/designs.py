@@ -5,8 +5,8 @@
     cell_type  a held-out cell type (``data.kwargs.holdout``), whose burn cells training never saw: transfer
                of the burn response to a new cell type, predicted from that type's control cells
 
-The split itself is made in ``core.training.data.make_split``; this module only names it (training, evaluation and
-the app all say the same words).
+The split itself is made in ``core.training.data.make_split``; this module only names it (training warns with
+it, evaluation reports it, the app shows it).
 """
 
 from __future__ import annotations

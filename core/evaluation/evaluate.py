@@ -107,7 +107,12 @@ def evaluate_run(
                     max_cells=max_cells, seed=seed)
     evaluation = evaluate_predictions(predictions, adata, split_of, keys, **settings)
     final = _final_checkpoint(run_dir, ckpt) if checkpoint is None else None
-    final_summary = {"checkpoint": str(ckpt), "same_as_best": True, "step": _checkpoint_step(ckpt)}
+    best_step = _checkpoint_step(ckpt)
+    final_summary = {"checkpoint": str(ckpt), "same_as_best": True, "step": best_step}
+    if final is not None and best_step is not None and _checkpoint_step(final) == best_step:
+        # best was kept at the last step: the final checkpoint holds the same weights
+        final_summary["checkpoint"] = str(final)
+        final = None
     if final is not None:
         log.info("predicting them again with the final checkpoint %s", final)
         final_predictions = predict(final, adata, control_cells=controls.to_numpy(), seed=seed, device=device)
@@ -120,7 +125,7 @@ def evaluate_run(
     summary = {
         "run": run_dir.name,
         "checkpoint": str(ckpt),
-        "checkpoint_step": _checkpoint_step(ckpt),
+        "checkpoint_step": best_step,
         "data": str(data_path or cfg.data.kwargs.path or f"demo:{cfg.data.kwargs.dataset}"),
         "design": design,
         **evaluation.summary,

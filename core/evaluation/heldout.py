@@ -23,7 +23,15 @@ import numpy as np
 
 from core.errors import DataError
 from core.evaluation import metrics
-from core.evaluation.baselines import DESCRIPTIONS, FLOOR, PREDICTORS, Baselines, split_half
+from core.evaluation.baselines import (
+    DESCRIPTIONS,
+    FLOOR,
+    PREDICTORS,
+    Baselines,
+    mean_pairwise_distance,
+    size_matched_floor,
+    split_half,
+)
 
 METHODS = ("model", *PREDICTORS)
 # Which way is better, for the "does the model beat the baselines" summary.
@@ -273,6 +281,10 @@ def evaluate_predictions(
             else:
                 z_pred, z_ref, delta_z, velocity_rows = candidate
                 result = scores(z_pred, z_ref, z_control, delta_z, velocity_rows)
+                if method == FLOOR:
+                    result["energy_distance"] = size_matched_floor(
+                        result["energy_distance"], mean_pairwise_distance(z_real, max_cells, seed),
+                        (len(z_pred), len(z_ref)), (len(rows), len(z_real)), max_cells)
                 bucket = pooled[method]
                 bucket["z_pred"].append(z_pred)
                 bucket["real"].append(z_ref)
@@ -298,13 +310,19 @@ def evaluate_predictions(
         if not bucket["z_pred"]:
             continue
         has_rows = len(bucket["rows"]) == len(bucket["z_pred"])
+        z_pred, z_ref = np.concatenate(bucket["z_pred"]), np.concatenate(bucket["real"])
         all_cells[method] = scores(
-            np.concatenate(bucket["z_pred"]),
-            np.concatenate(bucket["real"]),
+            z_pred,
+            z_ref,
             np.concatenate(bucket["control"]),
             np.concatenate(bucket["delta"]) if has_rows else None,
             np.concatenate(bucket["rows"]) if has_rows else None,
         )
+        if method == FLOOR:
+            n_pred, n_real = all_cells["model"]["n_pred"], all_cells["model"]["n_real"]
+            dbar = mean_pairwise_distance(np.concatenate([z_pred, z_ref]), max_cells, seed)
+            all_cells[method]["energy_distance"] = size_matched_floor(
+                all_cells[method]["energy_distance"], dbar, (len(z_pred), len(z_ref)), (n_pred, n_real), max_cells)
     for method, reasons in unavailable.items():
         for label, reason in reasons.items():
             notes.append(f"{label}: no {method} baseline ({reason})")

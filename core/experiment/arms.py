@@ -92,3 +92,10 @@ def parse_arms(text: str, custom: list[list[str]] | None = None) -> list[Arm]:
 def _is_reference(arm: Arm, arms: list[Arm]) -> bool:
     # In the stability preset every base@lr arm is the reference of its +mhc twin.
     return any(other.reference == arm.name for other in arms)
+
+
+def default_name(arms: list[Arm]) -> str:
+    """The experiment's name when none is given, from its arms, so that the same command resumes it."""
+    if any(a.name.startswith("base@lr=") for a in arms):
+        return STABILITY
+    return "-vs-".join(a.slug for a in arms)[:80]

@@ -33,6 +33,7 @@ METRICS = (
     ("cos_delta_v", "final", "cos(dz, v_z) (final ckpt)", True),
     ("grad_norm_p95", "stability", "grad-norm p95", None),
     ("loss_spikes", "stability", "loss spikes", False),
+    ("failed", "state", "run failed (e.g. diverged)", False),
 )
 
 
@@ -56,13 +57,16 @@ def read_job(job) -> dict:
     """One (arm, seed) record: its state, metric values and baselines (None where undefined)."""
     record = {"arm": job.arm.name, "seed": job.seed, "run": job.run_name, "state": job.state,
               "message": job.message, "metrics": {}, "baselines": {}, "design": None}
+    # a failed run (a NaN loss at a high learning rate) is an outcome of its arm, not a missing value
+    record["metrics"]["failed@state"] = {"done": 0.0, "failed": 1.0}.get(job.state)
     path = Path(job.run_dir) / "eval" / "metrics.json"
     if job.state != "done" or not path.is_file():
         return record
     summary = json.loads(path.read_text(encoding="utf-8"))
     record["design"] = (summary.get("design") or {}).get("description")
     for key, source, _, _ in METRICS:
-        record["metrics"][metric_id(key, source)] = _value(summary, key, source)
+        if source != "state":
+            record["metrics"][metric_id(key, source)] = _value(summary, key, source)
     overall = summary.get("overall", {})
     for method in (*PREDICTORS, FLOOR):
         if method in overall:
@@ -128,7 +132,7 @@ def best_entries(results: dict) -> dict:
     """Per metric shown in the arms table: the arm or baseline with the best mean (the floor excluded)."""
     best = {}
     for key, source, _, higher in METRICS:
-        if source == "stability" or higher is None:
+        if source in ("stability", "state") or higher is None:
             continue
         mid = metric_id(key, source)
         candidates = {arm: stats[mid]["mean"] for arm, stats in results["arms"].items()}

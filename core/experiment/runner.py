@@ -6,9 +6,10 @@
 - Up to ``jobs`` jobs run at once: the CPU count on a CPU machine (each training then gets
   cpu_count // jobs torch threads), else one per visible GPU (CUDA_VISIBLE_DEVICES set per job).
 - Resumable: a run that completed and was evaluated is skipped, one that completed is only evaluated, one
-  that was interrupted, cancelled or failed continues from its last checkpoint (``core.runs.resume_run``),
-  one that never got to training is started afresh. The experiment's spec is kept in
-  ``<runs root>/experiments/<experiment>/experiment.json``; rerunning with different overrides for an
+  that was interrupted or cancelled continues from its last checkpoint (``core.runs.resume_run``), one that
+  never got to training is started afresh. A run that failed (e.g. its loss became NaN at a high learning
+  rate) is a result, counted as such, and not retried: delete its folder to run it again. The experiment's
+  spec is kept in ``<runs root>/experiments/<experiment>/experiment.json``; rerunning with different overrides for an
   existing arm is refused (the paired comparison would mix two settings).
 - Ctrl-C cancels the runs in flight (they can be resumed by running the same command again).
 
@@ -140,7 +141,7 @@ def device_slots(jobs: int | None) -> tuple[int, list[dict], int]:
 
 
 def _job_needs(job: Job) -> str:
-    """What is left to do for the job's run folder: train | resume | restart | evaluate | nothing."""
+    """What is left to do for the job's run folder: train | resume | restart | evaluate | nothing | failed."""
     if not job.run_dir.is_dir():
         return "train"
     status = read_status(job.run_dir)
@@ -152,7 +153,9 @@ def _job_needs(job: Job) -> str:
         final = job.run_dir / "checkpoints" / "final.ckpt"
         fresh = metrics.is_file() and (not final.is_file() or metrics.stat().st_mtime >= final.stat().st_mtime)
         return "nothing" if fresh else "evaluate"
-    return "resume" if (job.run_dir / "config.yaml").is_file() else "restart"
+    if not (job.run_dir / "config.yaml").is_file():
+        return "restart"
+    return "failed" if status["state"] == "failed" else "resume"
 
 
 class Runner:
@@ -185,7 +188,7 @@ class Runner:
                 raise UserError(f"run folder {job.run_dir} appeared while starting it; run the experiment again")
             self.counts["trained"] += 1
         job.state = "training"
-        self.log(f"  training {job.run_name}")
+        self.log(f"  {'resuming' if need == 'resume' else 'training'} {job.run_name}")
 
     def _start_evaluation(self, job: Job) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.slot_env[job.slot])
@@ -225,9 +228,14 @@ class Runner:
         atomic_write_json(self.folder / "experiment.json", self.spec.to_dict())
         todo = deque()
         for job in self.jobs:
-            if _job_needs(job) == "nothing":
+            need = _job_needs(job)
+            if need == "nothing":
                 job.state = "done"
                 self.counts["skipped"] += 1
+            elif need == "failed":
+                message = read_status(job.run_dir).get("message") or "see its log.txt"
+                self._fail(job, f"failed in an earlier attempt (kept as a result; delete the folder to retry): "
+                                f"{message}")
             else:
                 todo.append(job)
         self.log(f"experiment {self.spec.name}: {len(self.jobs)} runs ({len(self.spec.arms)} arms x "
