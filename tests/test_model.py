@@ -174,9 +174,9 @@ def test_a_finetuned_checkpoint_rebuilds_exactly(base):
         assert torch.equal(rebuilt(z, torch.tensor([0, 1])), model.eval()(z, torch.tensor([0, 1])))
 
 
-def test_an_mhc_checkpoint_of_the_earlier_copies_init_is_refused_not_run_differently(base):
-    # the earlier init spread a run's input as n copies and saved no expansion; running it with (1 + p) h would
-    # silently change its predictions
+def test_an_mhc_checkpoint_of_the_earlier_copies_init_loads_with_the_copies_it_was_trained_with(base):
+    # the earlier init spread a run's input as n copies and saved no expansion; it must load with expansion 1,
+    # not (1 + p), which would silently change its predictions (tests/test_checkpoint_compat.py checks them)
     path, _ = base
     cfg = _finetune_cfg(path, "model.kwargs.use_mhc=true")
     model, _, _ = build_for_training(cfg, D, FT_PERTS, "sham")
@@ -184,8 +184,10 @@ def test_an_mhc_checkpoint_of_the_earlier_copies_init_is_refused_not_run_differe
     assert len(state) < len(model.state_dict())
     hp = {"config": cfg.to_dict(), "pert_map": FT_PERTS, "control": "sham", "embed_dim": D, "batch_map": {},
           "lora_applied": True}
-    with pytest.raises(CheckpointError, match="another version"):
-        build_for_checkpoint({"state_dict": state, "hyper_parameters": hp}, "old.ckpt")
+    rebuilt, _, hp_out = build_for_checkpoint({"state_dict": state, "hyper_parameters": hp}, "old.ckpt")
+    expansions = [v for k, v in rebuilt.state_dict().items() if k.endswith("hc.expansion")]
+    assert expansions and all(torch.equal(e, torch.ones_like(e)) for e in expansions)
+    assert hp_out["legacy_copies_expansion"] is True
 
 
 def test_a_base_that_already_has_adapters_is_refused(base, tmp_path):

@@ -235,6 +235,15 @@ def build_for_checkpoint(ckpt: dict, path, skeleton=None) -> tuple[StateTransiti
         raise CheckpointError(f"{path} has tensors of other sizes than its own config says "
                               f"({str(err).splitlines()[-1].strip()[:160]}); was it edited or written by another "
                               "version of this project?") from err
+    legacy = [key for key in missing if key.endswith("hc.expansion")]
+    if legacy:
+        # Written before the stream expansion was saved (up to d38ca1e): those runs spread a run's input over the
+        # streams as n identical copies, so the expansion they were trained with is all ones.
+        state_dict = model.state_dict()
+        for key in legacy:
+            state_dict[key].fill_(1.0)
+        missing = [key for key in missing if key not in legacy]
+        hp["legacy_copies_expansion"] = True
     if missing or unexpected:
         raise CheckpointError(f"{path} does not match its own config ({len(missing)} missing, {len(unexpected)} "
                               "unexpected tensors); was it written by another version of this project?")
