@@ -3,6 +3,11 @@
     ST_RUNS_DIR      the runs folder (default <repo>/runs, outside app/ so Streamlit's watcher ignores it)
     ST_DATA_CACHE    the demo data, demo base and velocity caches (default <repo>/data/cache)
     ST_SHARED_RUN_DIR  set by rank 0 of a multi-process (DDP) run so the other ranks find its run folder
+    ST_DATA_ROOTS    more folders (":"-separated) the app may read data and checkpoints from (core/data/roots.py)
+
+Limits, each read where it is enforced: ST_CONFIG_MAX_SIZE (core/config_limits.py), ST_MEMORY_BUDGET and
+ST_MEMORY_FRACTION (core/memory_budget.py), ST_UPLOADS_MAX_BYTES (core/runs/uploads.py); README "What happens
+when…" lists their defaults.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR_ENV = "ST_RUNS_DIR"
 DATA_CACHE_ENV = "ST_DATA_CACHE"
 SHARED_RUN_DIR_ENV = "ST_SHARED_RUN_DIR"
+DATA_ROOTS_ENV = "ST_DATA_ROOTS"
 
 
 def runs_root() -> Path:

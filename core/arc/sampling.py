@@ -1,7 +1,7 @@
 """``--sampling arc``: sets and control draws exactly as arc-state 0.11.1's ``state tx infer`` makes them.
 
 Arc's loop (``_cli/_tx/_infer.py``), reproduced so that our predictions on the same folder, file and seed equal
-arc-state's (tests/test_arc_sampling.py, against its committed output):
+arc-state's (tests/unit/test_arc_sampling.py, against its committed output):
     rng = numpy.random.RandomState(seed)                  one stream for the whole file (default seed 42)
     for g in sorted unique cell types (all cells as one group without a cell-type column):
         pool = controls of g, else all controls

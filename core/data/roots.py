@@ -16,9 +16,7 @@ import os
 from pathlib import Path
 
 from core.errors import ConfigError, DataError
-
-DATA_ROOTS_ENV = "ST_DATA_ROOTS"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from core.paths import DATA_ROOTS_ENV, REPO_ROOT
 
 # Keys that choose where files are written: set by the app itself, refused in form text.
 WRITE_LOCATION_KEYS = ("run.dir", "run.root")

@@ -10,7 +10,7 @@ the mappings' gradients next to LoRA's.
   exactly 1, spread rms(p) = 0.29 at n = 4. At init the later layers' streams differ from each other by the
   blocks' outputs written along p, so their cosine falls below 1 only by the square of that.
 - ``mapping_gradient_sizes``: after a backward pass, the mean |gradient| of every layer's H_res, H_pre and H_post
-  logits (b_res, b_pre, b_post) and of the LoRA parameters, e.g. at step 1 (tests/test_mhc_learns.py).
+  logits (b_res, b_pre, b_post) and of the LoRA parameters, e.g. at step 1 (tests/integration/test_mhc_learns.py).
 
 Shapes: S snapshots, L wrapped layers, n streams, c hidden size.
 """

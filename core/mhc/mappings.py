@@ -38,7 +38,7 @@ from core.mhc.sinkhorn import sinkhorn_knopp_batch_last
 GATE_INIT = 0.01  # alpha, paper §4.3
 # H_res starts at Sinkhorn(tau I), diagonal e^tau / (e^tau + n - 1): 0.87 at n = 4. Near identity, so each
 # stream first keeps its own content, yet far from saturation: the mean |gradient| through Sinkhorn at tau = 3
-# is about 0.05, against 4.5e-4 at tau = 8, which would freeze H_res in place (tests/test_mhc_mappings.py).
+# is about 0.05, against 4.5e-4 at tau = 8, which would freeze H_res in place (tests/unit/test_mhc_mappings.py).
 RES_DIAG_INIT = 3.0
 # Hard bound on the H_res logits, applied after removing each column's mean (Sinkhorn's first, column step
 # removes any column shift exactly, so the centring changes nothing else and a drift of all logits never hits

@@ -2,7 +2,7 @@
 
 Same call as ``StateTransitionModel`` (z_control, pert_idx, batch_idx -> latent), but Arc's computation, so that
 an imported Arc checkpoint predicts what arc-state predicts (Adduri et al. 2025; read from arc-state's source and
-checked against its outputs in tests/test_arc_import.py):
+checked against its outputs in tests/unit/test_arc_import.py):
     pe      = pert_encoder(onehot(p))                       an MLP on the one-hot column of the perturbation
     ce      = basal_encoder(x_control)                      an MLP (or one Linear without basal projection)
     h       = pe + ce (+ batch_embedding[b])

@@ -2,7 +2,7 @@
 
 scvelo loops over genes (a 1x1 ``pinv`` per gene) and over cells (one small cosine block per cell); the
 same arithmetic done as whole-array and sparse-matrix operations gives the same numbers several times
-faster. Each function names the scvelo function it reproduces; ``tests/test_velocity_engines.py`` checks
+faster. Each function names the scvelo function it reproduces; ``tests/integration/test_velocity_engines.py`` checks
 that the latent velocity agrees with scvelo's per cell (cosine >= 0.99) on the demo.
 
 Shapes: n cells, g genes, p features of the graph space (30 PCs of Ms, or the velocity genes), k

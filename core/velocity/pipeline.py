@@ -22,7 +22,7 @@ nearly the same result), the transition matrix, the projection and the confidenc
 
 Two engines compute the steps after the moments: ``engine="scvelo"`` calls scvelo's functions (the
 reference); ``engine="fast"`` (default) runs ``core/velocity/fast.py``, the same arithmetic vectorised,
-which agrees with scvelo per cell (cosine of v_z >= 0.99 on the demo; tests/test_velocity_engines.py) and
+which agrees with scvelo per cell (cosine of v_z >= 0.99 on the demo; tests/integration/test_velocity_engines.py) and
 is several times faster (bench/bench_velocity.py).
 
 Projection into the latent space, chosen deliberately. Options measured on the demo (20k cells, stochastic

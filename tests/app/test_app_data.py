@@ -1,0 +1,169 @@
+"""The Data page and the sidebar: the demo opens with nothing to set up, tables and figures hold the data's
+own numbers, other column names work through the mapping, and bad files are refused in one plain line."""
+
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+from support import charts
+
+APP = "../../app/main.py"
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    monkeypatch.setenv("ST_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception
+    return at
+
+
+
+
+
+
+def sidebar_select(at, label):
+    return next(s for s in at.sidebar.selectbox if s.label.startswith(label))
+
+
+def test_demo_opens_ready_with_its_guessed_mapping(app, demo_adata):
+    assert not app.error
+    assert any("Ready to train" in s.value for s in app.success)
+    assert sidebar_select(app, "Condition column").value == "condition"
+    assert sidebar_select(app, "Control value").value == "sham"
+    assert sidebar_select(app, "Cell-type column").value == "cell_types_simple_short"
+    assert sidebar_select(app, "Embedding").value == "X_pca"
+    # The summary table holds the demo's own counts (checked against an independent crosstab).
+    table = app.dataframe[0].value
+    expected = pd.crosstab(demo_adata.obs["cell_types_simple_short"], demo_adata.obs["condition"])
+    got = table.groupby(level=0).sum()
+    for cell_type in expected.index:
+        assert got.loc[cell_type, "burn"] == expected.loc[cell_type, "burn"]
+        assert got.loc[cell_type, "sham"] == expected.loc[cell_type, "sham"]
+
+
+def test_umap_shows_every_cell_coloured_by_the_chosen_column(app, demo_adata):
+    figure = charts(app)["UMAP coloured by cell_types_simple_short"]
+    assert sorted(t["name"] for t in figure["data"]) == sorted(demo_adata.obs["cell_types_simple_short"].unique())
+    assert sum(len(t["x"]) for t in figure["data"]) == demo_adata.n_obs
+    fibro = next(t for t in figure["data"] if t["name"] == "Fibroblast")
+    mask = (demo_adata.obs["cell_types_simple_short"] == "Fibroblast").to_numpy()
+    np.testing.assert_allclose(np.sort(fibro["x"]), np.sort(demo_adata.obsm["X_umap"][mask, 0]), rtol=1e-6)
+    app.selectbox(key="data_colour").set_value("condition").run()
+    figure = charts(app)["UMAP coloured by condition"]
+    assert sorted(t["name"] for t in figure["data"]) == ["burn", "sham"]
+
+
+def test_precomputed_velocity_key_draws_grid_arrows(app):
+    sidebar_select(app, "Velocity (obsm").set_value("true_velocity_pca").run()
+    assert not app.exception and not app.error
+    arrows = charts(app)["Velocity on the UMAP (grid-averaged, 25×25)"]
+    assert any(t.get("name") == "velocity" for t in arrows["data"])
+    app.radio(key="velocity_arrow_mode").set_value("per cell (subsample)").run()
+    assert "Velocity on the UMAP (per cell, subsample)" in charts(app)
+
+
+def test_a_wrong_mapping_is_reported_as_errors_not_a_crash(app):
+    # condition as the cell type: each "cell type" then holds one condition only, so nothing can train
+    sidebar_select(app, "Cell-type column").set_value("condition").run()
+    assert not app.exception
+    errors = [e.value for e in app.error]
+    assert errors and all("\n" not in e for e in errors)  # the validator's own one-line messages
+    assert any("condition" in e for e in errors)
+    assert not any("Ready to train" in s.value for s in app.success)
+
+
+def test_upload_limit_is_stated_in_the_sidebar(app):
+    app.sidebar.radio(key="data_source").set_value("Upload a .h5ad file").run()
+    limit = app.sidebar.file_uploader[0]
+    assert "at most 500 MB" in limit.label
+    assert any("Upload limit: 500 MB" in c.value for c in app.sidebar.caption)
+
+
+@pytest.mark.parametrize("kind, expected", [("csv", "not an .h5ad (HDF5) file"), ("truncated", "truncated"),
+                                            ("declares 200 GB", "more than the memory budget")])
+def test_bad_upload_is_refused_in_one_line_and_not_kept(app, tmp_path, demo_adata, kind, expected):
+    if kind == "csv":
+        content = b"cell,condition\nA,sham\n"
+    elif kind.startswith("declares"):  # a small file whose obsm declares 50 x 10^9 float32, storing nothing
+        import h5py
+
+        demo_adata[:50].copy().write_h5ad(tmp_path / "bomb.h5ad")
+        with h5py.File(tmp_path / "bomb.h5ad", "a") as f:
+            f["obsm"].create_dataset("X_bomb", shape=(50, 10**9), dtype="float32", chunks=(1, 1024))
+        content = (tmp_path / "bomb.h5ad").read_bytes()
+    else:
+        demo_adata[:50].copy().write_h5ad(tmp_path / "whole.h5ad")
+        content = (tmp_path / "whole.h5ad").read_bytes()[:3000]
+    app.sidebar.radio(key="data_source").set_value("Upload a .h5ad file").run()
+    app.sidebar.file_uploader[0].upload("cells.h5ad", content).run()
+    assert not app.exception
+    messages = [e.value for e in app.sidebar.error]
+    assert len(messages) == 1 and expected in messages[0]
+    assert "\n" not in messages[0]
+    assert messages[0].startswith("cells.h5ad ") and ".uploads" not in messages[0]  # the user's name, not ours
+    uploads = tmp_path / "runs" / ".uploads"
+    assert not uploads.exists() or not list(uploads.iterdir())
+
+
+def test_upload_with_other_column_names_works_through_the_mapping(app, demo_adata, tmp_path):
+    keep = np.random.default_rng(0).choice(demo_adata.n_obs, 600, replace=False)
+    small = demo_adata[np.sort(keep)].copy()
+    small.obs = pd.DataFrame({
+        "treatment": small.obs["condition"].map({"sham": "control", "burn": "burn"}).astype("category"),
+        "celltype": small.obs["cell_types_simple_short"].astype("category"),
+        "donor": small.obs["mouse_id"].astype("category"),
+    }, index=small.obs_names)
+    small.obsm = {"X_emb": small.obsm["X_pca"], "X_umap": small.obsm["X_umap"]}
+    small.layers = {}
+    path = tmp_path / "renamed.h5ad"
+    small.write_h5ad(path)
+    app.sidebar.radio(key="data_source").set_value("Upload a .h5ad file").run()
+    app.sidebar.file_uploader[0].upload("renamed.h5ad", path.read_bytes()).run()
+    assert not app.exception and not app.error
+    assert sidebar_select(app, "Condition column").value == "treatment"
+    assert sidebar_select(app, "Control value").value == "control"
+    assert sidebar_select(app, "Cell-type column").value == "celltype"
+    assert sidebar_select(app, "Embedding").value == "X_emb"
+    saved = list((tmp_path / "runs" / ".uploads").iterdir())
+    assert len(saved) == 1 and ad.read_h5ad(saved[0]).n_obs == 600
+    # guessed, so not yet "Ready": the user confirms the guesses first
+    assert sidebar_select(app, "Condition column").label.endswith("guessed")
+    assert not any("Ready to train" in s.value for s in app.success)
+    next(b for b in app.sidebar.button if b.label == "Confirm the guessed fields").click().run()
+    assert any("Ready to train" in s.value for s in app.success)
+    assert any("has the genes of the base's obsm['X_pca'] but no loadings" in w.value for w in app.warning)
+
+
+def test_server_path_that_does_not_exist_says_so(app, tmp_path):
+    app.sidebar.radio(key="data_source").set_value("A .h5ad path on the server").run()
+    # inside the runs folder, a data root: outside the roots the app does not say whether a path exists
+    app.sidebar.text_input(key="server_path").set_value(str(tmp_path / "runs" / "missing.h5ad")).run()
+    assert not app.exception
+    assert any("no file at" in e.value for e in app.sidebar.error)
+
+
+def test_computed_velocity_is_shown_and_saved_into_a_copy_for_training(app, demo_with_velocity, tmp_path):
+    # demo_with_velocity has run the same pipeline with the same settings, so this reads core's cache.
+    app.radio(key="velocity_source").set_value("Compute from spliced/unspliced counts").run()
+    next(b for b in app.button if b.label == "Compute velocity").click().run()
+    assert not app.exception and not app.error
+    assert app.get("progress")[0].value == 100
+    # the imports and the copy are timed apart from the pipeline (they were the silent "Starting…" phase)
+    took = next(c.value for c in app.caption if c.value.startswith("Where the time went: "))
+    assert "loading scanpy and scvelo" in took and "copying the data set" in took
+    assert "loaded from cache" in took  # the fixture computed it with these settings
+    confidence = charts(app)
+    title = next(t for t in confidence if t.startswith("Velocity confidence"))
+    assert title == f"Velocity confidence, median {np.median(demo_with_velocity.obs['velocity_confidence']):.2f}"
+    app.button(key="velocity_save_copy").click().run()
+    assert not app.exception and not app.error
+    copy_path = app.sidebar.text_input(key="server_path").value
+    assert copy_path.startswith(str(tmp_path / "runs" / ".uploads"))
+    assert sidebar_select(app, "Velocity (obsm").value == "velocity_pca"
+    assert sidebar_select(app, "Velocity confidence").value == "velocity_confidence"
+    saved = ad.read_h5ad(copy_path)
+    np.testing.assert_allclose(saved.obsm["velocity_pca"], demo_with_velocity.obsm["velocity_pca"], rtol=1e-6)

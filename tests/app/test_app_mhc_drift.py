@@ -1,0 +1,45 @@
+"""The Inspect page's mHC tab shows how far H_res, H_pre and H_post moved from their init, each Δ on its own
+symmetric colour scale, and says in one line why the streams' divergence cannot be measured without a checkpoint."""
+
+import logging
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.app.test_app_views import APP, H_RES_STEP_0, H_RES_STEP_20, by_title, write_run
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    write_run(tmp_path, "mhc-s0", mhc=True, seed=0)
+    monkeypatch.setenv("ST_RUNS_DIR", str(tmp_path))
+    logging.getLogger("app").disabled = True
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.session_state["selected_run"] = "mhc-s0"
+    at.switch_page("views/inspect.py").run()
+    return at
+
+
+def test_inspect_shows_h_res_drift_from_init_on_a_symmetric_scale(app):
+    assert not app.exception
+    figure = by_title(app, "ΔH_res from init (step 0) to step 20")
+    heatmaps = [t for t in figure.data if t.type == "heatmap"]
+    # layer 0: 0.6 P + 0.1 - 0.25 = 0.45 / -0.15; layer 1: 0.4 I + 0.15 - 0.25 = 0.3 / -0.1
+    np.testing.assert_allclose([np.asarray(t.z) for t in heatmaps], H_RES_STEP_20 - H_RES_STEP_0, atol=1e-6)
+    assert all(t.zmin == pytest.approx(-0.45) and t.zmax == pytest.approx(0.45) for t in heatmaps)
+    over_steps = by_title(app, "How far each mapping has moved")
+    h_res_lines = [t for t in over_steps.data if t.xaxis == "x"]
+    np.testing.assert_allclose([t.y for t in h_res_lines], [[0.0, 0.45], [0.0, 0.3]], atol=1e-6)
+    assert "logged no mHC gradients" in str(by_title(app, "H_res gradient beside LoRA's").layout.annotations)
+    pre_post = by_title(app, "ΔH_pre and ΔH_post")
+    assert all(np.abs(np.asarray(t.z)).max() == 0 for t in pre_post.data)  # constant in the fixture
+
+
+def test_stream_divergence_without_a_checkpoint_is_a_one_line_error_and_the_page_stays(app):
+    app.toggle(key="inspect_divergence").set_value(True).run()
+    assert not app.exception
+    errors = [e.value for e in app.error]
+    assert len(errors) == 1 and "no checkpoints/best.ckpt" in errors[0]
+    assert by_title(app, "ΔH_res from init")  # the rest of the tab is still drawn

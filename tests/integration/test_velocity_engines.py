@@ -1,0 +1,71 @@
+"""The fast engine (core/velocity/fast.py) against scvelo itself, step by step and end to end."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.data.io import read_h5ad
+from core.velocity.pipeline import compute_velocity
+
+PANCREAS = Path(__file__).resolve().parents[3] / "shared" / "data" / "pancreas_100obs.h5ad"
+
+
+def cosines(a, b):
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+@pytest.fixture(scope="module")
+def both_engines(demo_adata):
+    """2,400 demo cells (200 per cell type and condition) through both engines, no cache."""
+    rng = np.random.default_rng(1)
+    groups = demo_adata.obs.groupby(["cell_types_simple_short", "condition"], observed=True).indices.values()
+    keep = np.sort(np.concatenate([rng.choice(rows, 200, replace=False) for rows in groups]))
+    out = {}
+    for engine in ("fast", "scvelo"):
+        a = demo_adata[keep].copy()
+        out[engine] = (a, compute_velocity(a, engine=engine, use_cache=False))
+    return out
+
+
+def test_fast_engine_reproduces_scvelos_latent_velocity_per_cell(both_engines):
+    (fast, _), (ref, _) = both_engines["fast"], both_engines["scvelo"]
+    # the issue's bar: per-cell cosine >= 0.99 between the two v_z; measured: >= 0.9999996 for every cell
+    for key in ("velocity_pca", "velocity_pca_scvelo"):
+        assert cosines(fast.obsm[key], ref.obsm[key]).min() >= 0.99, key
+        assert np.allclose(fast.obsm[key], ref.obsm[key], rtol=1e-3, atol=1e-5 * np.abs(ref.obsm[key]).max())
+    assert np.array_equal(fast.var["velocity_genes"], ref.var["velocity_genes"])
+    scale = np.abs(ref.layers["velocity"]).max()
+    assert np.allclose(fast.layers["velocity"], ref.layers["velocity"], atol=1e-5 * scale)
+    assert np.allclose(fast.obs["velocity_confidence"], ref.obs["velocity_confidence"], atol=1e-5)
+
+
+def test_fast_engine_is_faster_in_the_steps_it_replaces(both_engines):
+    (_, fast), (_, ref) = both_engines["fast"], both_engines["scvelo"]
+    replaced = ("velocity", "velocity graph", "projection", "confidence")
+    # measured at 2,400 cells: about 3x less time over these steps (bench/bench_velocity.py has 5k and 20k)
+    assert sum(fast["timings_s"][s] for s in replaced) < sum(ref["timings_s"][s] for s in replaced)
+    assert fast["engine"] == "fast" and ref["engine"] == "scvelo"
+    assert fast["n_velocity_genes"] == ref["n_velocity_genes"]
+
+
+def test_dynamical_mode_runs_on_real_counts_with_both_engines(tmp_path, monkeypatch):
+    import scanpy as sc
+
+    monkeypatch.setenv("ST_DATA_CACHE", str(tmp_path))
+    results = {}
+    for engine in ("fast", "scvelo"):
+        a = read_h5ad(PANCREAS)
+        norm = a.copy()
+        sc.pp.normalize_total(norm)
+        sc.pp.log1p(norm)
+        sc.pp.pca(norm, n_comps=10)
+        a.obsm["X_pca"] = norm.obsm["X_pca"]
+        summary = compute_velocity(a, mode="dynamical", engine=engine, n_neighbors=15, dynamical_genes=15)
+        assert summary["mode"] == "dynamical" and a.uns["velocity_params"]["dynamical_genes"] == 15
+        assert np.isfinite(a.obsm["velocity_pca"]).all() and np.isfinite(a.layers["velocity"]).all()
+        # only the fitted genes have a velocity; the rest of layers["velocity"] is 0
+        assert 0 < (np.abs(a.layers["velocity"]).sum(0) > 0).sum() <= 15
+        results[engine] = a
+    assert np.quantile(cosines(results["fast"].obsm["velocity_pca"], results["scvelo"].obsm["velocity_pca"]),
+                       0.01) > 0.99

@@ -1,0 +1,38 @@
+"""What several test files share: where things are, and how to read what the app sends to the browser.
+
+``tests/conftest.py`` puts ``tests/`` on the import path (pytest does so for a conftest's folder), so a test
+imports these as ``from support import ...``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+TESTS = REPO / "tests"
+FIXTURES = TESTS / "fixtures"
+# AppTest.from_file resolves a relative path against the test file; an absolute one works from every folder
+APP = str(REPO / "app" / "main.py")
+
+
+def unpack(node):
+    """plotly 7 packs numeric arrays as {"dtype", "bdata" (base64), "shape"}; turn them back into numpy."""
+    if isinstance(node, dict):
+        if "bdata" in node and "dtype" in node:
+            array = np.frombuffer(base64.b64decode(node["bdata"]), dtype=node["dtype"])
+            shape = node.get("shape")
+            return array.reshape([int(n) for n in str(shape).split(",")]) if shape else array
+        return {key: unpack(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [unpack(value) for value in node]
+    return node
+
+
+def charts(at) -> dict:
+    """Plotly charts of the page by title, as the JSON dicts the browser receives."""
+    specs = [unpack(json.loads(c.proto.spec)) for c in at.get("plotly_chart")]
+    return {s["layout"]["title"]["text"]: s for s in specs}
