@@ -13,8 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from core.errors import ConfigError
-from core.errors import RunFolderError
+from core.errors import ConfigError, RunFolderError
 from core.io.atomic import atomic_write_json
 from core.runs.launcher import launch_run
 from core.runs.layout import ACTIVE_STATES, safe_run_name
