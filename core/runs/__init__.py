@@ -56,9 +56,10 @@ from core.runs.reader import (
 from core.runs.writer import RunWriter
 
 __all__ = [
-    "ACTIVE_STATES", "HEARTBEAT_INTERVAL_S", "HEARTBEAT_STALE_S", "REPO_ROOT", "RUNS_DIR_ENV", "STATES",
-    "SUMMARY_KEYS", "TERMINAL_STATES", "Run", "RunFolderError", "RunWriter", "atomic_checkpoint_io",
-    "atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "cancel_run", "disk_error", "ensure_dir",
-    "launch_run", "list_mhc_snapshots", "list_runs", "load_checkpoint", "load_mhc_snapshot", "new_run_dir",
-    "read_config", "read_metrics", "read_status", "resolve_run", "resume_run", "runs_root", "safe_run_name",
+    "ACTIVE_STATES", "HEARTBEAT_INTERVAL_S", "HEARTBEAT_STALE_S", "REPO_ROOT", "RUNS_DIR_ENV", "Run",
+    "RunFolderError", "RunWriter", "STATES", "SUMMARY_KEYS", "TERMINAL_STATES", "atomic_checkpoint_io",
+    "atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "cancel_run", "disk_error",
+    "ensure_dir", "launch_run", "list_mhc_snapshots", "list_runs", "load_checkpoint", "load_mhc_snapshot",
+    "new_run_dir", "read_config", "read_metrics", "read_status", "resolve_run", "resume_run", "runs_root",
+    "safe_run_name",
 ]
