@@ -72,7 +72,7 @@ def train(overrides: Sequence[str] | None = None, *, config=None, name: str | No
     return Run(train_run(cfg, progress=progress))
 
 
-def evaluate(run: Run | str | os.PathLike, *, split: str = "test", **options):
+def evaluate(run: Run | str | os.PathLike, *, split: str = "test", progress: bool | None = None, **options):
     """Evaluate a run on its held-out ``split`` and return the overall table: one row per method (the model and
     its baselines), one column per metric. Also writes ``eval/`` in the run folder (``run.evaluation``).
     ``options``: checkpoint, adata, top_k, max_cells, seed, device (core.evaluation.evaluate.evaluate_run)."""
@@ -81,7 +81,7 @@ def evaluate(run: Run | str | os.PathLike, *, split: str = "test", **options):
     from core.evaluation.evaluate import evaluate_run
 
     run = run if isinstance(run, Run) else Run(run)
-    summary = evaluate_run(run.path, split=split, **options)
+    summary = evaluate_run(run.path, split=split, progress=progress, **options)
     return pd.DataFrame(summary["overall"]).T.rename_axis("method")
 
 

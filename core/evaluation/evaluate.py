@@ -61,19 +61,31 @@ def evaluate_run(
     seed: int = 0,
     device: str | None = None,
     save_predictions: bool = True,
+    progress: bool | None = None,
 ) -> dict:
     """Evaluate the run in ``run_dir`` on its ``split`` cells; write the results into ``output`` (default
     ``run_dir/eval``) and return the summary written to metrics.json.
 
     ``checkpoint`` defaults to the run's best (else final, else last), and the final checkpoint is scored
     too (``summary["final"]``); a given ``checkpoint`` is scored alone. ``adata`` / ``data_path`` replace
-    the run's own data set (it must hold the same cells, as split.csv names them)."""
+    the run's own data set (it must hold the same cells, as split.csv names them). ``progress``: a bar of the
+    stages on a terminal or in a notebook (default: when there is one, core/progress.py)."""
+    from core.progress import ProgressBar
+
+    run_dir = Path(run_dir)
+    started = time.time()
+    with ProgressBar(4, f"evaluating {run_dir.name}", unit="stage", enabled=progress) as bar:
+        return _evaluate(run_dir, split, output, checkpoint, adata, data_path, top_k, max_cells, seed, device,
+                         save_predictions, started, bar)
+
+
+def _evaluate(run_dir: Path, split, output, checkpoint, adata, data_path, top_k, max_cells, seed, device,
+              save_predictions, started, bar) -> dict:
     from core.config import load_config
     from core.infer import predict, resolve_checkpoint, run_mapping
     from core.runs import read_metrics
 
-    run_dir = Path(run_dir)
-    started = time.time()
+    bar.update(0, stage="reading the data")
     cfg = load_config(run_dir / "config.yaml")
     ckpt = resolve_checkpoint(checkpoint or run_dir)
     split_of = read_split(run_dir)
@@ -93,6 +105,7 @@ def evaluate_run(
     if len(controls) == 0:
         raise DataError(f"the {split} split has no control ('{mapping.control_pert}') cells to predict from")
     log.info("predicting %d held-out control cells with %s", len(controls), ckpt)
+    bar.update(1, stage="predicting")
     predictions = predict(ckpt, adata, control_cells=controls.to_numpy(), seed=seed, device=device)
 
     keys = DataKeys(
@@ -105,7 +118,9 @@ def evaluate_run(
     )
     settings = dict(eval_split=split, min_confidence=cfg.model.kwargs.velocity_min_confidence, top_k=top_k,
                     max_cells=max_cells, seed=seed)
+    bar.update(2, stage="scoring the model and the baselines")
     evaluation = evaluate_predictions(predictions, adata, split_of, keys, **settings)
+    bar.update(3, stage="the final checkpoint")
     final = _final_checkpoint(run_dir, ckpt) if checkpoint is None else None
     best_step = _checkpoint_step(ckpt)
     final_summary = {"checkpoint": str(ckpt), "same_as_best": True, "step": best_step}
@@ -136,6 +151,7 @@ def evaluate_run(
     }
     out_dir = Path(output) if output is not None else run_dir / "eval"
     write_evaluation(out_dir, summary, evaluation.per_group, predictions if save_predictions else None)
+    bar.update(4, stage="written")
     return summary
 
 

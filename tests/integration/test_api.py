@@ -101,3 +101,6 @@ def test_progress_bars_show_on_request_and_stay_off_when_output_is_captured(caps
     core.train([*TINY, f"data.kwargs.path={path}", f"run.root={run.path.parent}"], name="api-bar", progress=True)
     err = capsys.readouterr().err
     assert "training api-bar" in err and "4/4" in err
+    core.evaluate(core.Run(run.path.parent / "api-bar"), progress=True)
+    err = capsys.readouterr().err
+    assert "evaluating api-bar" in err and "4/4" in err
