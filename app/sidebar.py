@@ -16,7 +16,6 @@ import streamlit as st
 from app import url_state
 from app.cache import DEMO_DATASETS, DatasetRef, guessed_mapping, load_dataset, path_adata, upload_digest
 from app.guard import shown_errors
-from app.plain import plain
 from core.errors import DataError
 
 SOURCES = ("Demo data", "Upload a .h5ad file", "A .h5ad path on the server")
@@ -230,4 +229,4 @@ def render() -> None:
                 st.session_state["mapping"] = None if st.session_state["mapping_missing"] else mapping
         if ref.kind != "demo":
             # the user's file name as typed, never read as markdown
-            st.caption(f"Reading {plain(ref.label.partition(': ')[2])}; the original file is never modified.")
+            st.text(f"Reading {ref.label.partition(': ')[2]}; the original file is never modified.")

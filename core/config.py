@@ -246,6 +246,9 @@ def _assign(schema, dotted: str, value) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     key = ALIASES.get(dotted, dotted)
+    if key not in _LEAVES and isinstance(value, dict) and any(leaf.startswith(key + ".") for leaf in _LEAVES):
+        _apply_dict(schema, value, f"{key}.")  # a whole section, e.g. run={name: x}
+        return
     if key not in _LEAVES:
         _unknown(dotted)
     value = _prepare(key, value, _LEAVES[key], dotted)

@@ -154,7 +154,7 @@ def train_form() -> None:
     m, t = defaults.model.kwargs, defaults.training
     dataset = st.session_state.get("dataset")
     mapping = st.session_state.get("mapping")
-    st.caption(f"Data: {plain(dataset.label) if dataset else 'none chosen'} (set in the sidebar).")
+    st.text(f"Data: {dataset.label if dataset else 'none chosen'} (set in the sidebar).")  # text: a file name
     choice = _data_settings()
     base, checkpoint, set_size = choice["base"], choice["checkpoint"], choice["set_size"]
     ready = readiness()

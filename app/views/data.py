@@ -12,7 +12,7 @@ from core.figures.velocity import arrows_figure, confidence_histogram, embedding
 
 st.title("Data")
 ref, adata, mapping = current_data()
-st.caption(f"{plain(ref.label)}: {adata.n_obs:,} cells × {adata.n_vars:,} genes.")
+st.text(f"{ref.label}: {adata.n_obs:,} cells × {adata.n_vars:,} genes.")  # a user's file name: text, no markdown
 if mapping is None:
     missing = st.session_state.get("mapping_missing") or []
     st.warning(f"Choose the {describe_fields(missing) if missing else 'column mapping'} in the sidebar's column "

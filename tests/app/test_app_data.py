@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
-from support import charts
+from support import charts, unescaped
 
 APP = "../../app/main.py"
 
@@ -70,7 +70,7 @@ def test_a_wrong_mapping_is_reported_as_errors_not_a_crash(app):
     # condition as the cell type: each "cell type" then holds one condition only, so nothing can train
     sidebar_select(app, "Cell-type column").set_value("condition").run()
     assert not app.exception
-    errors = [e.value for e in app.error]
+    errors = [unescaped(e.value) for e in app.error]
     assert errors and all("\n" not in e for e in errors)  # the validator's own one-line messages
     assert any("condition" in e for e in errors)
     assert not any("Ready to train" in s.value for s in app.success)
@@ -101,7 +101,7 @@ def test_bad_upload_is_refused_in_one_line_and_not_kept(app, tmp_path, demo_adat
     app.sidebar.radio(key="data_source").set_value("Upload a .h5ad file").run()
     app.sidebar.file_uploader[0].upload("cells.h5ad", content).run()
     assert not app.exception
-    messages = [e.value for e in app.sidebar.error]
+    messages = [unescaped(e.value) for e in app.sidebar.error]
     assert len(messages) == 1 and expected in messages[0]
     assert "\n" not in messages[0]
     assert messages[0].startswith("cells.h5ad ") and ".uploads" not in messages[0]  # the user's name, not ours
@@ -135,7 +135,7 @@ def test_upload_with_other_column_names_works_through_the_mapping(app, demo_adat
     assert not any("Ready to train" in s.value for s in app.success)
     next(b for b in app.sidebar.button if b.label == "Confirm the guessed fields").click().run()
     assert any("Ready to train" in s.value for s in app.success)
-    assert any("has the genes of the base's obsm['X_pca'] but no loadings" in w.value for w in app.warning)
+    assert any("has the genes of the base's obsm['X_pca'] but no loadings" in unescaped(w.value) for w in app.warning)
 
 
 def test_server_path_that_does_not_exist_says_so(app, tmp_path):
@@ -143,7 +143,7 @@ def test_server_path_that_does_not_exist_says_so(app, tmp_path):
     # inside the runs folder, a data root: outside the roots the app does not say whether a path exists
     app.sidebar.text_input(key="server_path").set_value(str(tmp_path / "runs" / "missing.h5ad")).run()
     assert not app.exception
-    assert any("no file at" in e.value for e in app.sidebar.error)
+    assert any("no file at" in unescaped(e.value) for e in app.sidebar.error)
 
 
 def test_computed_velocity_is_shown_and_saved_into_a_copy_for_training(app, demo_with_velocity, tmp_path):

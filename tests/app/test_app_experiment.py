@@ -7,6 +7,7 @@ import logging
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from support import unescaped
 
 from core.experiment.launch import _CHILDREN, experiment_state, launch_experiment
 from core.experiment.results import write_results
@@ -54,7 +55,7 @@ def test_a_bad_setting_in_the_form_is_one_error_and_starts_nothing(runs_root):
     at = compare_page()
     at.text_area(key="experiment_overrides").set_value("training.max_stepz=3")
     next(b for b in at.button if b.label == "Run experiment").click().run()
-    assert any("arm base: unknown config key 'training.max_stepz'" in e.value for e in at.error)
+    assert any("arm base: unknown config key 'training.max_stepz'" in unescaped(e.value) for e in at.error)
     assert sorted(p.name for p in (root / "experiments").iterdir()) == ["fake"]
     assert not at.exception
 

@@ -6,6 +6,7 @@ import logging
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
+from support import unescaped
 
 from tests.app.test_app_views import APP, H_RES_STEP_0, H_RES_STEP_20, by_title, write_run
 
@@ -40,6 +41,6 @@ def test_inspect_shows_h_res_drift_from_init_on_a_symmetric_scale(app):
 def test_stream_divergence_without_a_checkpoint_is_a_one_line_error_and_the_page_stays(app):
     app.toggle(key="inspect_divergence").set_value(True).run()
     assert not app.exception
-    errors = [e.value for e in app.error]
+    errors = [unescaped(e.value) for e in app.error]
     assert len(errors) == 1 and "no checkpoints/best.ckpt" in errors[0]
     assert by_title(app, "ΔH_res from init")  # the rest of the tab is still drawn

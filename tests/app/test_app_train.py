@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
-from support import charts
+from support import charts, unescaped
 
 from core.runs import list_mhc_snapshots, load_mhc_snapshot, read_metrics, read_status
 
@@ -56,7 +56,7 @@ def trained(runs_root):
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     fill_form(at, "ui-lora-mhc-velocity")
-    assert not at.error, [e.value for e in at.error]
+    assert not at.error, [unescaped(e.value) for e in at.error]
     assert any("Launched **ui-lora-mhc-velocity**" in s.value for s in at.success)
     seen = []
 
@@ -71,7 +71,7 @@ def trained(runs_root):
 
 def test_run_from_the_form_completes_with_live_progress(trained):
     at, run_dir, seen = trained
-    assert not at.error, [e.value for e in at.error]
+    assert not at.error, [unescaped(e.value) for e in at.error]
     assert read_status(run_dir)["state"] == "completed"
     assert any(text.startswith("running: step") for text in seen)
     config = (run_dir / "config.yaml").read_text()
@@ -123,7 +123,7 @@ def test_cancel_from_the_page_stops_the_run(trained, runs_root):
     poll(at, lambda at: any(b.label == "Cancel this run" for b in at.button), timeout=60)
     next(b for b in at.button if b.label == "Cancel this run").click().run()
     assert read_status(runs_root / "to-cancel")["state"] == "cancelled"
-    assert any("to-cancel is cancelled" in w.value for w in at.warning)
+    assert any("to-cancel is cancelled" in unescaped(w.value) for w in at.warning)
 
 
 def test_inspect_evaluates_the_run_and_shows_delta_z_against_velocity(trained, demo_with_velocity):
@@ -136,7 +136,7 @@ def test_inspect_evaluates_the_run_and_shows_delta_z_against_velocity(trained, d
     at.session_state["inspect_tab"] = "Δz vs velocity"  # only the open tab is drawn
     at.switch_page("views/inspect.py").run()
     at.button(key="evaluate_run").click().run(timeout=300)
-    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert not at.exception and not at.error, [unescaped(e.value) for e in at.error]
     assert (run_dir / "eval" / "predictions.h5ad").is_file()
 
     # Per-cell-type metrics: the model next to both baselines, as evaluate wrote them.

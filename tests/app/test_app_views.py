@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
-from support import unpack
+from support import unescaped, unpack
 
 from core.runs import RunWriter
 
@@ -127,7 +127,7 @@ def test_compare_shows_mean_and_spread_across_seeds(app):
 def test_failed_run_shows_its_message_in_plain_words(app):
     app.session_state["selected_run"] = "broken"
     app.switch_page("views/train.py").run()
-    errors = [e.value for e in app.error]
+    errors = [unescaped(e.value) for e in app.error]
     assert any("broken failed: the loss became NaN at step 7" in e for e in errors)
     assert any("NaN at step 7" in c.value for c in app.code)  # the log tail
     assert not app.exception
@@ -177,7 +177,7 @@ def test_run_name_with_a_path_is_refused_before_anything_is_written(app, runs_ro
     app.switch_page("views/train.py").run()
     app.text_input(key="tf_name").set_value(name)
     next(b for b in app.button if b.label == "Launch").click().run()
-    assert any("run name" in e.value and "plain name" in e.value for e in app.error)
+    assert any("run name" in e.value and "plain name" in unescaped(e.value) for e in app.error)
     assert sorted(p.name for p in runs_root.parent.iterdir()) == before
     assert sorted(p.name for p in runs_root.iterdir()) == inside
     assert not app.exception

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
+from support import unescaped
 
 from core.config import load_config, save_config
 from core.errors import ConfigError
@@ -117,8 +118,8 @@ def runs_table(at):
 def test_the_train_page_tags_deletes_and_warns(app, tmp_path):
     app.session_state["selected_run"] = "short"
     app.switch_page("views/train.py").run()
-    assert any("only 12 training steps" in w.value for w in app.warning)
-    assert any("warm-up (50 steps)" in w.value for w in app.warning)
+    assert any("only 12 training steps" in unescaped(w.value) for w in app.warning)
+    assert any("warm-up (50 steps)" in unescaped(w.value) for w in app.warning)
     app.text_input(key="tags_short").set_value("baseline, quick")
     next(b for b in app.button if b.label == "Save tags").click().run()
     assert runs_table(app).loc["short", "tags"] == "baseline, quick"

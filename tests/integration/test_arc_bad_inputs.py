@@ -124,8 +124,8 @@ def test_cli_arc_sampling_refuses_flags_it_would_ignore(tmp_path, capsys):
 
 
 def test_fine_tuning_on_an_embedding_of_another_dimension_is_refused_before_training():
+    from core.arc.finetune import build_for_training_any as build_for_training
     from core.config import load_config
-    from core.model.build import build_for_training
 
     cfg = load_config(overrides=[f"model.init_from={FIXTURES / 'emb_llama'}"])
     with pytest.raises(CheckpointError, match="takes 16-d input .* but the data's embedding has 2058 dimensions"):

@@ -60,6 +60,7 @@ def test_fine_tuned_run_reloads_with_arcs_frozen_backbone(tmp_path):
     rc = main(["train", f"model.init_from={ARC}", f"data.kwargs.path={FIXTURES / 'burn_sham_small.h5ad'}",
                "data.kwargs.embed_key=X_state_baseline", "data.kwargs.pert_col=condition",
                "data.kwargs.control_pert=sham", "data.kwargs.cell_type_key=cell_types_simple_short",
+               "data.kwargs.split=fraction", "model.kwargs.cell_set_len=8",  # a 144-cell fixture, 2 mice a condition
                "model.kwargs.use_mhc=true", "model.kwargs.lora.r=4", "training.max_steps=2",
                "training.accelerator=cpu", f"output_dir={tmp_path}", "name=ft"])
     assert rc == 0
@@ -85,6 +86,7 @@ def test_velocity_alignment_trains_on_an_imported_model(tmp_path):
     rc = main(["train", f"model.init_from={ARC}", f"data.kwargs.path={tmp_path / 'with_velocity.h5ad'}",
                "data.kwargs.embed_key=X_state_baseline", "data.kwargs.pert_col=condition",
                "data.kwargs.control_pert=sham", "data.kwargs.cell_type_key=cell_types_simple_short",
+               "data.kwargs.split=fraction", "model.kwargs.cell_set_len=8",  # a 144-cell fixture, 2 mice a condition
                "model.kwargs.use_velocity_alignment=true", "data.kwargs.velocity_key=velocity_state",
                "data.kwargs.confidence_key=velocity_confidence", "model.kwargs.velocity_warmup_steps=1",
                "training.max_steps=2", "training.accelerator=cpu", f"output_dir={tmp_path}", "name=vel"])

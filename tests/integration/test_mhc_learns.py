@@ -109,14 +109,16 @@ def test_h_res_gradient_at_step_1_needs_both_the_written_pattern_and_the_tilted_
 
 
 @pytest.mark.slow
-def test_h_res_moves_in_the_readmes_85_step_demo_finetune(tmp_path, monkeypatch):
-    # `python -m core train model.init_from=demo model.kwargs.use_mhc=true`, default settings otherwise
+def test_h_res_moves_in_the_readmes_demo_finetune(tmp_path, monkeypatch):
+    # `python -m core train model.init_from=demo model.kwargs.use_mhc=true`, default settings otherwise (5 epochs:
+    # 60 steps with held-out mice, the default design; 85 with held-out cells)
+    from core.runs import read_status
     from core.training.run import train
 
     monkeypatch.setenv("ST_RUNS_DIR", str(tmp_path))
     run_dir = train(load_config(overrides=["model.init_from=demo", "model.kwargs.use_mhc=true"]))
     drift = run_mapping_drift(run_dir)
-    assert drift["steps"][0] == 0 and drift["steps"][-1] == 85
+    assert drift["steps"][0] == 0 and drift["steps"][-1] == read_status(run_dir)["step"] >= 60
     assert drift["final_max_abs_h_res"].max() >= 0.05, drift["final_max_abs_h_res"]
 
 

@@ -159,7 +159,7 @@ def test_two_resumes_at_once_start_one_trainer(tmp_path, monkeypatch):
     refusals = [o for o in outcomes if isinstance(o, UserError)]
     assert len(refusals) == 1 and len(started) == 1
     assert "already being trained" in str(refusals[0]) or "still queued" in str(refusals[0])
-    child = runs._CHILDREN[run_dir.resolve()]
+    child = launcher._CHILDREN[run_dir.resolve()]
     _wait(lambda: json.loads((run_dir / run_lock.LOCK_NAME).read_text())["pid"] == child.pid)
     child.kill()
     child.wait()
@@ -188,7 +188,7 @@ def test_a_real_resume_hands_the_lock_to_its_trainer_and_completes(small_demo, t
     train(load_config(None, overrides), callbacks=[StopAt()])
     assert runs.read_status(run_dir)["state"] == "cancelled"
     runs.resume_run(run_dir)
-    child = runs._CHILDREN[run_dir.resolve()]
+    child = launcher._CHILDREN[run_dir.resolve()]
     child.wait(timeout=600)
     status = runs.read_status(run_dir)
     assert status["state"] == "completed" and status["step"] == 12, status

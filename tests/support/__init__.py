@@ -36,3 +36,11 @@ def charts(at) -> dict:
     """Plotly charts of the page by title, as the JSON dicts the browser receives."""
     specs = [unpack(json.loads(c.proto.spec)) for c in at.get("plotly_chart")]
     return {s["layout"]["title"]["text"]: s for s in specs}
+
+
+def unescaped(markdown: str) -> str:
+    """What the user reads of a message the app escaped with ``app.plain.plain`` (a backslash before a markdown
+    character is not shown): for comparing an element's ``.value`` with the words a test expects."""
+    import re
+
+    return re.sub(r"\\(.)", r"\1", markdown)
