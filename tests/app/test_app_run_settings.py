@@ -44,6 +44,7 @@ def new_app():
     return at
 
 
+@pytest.mark.slow
 def test_compare_groups_a_cli_run_and_an_app_run_with_the_same_settings_as_seeds(runs_root):
     from core.__main__ import main
 

@@ -11,6 +11,8 @@ from support import charts, unescaped
 
 from core.runs import list_mhc_snapshots, load_mhc_snapshot, read_metrics, read_status
 
+pytestmark = pytest.mark.slow  # trains, or drives a real server: left out of the fast lane
+
 APP = "../../app/main.py"
 # One epoch, capped at a few steps so the test stays in seconds on 2 CPU cores; snapshots every 2 steps.
 TINY = "training.max_steps=6\ntraining.mhc_snapshot_every=2\ntraining.val_freq=3"

@@ -29,6 +29,8 @@ from app.serve import (
     wait_until_idle,
 )
 
+pytestmark = pytest.mark.slow  # trains, or drives a real server: left out of the fast lane
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOC_SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 2000}

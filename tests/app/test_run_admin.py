@@ -20,6 +20,8 @@ from core.runs.admin import clone_overrides, delete_run, read_tags, set_tags
 from core.training.data import DEMO_MAPPINGS
 from core.training.run import resolve_defaults
 
+pytestmark = pytest.mark.slow  # trains, or drives a real server: left out of the fast lane
+
 APP = "../../app/main.py"
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains, or drives a real server: left out of the fast lane
+
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("make_corpus", REPO / "tests" / "bad_inputs" / "make_corpus.py")
 make_corpus = importlib.util.module_from_spec(_spec)

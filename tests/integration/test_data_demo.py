@@ -66,6 +66,7 @@ def test_atlas_lives_in_the_same_latent_space(demo_adata, atlas_adata):
     assert np.all(np.array(centroid_gap) < np.array(spread)), (centroid_gap, spread)
 
 
+@pytest.mark.slow
 def test_generator_is_reproducible_for_a_seed(demo_adata):
     """The cached demo (made in another process, maybe on another day) is what the seed gives now; a cache
     left over from an older generator with the same CACHE_VERSION would fail here too. The atlas is drawn

@@ -11,6 +11,8 @@ from core.errors import ConfigError
 from core.experiment.arms import parse_arms
 from core.experiment.runner import ExperimentSpec, experiment_dir, run_experiment
 
+pytestmark = pytest.mark.slow  # trains, or drives a real server: left out of the fast lane
+
 TINY = ["training.max_steps=2", "training.batch_size=2", "training.accelerator=cpu", "model.kwargs.hidden_dim=16",
         "model.kwargs.n_layers=1", "model.kwargs.n_heads=2", "model.kwargs.cell_set_len=8",
         "data.kwargs.embed_key=X_pca", "data.kwargs.pert_col=condition", "data.kwargs.control_pert=sham",

@@ -14,6 +14,8 @@ from core import runs
 from core.config import load_config
 from core.training.run import train
 
+pytestmark = pytest.mark.slow  # trains, or drives a real server: left out of the fast lane
+
 MAPPING = ["data.kwargs.pert_col=condition", "data.kwargs.control_pert=sham",
            "data.kwargs.cell_type_key=cell_types_simple_short", "data.kwargs.embed_key=X_pca"]
 # 2 epochs of about 15 steps, validation (hence a mid-epoch last.ckpt) every 4 steps; mHC and velocity on, so

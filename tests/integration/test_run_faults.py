@@ -18,6 +18,8 @@ from core import runs
 from core.errors import UserError
 from core.runs import launcher
 
+pytestmark = pytest.mark.slow  # trains, or drives a real server: left out of the fast lane
+
 REPO = Path(__file__).resolve().parents[2]
 MAPPING = ["data.kwargs.pert_col=condition", "data.kwargs.control_pert=sham",
            "data.kwargs.cell_type_key=cell_types_simple_short", "data.kwargs.batch_col=mouse_id",

@@ -132,6 +132,7 @@ def test_the_trainer_releases_its_lock_when_it_fails(tmp_path):
     assert not (run_dir / run_lock.LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_two_resumes_at_once_start_one_trainer(tmp_path, monkeypatch):
     """Both launchers race for the lock; exactly one spawns a trainer, the other is refused in one line (by the
     lock, or by the status check when the winner's 'queued' is already on disk: either way, a refusal)."""
@@ -165,6 +166,7 @@ def test_two_resumes_at_once_start_one_trainer(tmp_path, monkeypatch):
     child.wait()
 
 
+@pytest.mark.slow
 def test_a_real_resume_hands_the_lock_to_its_trainer_and_completes(small_demo, tmp_path):
     """runs.resume_run with the real trainer: the launcher's lock passes to the child, the run completes at its
     full step count, and no lock is left behind."""

@@ -101,6 +101,7 @@ def test_a_payload_last_checkpoint_in_a_run_folder_is_refused_on_resume(tmp_path
     assert runs.read_status(run_dir)["state"] == "failed"
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_payload_checkpoint_in_a_real_process(tmp_path):
     path, marker = _evil_checkpoint(tmp_path, "torch-zip")
     env = dict(os.environ, ST_RUNS_DIR=str(tmp_path / "runs"), PYTHONWARNINGS="ignore")

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from core import runs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +25,7 @@ def _wait(predicate, timeout=240.0):
     raise AssertionError("condition never became true")
 
 
+@pytest.mark.slow
 def test_sigterm_marks_the_run_interrupted_and_it_can_be_resumed(small_demo, tmp_path):
     data = tmp_path / "d.h5ad"
     small_demo.write_h5ad(data)

@@ -148,6 +148,7 @@ def test_saving_never_overwrites_the_input(small_demo, tmp_path):
     assert read_h5ad(out).n_obs == 100 and not list(tmp_path.glob("sub/.*tmp*"))
 
 
+@pytest.mark.slow
 def test_velocity_cli_writes_a_copy_and_refuses_to_overwrite(tmp_path, small_demo):
     src = tmp_path / "in.h5ad"
     small = small_demo[:400].copy()
