@@ -5,13 +5,13 @@ not claim LoRA."""
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
+from support import wait_until
 
 from core.runs import RunWriter, list_runs, read_config, read_status
 
@@ -20,13 +20,7 @@ TERMINAL = ("completed", "failed", "cancelled", "interrupted")
 
 
 def poll(predicate, timeout: float = 600.0):
-    """Wait for a background process (poll, never sleep-and-hope); the bound only stops a hung test."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError("timed out waiting for the run")
+    wait_until(predicate, timeout, poll=0.5, what="the run")
 
 
 @pytest.fixture

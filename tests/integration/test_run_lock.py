@@ -13,6 +13,7 @@ import time
 
 import lightning as L
 import pytest
+from support import wait_until
 
 from core import runs
 from core.errors import DataError, UserError
@@ -34,12 +35,7 @@ HOLDER = textwrap.dedent(
 
 
 def _wait(predicate, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition never became true")
+    wait_until(predicate, timeout)
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from support import wait_until
 
 from core import runs
 
@@ -17,12 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _wait(predicate, timeout=240.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition never became true")
+    wait_until(predicate, timeout)
 
 
 @pytest.mark.slow

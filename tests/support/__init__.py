@@ -44,3 +44,16 @@ def unescaped(markdown: str) -> str:
     import re
 
     return re.sub(r"\\(.)", r"\1", markdown)
+
+
+def wait_until(predicate, timeout: float = 600.0, poll: float = 0.05, what: str = "the condition") -> None:
+    """Poll ``predicate`` until it holds (never sleep-and-hope); the bound only stops a hung test, so it is long
+    enough for a loaded CI machine."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"{what} never became true within {timeout:.0f} s")
