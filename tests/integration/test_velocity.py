@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from support import PANCREAS, pancreas_with_pca
 
 from core.data.io import read_h5ad
 from core.errors import DataError
@@ -14,7 +15,6 @@ from core.velocity.pipeline import check_layers, compute_velocity, save_with_vel
 
 REPO = Path(__file__).resolve().parents[2]
 # real mouse pancreas counts (100 cells, scvelo's test data, BSD-3), in ../shared beside the checkout
-PANCREAS = REPO.parent / "shared" / "data" / "pancreas_100obs.h5ad"
 
 
 def cosines(a, b):
@@ -58,15 +58,8 @@ def test_transition_projection_matches_hand_computed_values():
 
 
 def test_pipeline_runs_on_real_pancreas_counts(tmp_path, monkeypatch):
-    import scanpy as sc
-
     monkeypatch.setenv("ST_DATA_CACHE", str(tmp_path))
-    a = read_h5ad(PANCREAS)
-    norm = a.copy()
-    sc.pp.normalize_total(norm)
-    sc.pp.log1p(norm)
-    sc.pp.pca(norm, n_comps=20)
-    a.obsm["X_pca"] = norm.obsm["X_pca"]
+    a = pancreas_with_pca(20)
     steps = []
     summary = compute_velocity(a, basis="pca", n_neighbors=15, progress=lambda name, f: steps.append((name, f)))
     assert [name for name, _ in steps] == ["normalise", "neighbours", "moments", "velocity", "velocity graph",
@@ -78,12 +71,12 @@ def test_pipeline_runs_on_real_pancreas_counts(tmp_path, monkeypatch):
     assert ((a.obs["velocity_confidence"] >= 0) & (a.obs["velocity_confidence"] <= 1)).all()
     # the same data and parameters come from the cache, identical
     again = read_h5ad(PANCREAS)
-    again.obsm["X_pca"] = norm.obsm["X_pca"]
+    again.obsm["X_pca"] = a.obsm["X_pca"]
     assert compute_velocity(again, basis="pca", n_neighbors=15)["cached"]
     assert np.array_equal(again.obsm["velocity_pca"], v)
     # on real counts too, the fast engine reproduces scvelo
     ref = read_h5ad(PANCREAS)
-    ref.obsm["X_pca"] = norm.obsm["X_pca"]
+    ref.obsm["X_pca"] = a.obsm["X_pca"]
     compute_velocity(ref, basis="pca", n_neighbors=15, engine="scvelo", use_cache=False)
     assert np.quantile(cosines(ref.obsm["velocity_pca"], v), 0.01) > 0.99
 

@@ -1,14 +1,11 @@
 """The fast engine (core/velocity/fast.py) against scvelo itself, step by step and end to end."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
+from support import pancreas_with_pca
 
-from core.data.io import read_h5ad
 from core.velocity.pipeline import compute_velocity
-
-PANCREAS = Path(__file__).resolve().parents[3] / "shared" / "data" / "pancreas_100obs.h5ad"
 
 
 def cosines(a, b):
@@ -50,17 +47,10 @@ def test_fast_engine_is_faster_in_the_steps_it_replaces(both_engines):
 
 
 def test_dynamical_mode_runs_on_real_counts_with_both_engines(tmp_path, monkeypatch):
-    import scanpy as sc
-
     monkeypatch.setenv("ST_DATA_CACHE", str(tmp_path))
     results = {}
     for engine in ("fast", "scvelo"):
-        a = read_h5ad(PANCREAS)
-        norm = a.copy()
-        sc.pp.normalize_total(norm)
-        sc.pp.log1p(norm)
-        sc.pp.pca(norm, n_comps=10)
-        a.obsm["X_pca"] = norm.obsm["X_pca"]
+        a = pancreas_with_pca(10)
         summary = compute_velocity(a, mode="dynamical", engine=engine, n_neighbors=15, dynamical_genes=15)
         assert summary["mode"] == "dynamical" and a.uns["velocity_params"]["dynamical_genes"] == 15
         assert np.isfinite(a.obsm["velocity_pca"]).all() and np.isfinite(a.layers["velocity"]).all()

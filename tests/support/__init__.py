@@ -57,3 +57,21 @@ def wait_until(predicate, timeout: float = 600.0, poll: float = 0.05, what: str 
             return
         time.sleep(poll)
     raise AssertionError(f"{what} never became true within {timeout:.0f} s")
+
+
+PANCREAS = REPO.parent / "shared" / "data" / "pancreas_100obs.h5ad"  # real counts (scvelo's test data), shared/
+
+
+def pancreas_with_pca(n_comps: int):
+    """The 100 real pancreas cells with ``obsm["X_pca"]`` from their normalised, log counts (counts kept raw)."""
+    import scanpy as sc
+
+    from core.data.io import read_h5ad
+
+    adata = read_h5ad(PANCREAS)
+    norm = adata.copy()
+    sc.pp.normalize_total(norm)
+    sc.pp.log1p(norm)
+    sc.pp.pca(norm, n_comps=n_comps)
+    adata.obsm["X_pca"] = norm.obsm["X_pca"]
+    return adata
