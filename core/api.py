@@ -25,12 +25,12 @@ from core.runs.handle import Run
 def load(source: str | os.PathLike = "demo", *, with_velocity: bool = False, backed: bool = False):
     """An AnnData: ``"demo"`` (the burn/sham demo, built once and cached; ``with_velocity`` adds its RNA velocity),
     ``"atlas"`` (the demo pretraining atlas), or the path of an .h5ad file (``backed=True`` keeps X on disk)."""
-    from core.data.datasets import RunData, load_run_data
+    from core.data.datasets import load_run_data, run_data
 
     text = os.fspath(source)
-    if text in ("demo", "burn_sham", "atlas"):
-        return load_run_data(RunData(None, "atlas" if text == "atlas" else "burn_sham", with_velocity))
-    return load_run_data(RunData(text, None, False), backed=backed)
+    if text in ("demo", "burn_sham", "atlas"):  # the same rule as a run's data set (the atlas has no velocity)
+        return load_run_data(run_data({"dataset": "atlas" if text == "atlas" else "burn_sham"}, with_velocity))
+    return load_run_data(run_data({"path": text}), backed=backed)
 
 
 def rna_velocity(adata, *, basis: str = "pca", embed_key: str | None = None, mode: str = "stochastic",

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import core
+from core.errors import ConfigError
 from core.progress import ProgressBar, wants_progress
 from core.runs import list_runs
 
@@ -40,6 +41,8 @@ def test_load_reads_the_demo_and_files_and_never_writes_them(api_run, small_demo
     loaded = core.load(path)
     assert loaded.n_obs == small_demo.n_obs and np.allclose(loaded.obsm["X_pca"], small_demo.obsm["X_pca"])
     assert path.read_bytes() == before
+    with pytest.raises(ConfigError, match="the demo atlas has no RNA velocity"):
+        core.load("atlas", with_velocity=True)
 
 
 def test_velocity_writes_the_documented_keys_or_returns_a_copy(small_demo):
