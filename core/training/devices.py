@@ -3,6 +3,8 @@ first, then Apple MPS, then the CPU, unless the user says otherwise."""
 
 from __future__ import annotations
 
+import os
+
 from core.errors import UserError
 
 
@@ -46,3 +48,8 @@ def world_size(devices, strategy: str) -> int:
 
         return max(torch.cuda.device_count(), 1)
     return 1
+
+
+def is_rank_zero() -> bool:
+    """The process that writes the run folder: under DDP, Lightning's re-launched processes have another rank."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"

@@ -18,23 +18,21 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import Config, save_config
 from core.errors import UserError
-from core.io.atomic import atomic_write_json, atomic_write_text
+from core.io.atomic import atomic_write_json
 from core.io.checkpoint import atomic_checkpoint_io
 from core.paths import SHARED_RUN_DIR_ENV, runs_root
 from core.progress import ProgressBar
 from core.runs import RunWriter, new_run_dir
 from core.runs import lock as run_lock
-from core.training.devices import device_choice, lightning_devices, world_size
+from core.training.devices import device_choice, is_rank_zero, lightning_devices, world_size
+from core.training.prepare import prepare_data
 
 log = logging.getLogger("core.training")
-
-
-def _is_rank_zero() -> bool:
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def _cpu_threads(cfg: Config) -> int:
@@ -83,7 +81,7 @@ def environment(device: str) -> dict:
 
 
 def prepare_run_dir(cfg: Config) -> Path:
-    if not cfg.run.dir and os.environ.get(SHARED_RUN_DIR_ENV) and not _is_rank_zero():
+    if not cfg.run.dir and os.environ.get(SHARED_RUN_DIR_ENV) and not is_rank_zero():
         cfg.run.dir = os.environ[SHARED_RUN_DIR_ENV]
     if cfg.run.dir:
         run_dir = Path(cfg.run.dir).expanduser().resolve()
@@ -140,7 +138,7 @@ def train(cfg: Config, callbacks: list | None = None, progress: bool | None = No
     Lightning callbacks (run after the run-folder callback). ``progress``: a progress bar (steps, loss, ETA) on the
     terminal or in the notebook; by default shown when there is one to show it on (core/progress.py)."""
     run_dir = prepare_run_dir(cfg)
-    rank_zero = _is_rank_zero()
+    rank_zero = is_rank_zero()
     if rank_zero:  # one trainer per folder; refused before anything is written (core/runs/lock.py)
         run_lock.acquire(run_dir, adopt=True)
     try:
@@ -193,80 +191,46 @@ def _train_locked(cfg: Config, run_dir: Path, rank_zero: bool, callbacks: list |
             handler.close()
 
 
-def _prepare_data(cfg: Config, run_dir: Path, phase=lambda text: None):
-    """``phase(text)``: called as each part starts, so the status says which one is running (they took 16 s
-    together on the demo, most of it reading the data or, with velocity on, computing velocity)."""
-    from core.data.designs import INTERPOLATION_WARNING
-    from core.data.fingerprint import embedding_fingerprint
-    from core.data.split_check import train_split_cell_types
-    from core.data.validate import validate
-    from core.training.data import SetDataModule, load_adata, loss_mapping, make_split, resolve_mapping, resolve_split
-
-    d = cfg.data.kwargs
-    velocity_first = cfg.model.kwargs.use_velocity_alignment and not d.path and not d.velocity_key
-    phase("reading the data set" + (" and computing its velocity (cached after the first run)"
-                                    if velocity_first else ""))
-    adata = load_adata(cfg)
-    mapping = resolve_mapping(cfg, adata)
-    if _is_rank_zero():  # again, with the data keys the mapping filled in
-        save_config(cfg, run_dir / "config.yaml")
-    phase(f"checking {adata.n_obs:,} cells against the mapping")
-    report = validate(adata, loss_mapping(cfg, mapping), set_size=cfg.model.kwargs.cell_set_len)
-    report.raise_if_errors()
-    notes = [f"data: {w}" for w in report.warnings]
-    nested = any("nested in condition" in w for w in report.warnings)
-    if nested and cfg.model.kwargs.use_batch:
-        notes.append(f"WARNING: model.kwargs.use_batch=true while '{mapping.batch_col}' is nested in condition: the "
-                     "batch embedding can encode the condition itself; consider model.kwargs.use_batch=false")
-    phase("splitting the cells and building the sets")
-    d.split = resolve_split(adata.obs, mapping, d.split)  # the saved config says which design was used
-    split = make_split(adata.obs, mapping, d.split, d.val_fraction, d.test_fraction, cfg.training.seed, d.holdout)
-    if d.split == "fraction":
-        notes.append(f"WARNING: {INTERPOLATION_WARNING}")
-    if _is_rank_zero():
-        import pandas as pd
-
-        frame = pd.DataFrame({"obs_name": adata.obs_names.astype(str), "split": split})
-        atomic_write_text(run_dir / "split.csv", frame.to_csv(index=False))
-    usable, split_notes = train_split_cell_types(adata.obs, mapping, split, report.usable_cell_types,
-                                                 cfg.model.kwargs.cell_set_len)  # counted after the split
-    notes += [f"data: {w}" for w in split_notes]
-    data = SetDataModule(cfg, adata, mapping, split, cell_types=usable)
-    data.embedding = embedding_fingerprint(adata, mapping.embed_key)  # recorded in the checkpoint
-    notes += data.matching_notes()
-    counts = {s: int((split == s).sum()) for s in ("train", "val", "test")}
-    notes.append(f"split by {d.split}: {counts['train']} train, {counts['val']} val, {counts['test']} test cells "
-                 f"(split.csv)")
-    return data, mapping, notes
-
-
 def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list, progress: bool | None) -> Path:
+    """The run's phases in order: data, model, run records, trainer, fit, checkpoints and summary. Each phase
+    may be cancelled through STOP before the next starts."""
     import lightning as L
-    import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from core.arc.finetune import build_for_training_any as build_for_training
-    from core.training.callbacks import RunFolderCallback
-    from core.training.demo_base import resolve_base
-    from core.training.finite_check import check_finite_result
-    from core.training.logger import RunFolderLogger
-    from core.training.module import STModule
-    from core.training.resume_state import RngState, SaveOnCancel, prepare_resume
-
-    t, m = cfg.training, cfg.model.kwargs
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    L.seed_everything(t.seed, workers=True, verbose=False)
+    L.seed_everything(cfg.training.seed, workers=True, verbose=False)
+
     def phase(text):
         writer.write_status("running", message=f"preparing data: {text}")
 
-    data, mapping, data_notes = _prepare_data(cfg, run_dir, phase)
+    data, mapping, data_notes = prepare_data(cfg, run_dir, phase)
     for note in data_notes:
         log.info(note)
     if _stopped_early(writer, "preparing data"):
         return run_dir
+    accelerator, device = device_choice(cfg.training.accelerator)
+    module = _build_module(cfg, run_dir, writer, data, mapping, data_notes, device)
+    if _stopped_early(writer, "building the model"):
+        return run_dir
+    fit = _Fit.configure(cfg, run_dir, writer, data, accelerator, device, extra_callbacks, progress)
+    writer.write_status("running", device=device, total_steps=fit.total, message="starting")
+    log.info("training on %s (%s): %d sets of %d cells per epoch, batch %d, %s steps", device, fit.precision,
+             len(data.train_sets), cfg.model.kwargs.cell_set_len, cfg.training.batch_size, fit.total)
+    started = time.time()
+    with fit.bar:
+        fit.trainer.fit(module, datamodule=data, ckpt_path=fit.resume)
+    return _finish(fit, module, data, run_dir, writer, device, time.time() - started)
 
-    accelerator, device = device_choice(t.accelerator)
+
+def _build_module(cfg: Config, run_dir: Path, writer, data, mapping, data_notes: list[str], device: str):
+    """Base (the demo base may be pretrained here, once), then the model with LoRA/mHC, then the run's records of
+    what was loaded; returns the Lightning module."""
+    import torch
+
+    from core.arc.finetune import build_for_training_any as build_for_training
+    from core.training.demo_base import resolve_base
+    from core.training.module import STModule
+
     building = "building the model"
     if cfg.model.init_from == "demo":
         from core.training.demo_base import demo_base_path
@@ -275,7 +239,7 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list, progress: 
             building += ": pretraining the demo base on the demo atlas (once, about half a minute)"
     writer.write_status("running", message=building)
     base_path = resolve_base(cfg.model.init_from, train)  # may pretrain the demo base: before seeding, not after
-    torch.manual_seed(t.seed)  # the model's initial weights do not depend on how much data preparation drew
+    torch.manual_seed(cfg.training.seed)  # the model's initial weights do not depend on how much data prep drew
     model, load_report, notes = build_for_training(cfg, data.table.z.shape[1], data.pert_map, mapping.control_pert,
                                                    data.batch_map, base_path=base_path, embedding=data.embedding)
     for note in notes:
@@ -283,8 +247,7 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list, progress: 
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     log.info("model: %d of %d parameters trainable", n_train, n_all)
-
-    if _is_rank_zero():
+    if is_rank_zero():
         save_config(cfg, run_dir / "config.yaml")
         atomic_write_json(run_dir / "pert_map.json", {"map": data.pert_map, "control": mapping.control_pert,
                                                       "rebuilt": load_report.get("new_perturbations", []),
@@ -293,67 +256,90 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list, progress: 
                                                          "trainable_parameters": n_train, "parameters": n_all})
         atomic_write_json(run_dir / "env.json", environment(device))
         atomic_write_json(run_dir / "embedding.json", data.embedding)  # read by base_embedding without torch
-
     hparams = {"config": cfg.to_dict(), "pert_map": data.pert_map, "control": mapping.control_pert,
                "embed_dim": int(data.table.z.shape[1]), "batch_map": data.batch_map,
-               "lora_applied": bool(cfg.model.init_from) and m.lora.enable, "embedding": data.embedding,
-               **getattr(model, "checkpoint_hparams", {})}  # an imported Arc model's architecture
-    module = STModule(model, hparams)
-    if _stopped_early(writer, "building the model"):
-        return run_dir
+               "lora_applied": bool(cfg.model.init_from) and cfg.model.kwargs.lora.enable,
+               "embedding": data.embedding, **getattr(model, "checkpoint_hparams", {})}  # an Arc model's architecture
+    return STModule(model, hparams)
 
-    max_epochs = t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else 5)
-    devices = lightning_devices(t.devices, accelerator)
-    world = world_size(devices, t.strategy)
-    steps_per_epoch = math.ceil(len(data.train_sets) / (t.batch_size * world))
-    total = min(x for x in (t.max_steps if t.max_steps > 0 else math.inf,
-                            max_epochs * steps_per_epoch if max_epochs > 0 else math.inf))
-    val_every = min(t.val_freq, total) if t.val_freq else None
-    bar = ProgressBar(total, f"training {run_dir.name}", enabled=progress)
-    callback = RunFolderCallback(writer, t.mhc_snapshot_every, on_progress=_bar_listener(bar) if bar.shown else None)
-    ckpt_dir = run_dir / "checkpoints"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_last=True,
-                                 save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
-                                 save_on_train_epoch_end=False)
-    precision = t.precision or ("bf16-mixed" if device == "cuda" else "32-true")
-    resume = ckpt_dir / "last.ckpt" if t.resume and (ckpt_dir / "last.ckpt").exists() else None
-    if resume is not None and _is_rank_zero():
-        prepare_resume(run_dir, resume)  # metrics after the checkpoint's step dropped, orphan temp files removed
-    cancel_saver = SaveOnCancel(callback, ckpt_dir / "cancel.ckpt")
-    trainer = L.Trainer(
-        accelerator=accelerator, devices=devices, strategy=t.strategy, precision=precision,
-        max_epochs=max_epochs, max_steps=t.max_steps,
-        val_check_interval=val_every, check_val_every_n_epoch=None if val_every else 1,
-        callbacks=[callback, cancel_saver, RngState(), *extra_callbacks, checkpoint],
-        plugins=[atomic_checkpoint_io()], logger=RunFolderLogger(writer), log_every_n_steps=1,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0 if resume else -1,
-        default_root_dir=run_dir, deterministic=False, gradient_clip_val=t.grad_clip or None,
-    )
-    if trainer.world_size > 1:
-        os.environ[SHARED_RUN_DIR_ENV] = str(run_dir)
-    writer.write_status("running", device=device, total_steps=total, message="starting")
-    log.info("training on %s (%s): %d sets of %d cells per epoch, batch %d, %s steps", device, precision,
-             len(data.train_sets), m.cell_set_len, t.batch_size, total)
-    started = time.time()
-    with bar:
-        trainer.fit(module, datamodule=data, ckpt_path=resume)
 
+@dataclass
+class _Fit:
+    """The Lightning trainer of one run and the callbacks the end of the run reads back."""
+
+    trainer: object
+    callback: object  # RunFolderCallback: the run folder's metrics, STOP, mHC snapshots
+    checkpoint: object  # ModelCheckpoint of best.ckpt by val_loss
+    cancel_saver: object  # SaveOnCancel: the in-loop checkpoint of a cancelled run
+    bar: ProgressBar
+    total: int | float  # steps the run will take
+    precision: str
+    resume: Path | None
+    ckpt_dir: Path
+
+    @classmethod
+    def configure(cls, cfg: Config, run_dir: Path, writer, data, accelerator: str, device: str,
+                  extra_callbacks: list, progress: bool | None) -> _Fit:
+        import lightning as L
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        from core.training.callbacks import RunFolderCallback
+        from core.training.logger import RunFolderLogger
+        from core.training.resume_state import RngState, SaveOnCancel, prepare_resume
+
+        t = cfg.training
+        max_epochs = t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else 5)
+        devices = lightning_devices(t.devices, accelerator)
+        steps_per_epoch = math.ceil(len(data.train_sets) / (t.batch_size * world_size(devices, t.strategy)))
+        total = min(t.max_steps if t.max_steps > 0 else math.inf,
+                    max_epochs * steps_per_epoch if max_epochs > 0 else math.inf)
+        val_every = min(t.val_freq, total) if t.val_freq else None
+        bar = ProgressBar(total, f"training {run_dir.name}", enabled=progress)
+        callback = RunFolderCallback(writer, t.mhc_snapshot_every,
+                                     on_progress=_bar_listener(bar) if bar.shown else None)
+        ckpt_dir = run_dir / "checkpoints"
+        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
+                                     save_last=True, save_top_k=1, auto_insert_metric_name=False,
+                                     enable_version_counter=False, save_on_train_epoch_end=False)
+        precision = t.precision or ("bf16-mixed" if device == "cuda" else "32-true")
+        resume = ckpt_dir / "last.ckpt" if t.resume and (ckpt_dir / "last.ckpt").exists() else None
+        if resume is not None and is_rank_zero():
+            prepare_resume(run_dir, resume)  # metrics after the checkpoint's step dropped, orphan temp files removed
+        cancel_saver = SaveOnCancel(callback, ckpt_dir / "cancel.ckpt")
+        trainer = L.Trainer(
+            accelerator=accelerator, devices=devices, strategy=t.strategy, precision=precision,
+            max_epochs=max_epochs, max_steps=t.max_steps,
+            val_check_interval=val_every, check_val_every_n_epoch=None if val_every else 1,
+            callbacks=[callback, cancel_saver, RngState(), *extra_callbacks, checkpoint],
+            plugins=[atomic_checkpoint_io()], logger=RunFolderLogger(writer), log_every_n_steps=1,
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0 if resume else -1,
+            default_root_dir=run_dir, deterministic=False, gradient_clip_val=t.grad_clip or None,
+        )
+        if trainer.world_size > 1:
+            os.environ[SHARED_RUN_DIR_ENV] = str(run_dir)
+        return cls(trainer, callback, checkpoint, cancel_saver, bar, total, precision, resume, ckpt_dir)
+
+
+def _finish(fit: _Fit, module, data, run_dir: Path, writer, device: str, seconds: float) -> Path:
+    """After fit: the end state validated, final/last checkpoints, the summary and the run's last status."""
+    from core.training.finite_check import check_finite_result
+
+    trainer, callback, ckpt_dir = fit.trainer, fit.callback, fit.ckpt_dir
     if not callback.cancelled and trainer.global_step > 0 and callback.last_val_step != trainer.global_step:
-        _final_validation(trainer, module, data, checkpoint, ckpt_dir)
+        _final_validation(trainer, module, data, fit.checkpoint, ckpt_dir)
     check_finite_result(module, module.val_summary.get("val_loss"), trainer.global_step)  # else: failed
     trainer.save_checkpoint(ckpt_dir / "final.ckpt", weights_only=False)
-    if cancel_saver.saved:  # saved inside the loop, where a resume must continue; it replaces any later last.ckpt
+    if fit.cancel_saver.saved:  # saved inside the loop, where a resume must continue; replaces any later last.ckpt
         os.replace(ckpt_dir / "cancel.ckpt", ckpt_dir / "last.ckpt")
     else:
         trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # where a resumed run continues
     state = "cancelled" if callback.cancelled else "completed"
-    seconds = time.time() - started
-    if _is_rank_zero():
+    if is_rank_zero():
         writer.export_metrics_csv()
-        best = checkpoint.best_model_score
+        best = fit.checkpoint.best_model_score
         atomic_write_json(run_dir / "train_summary.json", {
             "state": state, "steps": trainer.global_step, "epochs": trainer.current_epoch, "seconds": round(seconds, 2),
-            "best_val_loss": None if best is None else float(best), "device": device, "precision": precision})
+            "best_val_loss": None if best is None else float(best), "device": device, "precision": fit.precision})
     writer.write_status(state, step=trainer.global_step, message="cancelled by request" if callback.cancelled else "")
     log.info("%s after %d steps in %.1f s; run folder %s", state, trainer.global_step, seconds, run_dir)
     return run_dir
