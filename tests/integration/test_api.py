@@ -7,15 +7,14 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from support import TINY_MODEL
 
 import core
 from core.errors import ConfigError
 from core.progress import ProgressBar, wants_progress
 from core.runs import list_runs
 
-TINY = ["model.kwargs.hidden_dim=32", "model.kwargs.n_layers=2", "model.kwargs.n_heads=2",
-        "model.kwargs.cell_set_len=16", "training.batch_size=4", "training.accelerator=cpu", "training.max_steps=4",
-        "training.val_freq=2", "training.num_threads=1", "model.kwargs.lora.enable=false"]
+TINY = [*TINY_MODEL, "training.max_steps=4", "training.val_freq=2", "model.kwargs.lora.enable=false"]
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from support import TINY_MODEL
 
-TINY = ["model.kwargs.hidden_dim=32", "model.kwargs.n_layers=2", "model.kwargs.n_heads=2",
-        "model.kwargs.cell_set_len=16", "training.batch_size=4", "training.max_steps=4", "training.val_freq=2",
-        "training.accelerator=cpu", "model.kwargs.lora.enable=false", "training.num_threads=1"]
+TINY = [*TINY_MODEL, "training.max_steps=4", "training.val_freq=2", "model.kwargs.lora.enable=false"]
 
 
 def _cli(args, env):

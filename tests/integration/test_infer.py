@@ -10,15 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from support import TINY_MODEL
 
 from core.config import load_config
 from core.errors import CheckpointError, DataError
 from core.infer import load_model, predict
 from core.training.run import train
 
-TINY = ["model.kwargs.hidden_dim=32", "model.kwargs.n_layers=2", "model.kwargs.n_heads=2",
-        "model.kwargs.cell_set_len=16", "training.batch_size=4", "training.accelerator=cpu", "training.max_steps=6",
-        "training.num_threads=1", "model.kwargs.lora.enable=false",
+TINY = [*TINY_MODEL, "training.max_steps=6", "model.kwargs.lora.enable=false",
         "data.kwargs.split=fraction"]  # sizes below are of the held-out-cells design (default: held-out mice)
 
 

@@ -8,6 +8,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
+from support import TINY_MODEL
 
 from core.config import load_config
 from core.errors import ConfigError, DataError
@@ -15,9 +16,7 @@ from core.runs import list_mhc_snapshots, load_checkpoint, load_mhc_snapshot, re
 from core.training.data import CellTable, SetDataModule, SetSampler, make_split, resolve_mapping
 from core.training.run import train
 
-TINY = ["model.kwargs.hidden_dim=32", "model.kwargs.n_layers=2", "model.kwargs.n_heads=2",
-        "model.kwargs.cell_set_len=16", "training.batch_size=4", "training.accelerator=cpu",
-        "training.learning_rate=0.003", "training.num_threads=1",
+TINY = [*TINY_MODEL, "training.learning_rate=0.003",
         "data.kwargs.split=fraction"]  # sizes below are of the held-out-cells design (default: held-out mice)
 DEMO_KEYS = ["data.kwargs.pert_col=condition", "data.kwargs.control_pert=sham",
              "data.kwargs.cell_type_key=cell_types_simple_short", "data.kwargs.batch_col=mouse_id",

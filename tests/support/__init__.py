@@ -17,6 +17,11 @@ TESTS = REPO / "tests"
 FIXTURES = TESTS / "fixtures"
 # AppTest.from_file resolves a relative path against the test file; an absolute one works from every folder
 APP = str(REPO / "app" / "main.py")
+# The small model most training tests use (one CPU thread, so that parallel tests do not fight for cores); each
+# file appends what its assertions depend on (steps, design, LoRA).
+TINY_MODEL = ["model.kwargs.hidden_dim=32", "model.kwargs.n_layers=2", "model.kwargs.n_heads=2",
+              "model.kwargs.cell_set_len=16", "training.batch_size=4", "training.accelerator=cpu",
+              "training.num_threads=1"]
 
 
 def unpack(node):
