@@ -6,7 +6,8 @@ checked against its outputs in tests/unit/test_arc_import.py):
     pe      = pert_encoder(onehot(p))                       an MLP on the one-hot column of the perturbation
     ce      = basal_encoder(x_control)                      an MLP (or one Linear without basal projection)
     h       = pe + ce (+ batch_embedding[b])
-    r       = backbone(h)                                   bidirectional, no positions; final RMSNorm
+    r       = backbone(h)                                   llama: bidirectional, no positions, final RMSNorm;
+                                                            GPT-2: causal in effect (arc_backbone)
     latent  = head(r + ce)           predict_residual, output_space embedding | gene  (residual in HIDDEN space)
             = final_down_then_up(head(r) + x_control)       predict_residual, output_space all
             = head(r)                                       otherwise
@@ -109,7 +110,11 @@ def arc_backbone(kind: str, kwargs: dict) -> tuple[nn.Module, bool]:
         kwargs.update(ids, use_cache=False)
         cfg = GPT2Config(**kwargs)
         cfg._attn_implementation = "sdpa"
-        return GPT2Model(cfg), True
+        # Causal, as arc-state computes it: its GPT2BidirectionalModel passes no mask and removes the causal-mask
+        # builder, but HF's GPT-2 attention (transformers 4.52, the oldest arc-state allows) then sets SDPA's
+        # is_causal itself (no mask, more than one query), so every arc-state GPT-2 model attends causally.
+        # Measured on tests/fixtures/arc/emb_gpt2: causal matches arc-state to 9e-8, bidirectional is 1.6e-3 off.
+        return GPT2Model(cfg), False
     raise ValueError(f"unknown Arc backbone {kind!r}; arc-state has llama and GPT2")
 
 
@@ -190,7 +195,7 @@ class ArcTransitionModel(nn.Module):
 
     def _backbone(self, h: torch.Tensor) -> torch.Tensor:
         b, s, _ = h.shape
-        if not self.bidirectional:  # Arc's causal llama: HF's own causal mask and RoPE positions 0..s-1
+        if not self.bidirectional:  # causal llama, and every GPT-2 (arc_backbone): HF's causal mask, positions 0..
             return self.backbone(inputs_embeds=h).last_hidden_state
         # A 4-D all-zero additive mask is used as given (no causal mask); zero position ids make RoPE the
         # identity (cos 0 = 1, sin 0 = 0), which is what Arc's NoRoPE does.

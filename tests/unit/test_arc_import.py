@@ -22,7 +22,7 @@ def _arc_forward(run: str, model):
     return saved, latent, counts
 
 
-@pytest.mark.parametrize("run", ["emb_llama", "gene_llama"])
+@pytest.mark.parametrize("run", ["emb_llama", "gene_llama", "emb_gpt2"])
 def test_imported_forward_equals_arc_state_on_its_own_set(run):
     model, _ = import_arc_model(read_arc_folder(FIXTURES / run))
     assert not model.training  # Arc's load_from_checkpoint leaves train mode on; dropout must be off here
@@ -118,3 +118,16 @@ def test_a_causal_arc_llama_is_built_causal():
     saved, latent, _ = _arc_forward("emb_llama", model)
     # causal attention with RoPE: the first cell sees only itself, so the outputs move away from Arc's
     assert (latent - saved["preds"]).abs().max() > 1e-3
+
+
+def test_a_gpt2_backbone_attends_causally_as_arc_state_computes_it():
+    # arc-state's GPT2BidirectionalModel is causal in effect (core/model/arc_transition.py, arc_backbone): the
+    # bidirectional forward of the same weights is far from arc-state's own output, the causal one equals it
+    model, report = import_arc_model(read_arc_folder(FIXTURES / "emb_gpt2"))
+    assert report["kind"] == "Arc State Transition checkpoint (embedding space, GPT2 backbone)"
+    assert list(report["dropped"]) == ["transformer_backbone.wte.weight"]
+    saved, causal, _ = _arc_forward("emb_gpt2", model)
+    model.bidirectional = True
+    _, bidirectional, _ = _arc_forward("emb_gpt2", model)
+    assert (causal - saved["preds"]).abs().max() < 1e-6
+    assert (bidirectional - saved["preds"]).abs().max() > 1e-4

@@ -26,7 +26,7 @@ def _arc(run):
     return ad.read_h5ad(FIXTURES / run / "infer_pred.h5ad")
 
 
-@pytest.mark.parametrize("run", ["emb_llama", "emb_lora"])
+@pytest.mark.parametrize("run", ["emb_llama", "emb_lora", "emb_gpt2"])
 def test_embedding_model_predictions_equal_state_tx_infer(infer_input, run):
     model, folder, _ = load_arc(FIXTURES / run)
     pred = predict_arc(model, folder, infer_input, **FLAGS)
