@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app import cache
+from app import cache, state
 from app.components import current_data, show_figure
 from app.guard import shown_errors
 from app.plain import plain
@@ -14,7 +14,7 @@ st.title("Data")
 ref, adata, mapping = current_data()
 st.text(f"{ref.label}: {adata.n_obs:,} cells × {adata.n_vars:,} genes.")  # a user's file name: text, no markdown
 if mapping is None:
-    missing = st.session_state.get("mapping_missing") or []
+    missing = state.MAPPING_MISSING.get()
     st.warning(f"Choose the {describe_fields(missing) if missing else 'column mapping'} in the sidebar's column "
                "mapping to validate and summarise this data set.")
     st.stop()
@@ -91,17 +91,17 @@ with right:
     if vectors_key is not None and embed_key:
         with shown_errors("drawing velocity arrows"):
             arrows = cache.projected_arrows(ref, embed_key, vectors_key, basis_key, source_kind)
-            mode = st.session_state.get("velocity_arrow_mode", "grid-averaged")
-            grid = st.session_state.get("velocity_grid", 25)
+            mode = state.VELOCITY_ARROW_MODE.get()
+            grid = state.VELOCITY_GRID.get()
             per_grid = mode.startswith("grid")
             how = f"grid-averaged, {grid}×{grid}" if per_grid else "per cell, subsample"
             fig = arrows_figure(coords, {"velocity": arrows}, mode="grid" if per_grid else "cells",
                                 grid_size=grid, basis=basis_label, title=f"Velocity on the {basis_label} ({how})")
             show_figure(fig, f"velocity_arrows_{basis_label.lower()}")
             a1, a2 = st.columns(2)
-            a1.radio("Arrows", ["grid-averaged", "per cell (subsample)"], key="velocity_arrow_mode",
+            a1.radio("Arrows", ["grid-averaged", "per cell (subsample)"], key=state.VELOCITY_ARROW_MODE.name,
                      horizontal=True)
-            a2.slider("Grid size", 10, 50, 25, key="velocity_grid")
+            a2.slider("Grid size", 10, 50, state.VELOCITY_GRID.default(), key=state.VELOCITY_GRID.name)
     if confidence is not None:
-        show_figure(confidence_histogram(confidence, st.session_state.get("min_confidence")),
+        show_figure(confidence_histogram(confidence, state.MIN_CONFIDENCE.get()),
                     "velocity_confidence")
