@@ -6,7 +6,7 @@ from app import cache
 from app.components import run_path, run_picker, show_figure
 from app.guard import shown_errors
 from app.plain import plain
-from core.evaluation.mhc_drift import mapping_drift
+from core.evaluation.mhc_drift import describe_most_moved, mapping_drift, most_moved
 from core.figures import mhc as mhc_figures
 from core.runs import ACTIVE_STATES, list_runs, read_status
 
@@ -62,6 +62,8 @@ def _page(run: dict) -> None:
                             key="sum_error_steps")
                 st.subheader("How far mHC has moved from its init")
                 drift, at = mapping_drift(snapshots), steps.index(step)
+            if at > 0:
+                st.info(plain(describe_most_moved(most_moved(drift, at))))
                 show_figure(mhc_figures.h_res_drift_heatmaps(drift, at), f"{run['name']}_h_res_drift_step{step}",
                             key="h_res_drift")
                 show_figure(mhc_figures.pre_post_drift_heatmap(drift, at), f"{run['name']}_pre_post_drift_step{step}",
