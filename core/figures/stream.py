@@ -111,5 +111,5 @@ def stream_figure(coords: np.ndarray, arrows: np.ndarray, groups, colour_values,
                          range=[lo[0], hi[0]])
         fig.update_yaxes(title_text=f"{basis} 2 (a.u.)" if col == 1 else None, showticklabels=False, ticks="",
                          row=1, col=col, range=[lo[1], hi[1]], scaleanchor=f"x{col if col > 1 else ''}")
-    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.12, x=0, xanchor="left"))
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.12, x=0, xanchor="left", itemsizing="constant"))
     return apply_style(fig, title=f"Velocity streamlines on the {basis}, coloured by {colour_name}", height=520)

@@ -156,6 +156,7 @@ def arrows_figure(coords: np.ndarray, arrow_fields: dict[str, np.ndarray], mode:
         return message_figure("No vectors to draw.", title=title)
     fig = go.Figure()
     _background(fig, coords, MAX_SCATTER_POINTS, seed, colour_values, colour_name)
+    fig.update_layout(legend=dict(itemsizing="constant"))  # a category's marker as big as an arrow's line
     spare = iter(["#009E73", "#CC79A7", "#E69F00", "#56B4E9"])
     roles = {"Δz": ROLE_COLOURS["delta_z"], "v_z": ROLE_COLOURS["v_z"], "velocity": ROLE_COLOURS["v_z"]}
     colours = {name: roles.get(name) or next(spare) for name in arrow_fields}
