@@ -125,6 +125,20 @@ def projected_arrows(ref: DatasetRef, embed_key: str, vector_key: str, basis_key
                          neighbours=latent_neighbours(ref, embed_key))
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def gene_expression(ref: DatasetRef, gene: str):
+    """One gene's values in X for every cell (one column read, also from a file in backed mode)."""
+    import numpy as np
+    import scipy.sparse
+
+    adata = load_dataset(ref)
+    if gene not in adata.var_names:
+        raise DataError(f"no gene {gene!r} in this data set's var_names")
+    column = adata[:, [gene]].X
+    column = column.toarray() if scipy.sparse.issparse(column) else np.asarray(column)
+    return column.ravel().astype(np.float32)
+
+
 # ------------------------------------------------------------------------------------ computed velocity
 
 

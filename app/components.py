@@ -7,7 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.cache import DatasetRef, load_dataset
+from app import state
+from app.cache import load_dataset
 
 FORMAT_LABELS = {"png": "PNG (2× scale)", "svg": "SVG (vector)", "html": "HTML (interactive)"}
 
@@ -22,9 +23,9 @@ def show_figure(fig, name: str, key: str | None = None) -> None:
 
     key = key or name
     st.plotly_chart(fig, theme=None, key=f"chart_{key}", width="stretch")
-    page = st.session_state.get("current_page")
+    page = state.CURRENT_PAGE.get()
     if page:  # as shown (log axes, colours, smoothing): the Export page offers it in this form
-        st.session_state.setdefault("shown_figures", {}).setdefault(page, {})[name] = fig
+        state.SHOWN_FIGURES.get().setdefault(page, {})[name] = fig
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     with st.popover("Download figure", width="content"):
         for fmt, label in FORMAT_LABELS.items():
@@ -35,8 +36,8 @@ def show_figure(fig, name: str, key: str | None = None) -> None:
 
 def current_data():
     """(ref, adata, mapping) of the data set chosen in the sidebar, or stop the page with a hint."""
-    ref: DatasetRef | None = st.session_state.get("dataset")
-    mapping = st.session_state.get("mapping")
+    ref = state.DATASET.get()
+    mapping = state.MAPPING.get()
     if ref is None:
         st.info("Choose a data set in the sidebar.")
         st.stop()
@@ -45,21 +46,21 @@ def current_data():
 
 
 def run_picker(runs: list[dict], label: str, key: str) -> dict | None:
-    """A selectbox of runs whose choice is shared by every page (``session_state["selected_run"]``)."""
+    """A selectbox of runs whose choice is shared by every page (``state.SELECTED_RUN``)."""
     if not runs:
         return None
     names = [r["name"] for r in runs]
-    wanted = st.session_state.get("selected_run")
-    if wanted in names and st.session_state.get(key) != wanted:
+    wanted = state.SELECTED_RUN.get()
+    if wanted in names and state.widget_value(key) != wanted:
         # Another page or a launch chose a run: show it, even if this selectbox remembers another.
-        st.session_state[key] = wanted
+        state.set_widget_value(key, wanted)
 
     def remember():
-        st.session_state["selected_run"] = st.session_state[key]
+        state.SELECTED_RUN.set(state.widget_value(key))
 
     states = {r["name"]: r["state"] for r in runs}
     name = st.selectbox(label, names, key=key, on_change=remember, format_func=lambda n: f"{n}  ({states[n]})")
-    st.session_state["selected_run"] = name
+    state.SELECTED_RUN.set(name)
     return next(r for r in runs if r["name"] == name)
 
 

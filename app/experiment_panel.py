@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from app import state
 from app.components import show_figure
 from app.guard import shown_errors
 from core.errors import ConfigError
@@ -49,7 +50,7 @@ def _form() -> None:
                 raise ConfigError(f"arm {arm.name}: {err}") from None
         chosen = safe_run_name(name) if name.strip() else default_name(parsed)
         folder = launch_experiment(",".join(arms), int(seeds), chosen, shared, demo_base=demo_base)
-        st.session_state["experiment_shown"] = folder.name
+        state.EXPERIMENT_SHOWN.set(folder.name)
         st.success(f"Started experiment {chosen}; its progress appears below.")
 
 
@@ -98,7 +99,7 @@ def experiment_panel() -> None:
         st.info("No experiment yet: choose arms and seeds above and run one.")
         return
     names = list(folders)
-    wanted = st.session_state.get("experiment_shown")
+    wanted = state.EXPERIMENT_SHOWN.get()
     chosen = st.selectbox("Experiment", names, index=names.index(wanted) if wanted in names else 0,
                           key="experiment_pick")
     _progress(folders[chosen])

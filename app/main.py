@@ -7,7 +7,7 @@ that need them, so the first page appears in a few seconds.
 
 import streamlit as st
 
-from app import sidebar
+from app import sidebar, state
 from app.guard import shown_errors
 
 st.set_page_config(page_title="Burn vs sham: ST fine-tuning with mHC and velocity",
@@ -24,8 +24,8 @@ PAGES = [
 page = st.navigation(PAGES)
 # The figures a page draws this time replace those it drew before (components.show_figure keeps them for
 # the Export page, which exports them as they were last shown).
-st.session_state["current_page"] = page.title
-st.session_state.setdefault("shown_figures", {})[page.title] = {}
+state.CURRENT_PAGE.set(page.title)
+state.SHOWN_FIGURES.get()[page.title] = {}
 sidebar.render()
 with shown_errors(f"showing the {page.title} page"):
     page.run()

@@ -2,7 +2,7 @@
 check and the Train page's Launch button, so "Ready" on one never meets a failure after the other.
 
 The settings the data is checked against (base model, its checkpoint, cells per set) live in
-``session_state["train_choice"]``, not in widget keys: widgets inside a page reset when the user leaves it,
+``state.TRAIN_CHOICE``, not in widget keys: widgets inside a page reset when the user leaves it,
 and the Data page must see what the Train page chose. The check is ``core.data.validate.validate`` with the
 base's embedding (``core.training.demo_base.base_embedding``), the same call as training makes.
 """
@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 
 import streamlit as st
+
+from app import state
 
 BASES = ("Demo base model (pretrained on the demo atlas)", "A checkpoint on the server", "From scratch")
 
@@ -25,7 +27,7 @@ def default_choice() -> dict:
 
 def train_choice() -> dict:
     """The Train page's data-dependent settings: base (one of ``BASES``), checkpoint, set_size."""
-    return {**default_choice(), **st.session_state.get("train_choice", {})}
+    return {**default_choice(), **state.TRAIN_CHOICE.get()}
 
 
 def init_from(choice: dict) -> str | None:
@@ -91,13 +93,13 @@ def readiness() -> Readiness:
     from core.errors import UserError
 
     out = Readiness()
-    ref = st.session_state.get("dataset")
+    ref = state.DATASET.get()
     if ref is None:
         out.blockers.append("choose a data set in the sidebar")
         return out
-    mapping = st.session_state.get("mapping")
+    mapping = state.MAPPING.get()
     if mapping is None:
-        missing = st.session_state.get("mapping_missing") or []
+        missing = state.MAPPING_MISSING.get()
         what = describe_fields(missing) if missing else "column mapping"
         out.blockers.append(f"choose the {what} in the sidebar's column mapping")
         return out
@@ -114,7 +116,7 @@ def readiness() -> Readiness:
     out.against = f"set size {choice['set_size']}, base model {describe_base(choice, embedding)}"
     out.report = cache.validation_report(ref, tuple(sorted(mapping.items())), choice["set_size"], embedding)
     out.blockers += out.report.errors
-    guessed = st.session_state.get("mapping_guessed") or []
+    guessed = state.MAPPING_GUESSED.get()
     if guessed:
         out.blockers.append(f"the {describe_fields(guessed)} {'is' if len(guessed) == 1 else 'are'} guessed: "
                             "check and confirm them in the sidebar's column mapping")

@@ -1,8 +1,8 @@
 """The sidebar: which data set, and which of its columns mean what. Drawn by ``main.py`` on every page,
 so its widgets keep their values across pages (widgets inside a page reset when the user leaves it).
 
-Session state holds keys only: ``dataset`` (a ``DatasetRef`` of strings) and ``mapping`` (a dict of the
-``ColumnMapping`` fields). Uploads are saved once, by content hash, into ``<runs>/.uploads/`` so the
+Session state holds keys only: ``state.DATASET`` (a ``DatasetRef`` of strings) and ``state.MAPPING`` (a dict
+of the ``ColumnMapping`` fields). Uploads are saved once, by content hash, into ``<runs>/.uploads/`` so the
 training subprocess can read the same file; the user's own file is never written.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import url_state
+from app import state, url_state
 from app.cache import DEMO_DATASETS, DatasetRef, guessed_mapping, load_dataset, path_adata, upload_digest
 from app.guard import shown_errors
 from core.errors import DataError
@@ -38,7 +38,7 @@ def _saved_upload(uploaded) -> DatasetRef:
     HDF5 by anndata. The file name the user gave is shown, never used as a path."""
     from core.io.atomic import atomic_write_bytes
 
-    cache = st.session_state.setdefault("upload_digests", {})
+    cache = state.UPLOAD_DIGESTS.get()
     digest = cache.get(uploaded.file_id)
     path = uploads_dir() / f"{digest}.h5ad" if digest else None
     if digest is None or not path.is_file():
@@ -76,10 +76,10 @@ def _server_path(text: str) -> DatasetRef | None:
 
 
 def _choose_dataset() -> DatasetRef | None:
-    source = st.radio("Data source", SOURCES, key="data_source")
+    source = st.radio("Data source", SOURCES, key=state.DATA_SOURCE.name)
     if source == SOURCES[0]:
         name = st.selectbox("Demo data set", list(DEMO_DATASETS), format_func=DEMO_DATASETS.get,
-                            key="demo_name")
+                            key=state.DEMO_NAME.name)
         return DatasetRef("demo", name, DEMO_DATASETS[name], None)
     if source == SOURCES[1]:
         limit = upload_limit_mb()
@@ -89,15 +89,15 @@ def _choose_dataset() -> DatasetRef | None:
                  "the server instead. The file is read as HDF5 only (nothing is unpickled).")
         st.caption(f"Upload limit: {limit} MB. Larger files: use a path on the server.")
         if uploaded is not None:
-            st.session_state.pop("restored_upload", None)
+            state.RESTORED_UPLOAD.pop()
             return _saved_upload(uploaded)
-        restored = st.session_state.get("restored_upload")
+        restored = state.RESTORED_UPLOAD.get()
         if restored and Path(restored["path"]).is_file():  # the upload of this browser tab, before a reload
             st.text(f"Using your earlier upload {restored['name']} (kept on the server); upload a file to "
                     "replace it.")
             return DatasetRef("upload", restored["path"], f"Upload: {restored['name']}", restored["path"])
         return None
-    text = st.text_input("Path of a .h5ad file on the server", key="server_path",
+    text = st.text_input("Path of a .h5ad file on the server", key=state.SERVER_PATH.name,
                          help="Read in backed mode (the expression matrix stays on disk); never modified.")
     return _server_path(text)
 
@@ -112,7 +112,7 @@ FIELD_WORDS = {**REQUIRED, "batch_col": "batch column", "velocity_key": "velocit
 
 def _confirmed(tag: str) -> set:
     """Fields of this data set's mapping the user has chosen or confirmed (kept per data set)."""
-    return st.session_state.setdefault("mapping_confirmed", {}).setdefault(tag, set())
+    return state.MAPPING_CONFIRMED.get().setdefault(tag, set())
 
 
 # A field whose options come from another: when that one changes, its value is a new guess again.
@@ -149,13 +149,14 @@ def _mapping_widgets(ref: DatasetRef) -> dict:
         first = NONE if allow_none else CHOOSE
         opts = [first] + [o for o in options if o != first]
         index = opts.index(guess_value) if guess_value in opts else 0
-        key = f"map_{field}_{tag}{key_extra}"
-        if key not in st.session_state and field in from_url:  # the user's choice, back after a reload
+        key = state.MAPPING_FIELD.key(field, tag, key_extra)
+        # the user's choice, back after a reload
+        if not state.MAPPING_FIELD.is_set(field, tag, key_extra) and field in from_url:
             wanted = from_url[field] or first
             if wanted in opts:
                 index = opts.index(wanted)
                 confirmed.add(field)
-        value = st.session_state.get(key, opts[index])
+        value = state.MAPPING_FIELD.get(field, tag, key_extra, default=opts[index])
         is_guess = guess_value in opts[1:] and value == guess_value and field not in confirmed
         if is_guess:
             guessed.append(field)
@@ -186,8 +187,8 @@ def _mapping_widgets(ref: DatasetRef) -> dict:
                       allow_none=True)
     mapping = dict(pert_col=pert_col, control_pert=control, cell_type_key=cell_type, batch_col=batch,
                    embed_key=embed, velocity_key=velocity, confidence_key=confidence)
-    st.session_state["mapping_missing"] = [f for f in REQUIRED if mapping[f] is None]
-    st.session_state["mapping_guessed"] = guessed
+    state.MAPPING_MISSING.set([f for f in REQUIRED if mapping[f] is None])
+    state.MAPPING_GUESSED.set(guessed)
     url_state.remember(ref, mapping, confirmed, guess.to_dict())
     if guessed:
         st.caption("Fields marked *guessed* were filled in from the column names and values: check them.")
@@ -203,21 +204,21 @@ def describe_fields(fields: list[str]) -> str:
 
 
 def render() -> None:
-    """Draw the sidebar and publish ``st.session_state["dataset"]`` and ``["mapping"]``."""
+    """Draw the sidebar and publish ``state.DATASET`` and ``state.MAPPING``."""
     url_state.restore_once(SOURCES, DEMO_DATASETS, uploads_dir())
-    pending = st.session_state.pop("pending_server_path", None)
+    pending = state.PENDING_SERVER_PATH.pop()
     if pending:  # a page asked to switch to a file it wrote (e.g. the data set with computed velocity)
-        st.session_state["data_source"] = SOURCES[2]
-        st.session_state["server_path"] = pending
+        state.DATA_SOURCE.set(SOURCES[2])
+        state.SERVER_PATH.set(pending)
     with st.sidebar:
         st.subheader("Data")
         ref = None
         with shown_errors("opening the data set"):
             ref = _choose_dataset()
-        st.session_state["dataset"] = ref
-        st.session_state["mapping"] = None
-        st.session_state["mapping_missing"] = list(REQUIRED)
-        st.session_state["mapping_guessed"] = []
+        state.DATASET.set(ref)
+        state.MAPPING.set(None)
+        state.MAPPING_MISSING.set(list(REQUIRED))
+        state.MAPPING_GUESSED.set([])
         if ref is None:
             url_state.remember(None, None, set(), {})
             st.info("Choose a data set above.")
@@ -226,7 +227,7 @@ def render() -> None:
             with shown_errors("reading the data set's columns"):
                 mapping = _mapping_widgets(ref)
                 # complete or nothing: a page never validates or trains with a field left to choose
-                st.session_state["mapping"] = None if st.session_state["mapping_missing"] else mapping
+                state.MAPPING.set(None if state.MAPPING_MISSING.get() else mapping)
         if ref.kind != "demo":
             # the user's file name as typed, never read as markdown
             st.text(f"Reading {ref.label.partition(': ')[2]}; the original file is never modified.")

@@ -14,6 +14,8 @@ import re
 
 import streamlit as st
 
+from app import state
+
 DIGEST = re.compile(r"[0-9a-f]{64}")
 MAPPING_PREFIX = "m."
 SOURCE_KEYS = ("upload", "name", "path", "demo")
@@ -22,33 +24,33 @@ SOURCE_KEYS = ("upload", "name", "path", "demo")
 def restore_once(sources: tuple[str, ...], demo_names, uploads_dir) -> None:
     """At the start of a session, preset the sidebar's widgets from the URL (once: later reruns belong to
     the widgets). ``sources``: the data-source radio's options (demo, upload, path)."""
-    if st.session_state.get("_url_restored"):
+    if state.URL_RESTORED.get():
         return
-    st.session_state["_url_restored"] = True
+    state.URL_RESTORED.set(True)
     params = st.query_params
     restored_key = None
     if params.get("upload") and DIGEST.fullmatch(params["upload"]):
         path = uploads_dir / f"{params['upload']}.h5ad"
         if path.is_file():
-            st.session_state["data_source"] = sources[1]
-            st.session_state["restored_upload"] = {"path": str(path), "name": params.get("name") or "upload"}
+            state.DATA_SOURCE.set(sources[1])
+            state.RESTORED_UPLOAD.set({"path": str(path), "name": params.get("name") or "upload"})
             restored_key = str(path)
     elif params.get("path"):
-        st.session_state["data_source"] = sources[2]
-        st.session_state["server_path"] = params["path"]
+        state.DATA_SOURCE.set(sources[2])
+        state.SERVER_PATH.set(params["path"])
         restored_key = "path"
     elif params.get("demo") in demo_names:
-        st.session_state["data_source"] = sources[0]
-        st.session_state["demo_name"] = params["demo"]
+        state.DATA_SOURCE.set(sources[0])
+        state.DEMO_NAME.set(params["demo"])
         restored_key = params["demo"]
     fields = {k[len(MAPPING_PREFIX):]: v for k, v in params.items() if k.startswith(MAPPING_PREFIX)}
     if restored_key and fields:
-        st.session_state["restored_mapping"] = {"for": restored_key, "fields": fields}
+        state.RESTORED_MAPPING.set({"for": restored_key, "fields": fields})
 
 
 def restored_mapping(ref) -> dict:
     """The mapping choices the URL brought for this data set ({} for any other)."""
-    restored = st.session_state.get("restored_mapping")
+    restored = state.RESTORED_MAPPING.get()
     if not restored:
         return {}
     if restored["for"] in (ref.key, "path" if ref.kind == "path" else None):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import cache
+from app import cache, state
 from app.components import run_picker, show_figure
 from app.guard import shown_errors
 from app.plain import plain
@@ -117,8 +117,8 @@ def _live() -> None:
     progress = st.column_config.ProgressColumn("progress", min_value=0, max_value=1)
     st.dataframe(runs_table(runs), key="runs_table", column_config={"progress": progress})
     active = [r["name"] for r in runs if r["state"] in ACTIVE]
-    if active and st.session_state.get("selected_run") not in [r["name"] for r in runs]:
-        st.session_state["selected_run"] = active[0]
+    if active and state.SELECTED_RUN.get() not in [r["name"] for r in runs]:
+        state.SELECTED_RUN.set(active[0])
     run = run_picker(runs, "Run to watch", key="train_run")
     _status_block(run)
 
@@ -134,7 +134,7 @@ def _live() -> None:
                           help=f"Default {default} for a run of {total or 'unknown'} steps: the smoothed curve "
                                "lags by about 1/(1 − weight) steps.")
     # remembered beyond this page's widgets, so the Export page writes the figures as they are shown here
-    st.session_state["run_view"] = {"run": run["name"], "log_y": log_y, "smoothing": smoothing}
+    state.RUN_VIEW.set({"run": run["name"], "log_y": log_y, "smoothing": smoothing})
     velocity = run["config"].get("model.kwargs.use_velocity_alignment")
     figures = training.training_figures(metrics, log_y=log_y, smoothing=smoothing, velocity=velocity)
     show_figure(figures["loss"], f"{run['name']}_loss", key="train_loss")
@@ -158,4 +158,4 @@ def run_monitor() -> None:
 
     live()
     runs = {r["name"]: r for r in list_runs()}
-    run_actions(runs.get(st.session_state.get("selected_run")))
+    run_actions(runs.get(state.SELECTED_RUN.get()))

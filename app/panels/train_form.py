@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app import state
 from app.plain import plain
 from app.readiness import BASES, readiness, train_choice
 from core.errors import ConfigError
@@ -123,7 +124,7 @@ def check_extra_against_data(cfg, choice: dict) -> None:
     from app import cache
     from core.errors import DataError
 
-    ref, mapping = st.session_state.get("dataset"), st.session_state.get("mapping")
+    ref, mapping = state.DATASET.get(), state.MAPPING.get()
     report = cache.validation_report(ref, tuple(sorted(mapping.items())), set_size, base_embedding(base))
     if report.errors:
         raise DataError(f"with the settings under 'More settings' (set size {set_size}, base {base or 'none'}): "
@@ -142,7 +143,7 @@ def _data_settings() -> dict:
                                key="tf_ckpt", disabled=base != BASES[1])
     set_size = c3.number_input("Set size (cells per set)", 2, 4096, choice["set_size"], key="tf_set")
     choice = {"base": base, "checkpoint": checkpoint, "set_size": int(set_size)}
-    st.session_state["train_choice"] = choice
+    state.TRAIN_CHOICE.set(choice)
     return choice
 
 
@@ -152,8 +153,8 @@ def train_form() -> None:
 
     defaults = Config()
     m, t = defaults.model.kwargs, defaults.training
-    dataset = st.session_state.get("dataset")
-    mapping = st.session_state.get("mapping")
+    dataset = state.DATASET.get()
+    mapping = state.MAPPING.get()
     st.text(f"Data: {dataset.label if dataset else 'none chosen'} (set in the sidebar).")  # text: a file name
     choice = _data_settings()
     base, checkpoint, set_size = choice["base"], choice["checkpoint"], choice["set_size"]
@@ -205,7 +206,7 @@ def train_form() -> None:
         submitted = st.form_submit_button("Launch", type="primary", disabled=not ready.ready)
     if not submitted:
         return
-    st.session_state["min_confidence"] = float(velocity_min_confidence) if velocity else None
+    state.MIN_CONFIDENCE.set(float(velocity_min_confidence) if velocity else None)
     form = dict(base=base, checkpoint=checkpoint, lora=lora, lora_r=int(lora_r), lora_alpha=int(lora_alpha),
                 mhc=mhc, n_streams=int(n_streams), sinkhorn_iters=int(sinkhorn_iters),
                 layer_indices=layer_indices,
@@ -218,7 +219,7 @@ def train_form() -> None:
     overrides = build_overrides(form, dataset, mapping) + [f"run.name={run_name}"]
     check_extra_against_data(check_overrides(overrides), choice)
     run_dir = launch_run(overrides, run_name)
-    st.session_state["selected_run"] = run_dir.name
+    state.SELECTED_RUN.set(run_dir.name)
     st.success(f"Launched **{plain(run_dir.name)}**; it appears below and updates live.")
     if velocity and not (mapping or {}).get("velocity_key"):
         st.info("No velocity key is chosen in the sidebar, so training computes scvelo velocity for this data "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import cache
+from app import cache, state
 from core.errors import DataError
 from core.io.atomic import atomic_write_with
 
@@ -44,7 +44,7 @@ def velocity_panel(ref, adata, embed_key: str | None):
     if st.button("Save a copy with this velocity and train on it", key="velocity_save_copy"):
         path = save_copy_with_velocity(ref, adata, embed_key, params)
         # The sidebar applies this before drawing its widgets on the next run (see sidebar.render).
-        st.session_state["pending_server_path"] = str(path)
+        state.PENDING_SERVER_PATH.set(str(path))
         st.rerun()
     return params_key, result["confidence"]
 

@@ -2,19 +2,23 @@
 
 import streamlit as st
 
-from app import cache
+from app import cache, state
 from app.components import current_data, show_figure
 from app.guard import shown_errors
 from app.plain import plain
 from app.readiness import readiness
 from app.sidebar import describe_fields
+from core.figures.stream import stream_figure
 from core.figures.velocity import arrows_figure, confidence_histogram, embedding_scatter
+
+NO_GENE = "(none: the column)"
+MAX_STREAM_PANELS = 4  # side by side, each still readable
 
 st.title("Data")
 ref, adata, mapping = current_data()
 st.text(f"{ref.label}: {adata.n_obs:,} cells × {adata.n_vars:,} genes.")  # a user's file name: text, no markdown
 if mapping is None:
-    missing = st.session_state.get("mapping_missing") or []
+    missing = state.MAPPING_MISSING.get()
     st.warning(f"Choose the {describe_fields(missing) if missing else 'column mapping'} in the sidebar's column "
                "mapping to validate and summarise this data set.")
     st.stop()
@@ -61,6 +65,7 @@ c1, c2, c3 = st.columns([1, 1, 2])
 basis_key = c1.selectbox("Embedding to draw (first two columns)", two_d,
                          index=two_d.index(preferred[0]) if preferred else 0, key="data_basis")
 colour = c2.selectbox("Colour by", obs_columns, index=obs_columns.index(default_colour), key="data_colour")
+gene = c2.selectbox("…or by a gene's expression (X)", [NO_GENE, *map(str, adata.var_names)], key="data_gene")
 velocity_source = c3.radio(
     "Velocity", ["Precomputed (the obsm key chosen in the sidebar)", "Compute from spliced/unspliced counts"],
     key="velocity_source")
@@ -68,11 +73,17 @@ basis_label = basis_key.removeprefix("X_").upper()
 coords = adata.obsm[basis_key][:, :2]
 embed_key = mapping.get("embed_key")
 
+colour_values, colour_name = adata.obs[colour].reset_index(drop=True), colour
+if gene != NO_GENE:
+    with shown_errors("reading the gene's expression"):
+        colour_values, colour_name = cache.gene_expression(ref, gene), f"{gene} (X)"
+
 left, right = st.columns(2)
 with left, shown_errors("drawing the embedding"):
-    show_figure(embedding_scatter(coords, adata.obs[colour], colour, basis=basis_label),
-                f"{basis_label.lower()}_by_{colour}")
+    show_figure(embedding_scatter(coords, colour_values, colour_name, basis=basis_label),
+                f"{basis_label.lower()}_by_{colour_name}")
 
+arrows = None
 with right:
     vectors_key, source_kind, confidence = None, "obsm", None
     if velocity_source.startswith("Precomputed"):
@@ -91,17 +102,34 @@ with right:
     if vectors_key is not None and embed_key:
         with shown_errors("drawing velocity arrows"):
             arrows = cache.projected_arrows(ref, embed_key, vectors_key, basis_key, source_kind)
-            mode = st.session_state.get("velocity_arrow_mode", "grid-averaged")
-            grid = st.session_state.get("velocity_grid", 25)
+            mode = state.VELOCITY_ARROW_MODE.get()
+            grid = state.VELOCITY_GRID.get()
             per_grid = mode.startswith("grid")
             how = f"grid-averaged, {grid}×{grid}" if per_grid else "per cell, subsample"
             fig = arrows_figure(coords, {"velocity": arrows}, mode="grid" if per_grid else "cells",
-                                grid_size=grid, basis=basis_label, title=f"Velocity on the {basis_label} ({how})")
+                                grid_size=grid, basis=basis_label, title=f"Velocity on the {basis_label} ({how})",
+                                colour_values=colour_values, colour_name=colour_name)
             show_figure(fig, f"velocity_arrows_{basis_label.lower()}")
             a1, a2 = st.columns(2)
-            a1.radio("Arrows", ["grid-averaged", "per cell (subsample)"], key="velocity_arrow_mode",
+            a1.radio("Arrows", ["grid-averaged", "per cell (subsample)"], key=state.VELOCITY_ARROW_MODE.name,
                      horizontal=True)
-            a2.slider("Grid size", 10, 50, 25, key="velocity_grid")
+            a2.slider("Grid size", 10, 50, state.VELOCITY_GRID.default(), key=state.VELOCITY_GRID.name)
     if confidence is not None:
-        show_figure(confidence_histogram(confidence, st.session_state.get("min_confidence")),
+        show_figure(confidence_histogram(confidence, state.MIN_CONFIDENCE.get()),
                     "velocity_confidence")
+
+if arrows is not None:
+    st.subheader("Velocity streamlines per condition")
+    st.caption("scvelo's stream view: lines follow each condition's grid-averaged velocity on the "
+               f"{basis_label} (grid {state.VELOCITY_GRID.get()}×{state.VELOCITY_GRID.get()}, one grid for "
+               "every panel); cells coloured as above. Line spacing and length are for reading, not magnitudes.")
+    with shown_errors("drawing the velocity streamlines"):
+        conditions = adata.obs[mapping["pert_col"]].astype(str).reset_index(drop=True)
+        control = str(mapping["control_pert"])
+        order = [control, *sorted(set(conditions) - {control})][:MAX_STREAM_PANELS]
+        if len(set(conditions)) > MAX_STREAM_PANELS:
+            st.caption(f"Showing {MAX_STREAM_PANELS} of {len(set(conditions))} conditions: the control and the "
+                       "first others by name.")
+        show_figure(stream_figure(coords, arrows, conditions, colour_values, colour_name, order=order,
+                                  grid_size=state.VELOCITY_GRID.get(), basis=basis_label),
+                    f"velocity_stream_{basis_label.lower()}")

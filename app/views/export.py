@@ -4,7 +4,7 @@ import re
 
 import streamlit as st
 
-from app import cache
+from app import cache, state
 from app.components import run_path, run_picker
 from app.guard import shown_errors
 from app.panels.delta import run_dataset
@@ -27,7 +27,7 @@ def _figures(run_dir: str, stamp: tuple, dataset: cache.DatasetRef | None, log_y
 def _view(run: dict) -> tuple[bool, float]:
     """The Train page's view of this run (log-scale loss, smoothing) if it was shown there, else its
     defaults, so a file looks like the figure on screen."""
-    view = st.session_state.get("run_view") or {}
+    view = state.RUN_VIEW.get()
     if view.get("run") == run["name"]:
         return bool(view["log_y"]), float(view["smoothing"])
     return True, default_smoothing(run["status"].get("total_steps"))
@@ -89,7 +89,7 @@ else:
         _run_section(run)
 
 for page in ("Data", "Compare"):
-    shown = (st.session_state.get("shown_figures") or {}).get(page) or {}
+    shown = state.SHOWN_FIGURES.get().get(page) or {}
     st.subheader(f"Figures of the {page} page ({len(shown)})")
     if not shown:
         st.caption(f"None yet: the figures of the {page} page appear here, as last shown, once you open it.")

@@ -6,10 +6,12 @@ from app import cache
 from app.components import run_path, run_picker, show_figure
 from app.guard import shown_errors
 from app.plain import plain
-from core.evaluation.mhc_drift import mapping_drift
+from core.evaluation.mhc_drift import describe_most_moved, mapping_drift, most_moved
 from core.figures import mhc as mhc_figures
-from core.runs import list_runs
+from core.runs import ACTIVE_STATES, list_runs, read_status
 
+# while the run trains: new snapshots and metrics arrive every few steps, and a redraw is ~10 figures
+POLL_S = 2.0
 TABS = ["mHC mappings (H_res, H_pre, H_post)", "Δz vs velocity"]
 
 st.title("Inspect a run")
@@ -18,53 +20,68 @@ if not runs:
     st.info("No runs yet: launch one on the Train page.")
     st.stop()
 run = run_picker(runs, "Run", key="inspect_run")
-path = run_path(run)
-status = run["status"]
-st.caption(f"State: **{run['state']}**" + (f": {plain(status.get('message'))}" if status.get("message") else ""))
+# While the run trains, the page redraws itself every POLL_S (a fragment: the run picker and the sidebar are not
+# redrawn); once the run has ended, one full rerun draws it a last time without a poll.
+polling = run["state"] in ACTIVE_STATES
 
-# Only the open tab is drawn (a tab switch reruns the page): drawing both doubled the page switch.
-mhc_tab, velocity_tab = st.tabs(TABS, key="inspect_tab", on_change="rerun")
 
-if mhc_tab.open:
-    with mhc_tab, shown_errors("drawing the mHC mappings"):
-        snapshots = cache.mhc_snapshots(path)
-        if not snapshots:
-            st.info("This run saved no mHC snapshots: mHC was off (turn it on in the Train form), or the run "
-                    "has not reached its first snapshot yet.")
-        else:
-            steps = [int(s["step"]) for s in snapshots]
-            step = steps[0] if len(steps) == 1 else st.select_slider(
-                "Training step of the snapshot", options=steps, value=steps[-1], key="inspect_step")
-            snapshot = snapshots[steps.index(step)]
-            show_figure(mhc_figures.h_res_heatmaps(snapshot), f"{run['name']}_h_res_step{step}", key="h_res")
-            left, right = st.columns(2)
-            with left:
-                show_figure(mhc_figures.sum_error_bars(snapshot), f"{run['name']}_h_res_sum_error_step{step}",
-                            key="sum_error")
-            with right:
-                show_figure(mhc_figures.composite_gain_figure(snapshot),
-                            f"{run['name']}_composite_gain_step{step}", key="composite_gain")
-            show_figure(mhc_figures.h_pre_post_bars(snapshot), f"{run['name']}_h_pre_post_step{step}",
-                        key="pre_post")
-            show_figure(mhc_figures.sum_error_over_steps(snapshots), f"{run['name']}_h_res_sum_error_over_steps",
-                        key="sum_error_steps")
-            st.subheader("How far mHC has moved from its init")
-            drift, at = mapping_drift(snapshots), steps.index(step)
-            show_figure(mhc_figures.h_res_drift_heatmaps(drift, at), f"{run['name']}_h_res_drift_step{step}",
-                        key="h_res_drift")
-            show_figure(mhc_figures.pre_post_drift_heatmap(drift, at), f"{run['name']}_pre_post_drift_step{step}",
-                        key="pre_post_drift")
-            show_figure(mhc_figures.drift_over_steps(drift), f"{run['name']}_drift_over_steps", key="drift_steps")
-            show_figure(mhc_figures.gradient_ratio_over_steps(cache.run_metrics(path)),
-                        f"{run['name']}_h_res_gradient_over_lora", key="grad_ratio")
-            if st.toggle("Measure how far the streams have diverged (a forward pass of the best checkpoint and of "
-                         "the init on validation control cells)", key="inspect_divergence"):
-                with shown_errors("measuring the streams' divergence"):
-                    show_figure(mhc_figures.stream_divergence_figure(cache.stream_divergence(path)),
-                                f"{run['name']}_stream_divergence", key="divergence")
+@st.fragment(run_every=POLL_S if polling else None)
+def _page(run: dict) -> None:
+    status = read_status(run["path"])
+    if polling and status["state"] not in ACTIVE_STATES:
+        st.rerun()  # the whole page, so the fragment is made again without run_every
+    run = {**run, "status": status, "state": status["state"]}
+    path = run_path(run)
+    st.caption(f"State: **{run['state']}**" + (f": {plain(status.get('message'))}" if status.get("message") else ""))
 
-if velocity_tab.open:
-    with velocity_tab, shown_errors("drawing Δz against velocity"):
-        from app.panels.delta import delta_panel
+    # Only the open tab is drawn (a tab switch reruns the page): drawing both doubled the page switch.
+    mhc_tab, velocity_tab = st.tabs(TABS, key="inspect_tab", on_change="rerun")
 
-        delta_panel(run)
+    if mhc_tab.open:
+        with mhc_tab, shown_errors("drawing the mHC mappings"):
+            snapshots = cache.mhc_snapshots(path)
+            if not snapshots:
+                st.info("This run saved no mHC snapshots: mHC was off (turn it on in the Train form), or the run "
+                        "has not reached its first snapshot yet.")
+            else:
+                steps = [int(s["step"]) for s in snapshots]
+                step = steps[0] if len(steps) == 1 else st.select_slider(
+                    "Training step of the snapshot", options=steps, value=steps[-1], key="inspect_step")
+                snapshot = snapshots[steps.index(step)]
+                show_figure(mhc_figures.h_res_heatmaps(snapshot), f"{run['name']}_h_res_step{step}", key="h_res")
+                left, right = st.columns(2)
+                with left:
+                    show_figure(mhc_figures.sum_error_bars(snapshot), f"{run['name']}_h_res_sum_error_step{step}",
+                                key="sum_error")
+                with right:
+                    show_figure(mhc_figures.composite_gain_figure(snapshot),
+                                f"{run['name']}_composite_gain_step{step}", key="composite_gain")
+                show_figure(mhc_figures.h_pre_post_bars(snapshot), f"{run['name']}_h_pre_post_step{step}",
+                            key="pre_post")
+                show_figure(mhc_figures.sum_error_over_steps(snapshots), f"{run['name']}_h_res_sum_error_over_steps",
+                            key="sum_error_steps")
+                st.subheader("How far mHC has moved from its init")
+                drift, at = mapping_drift(snapshots), steps.index(step)
+            if at > 0:
+                st.info(plain(describe_most_moved(most_moved(drift, at))))
+                show_figure(mhc_figures.h_res_drift_heatmaps(drift, at), f"{run['name']}_h_res_drift_step{step}",
+                            key="h_res_drift")
+                show_figure(mhc_figures.pre_post_drift_heatmap(drift, at), f"{run['name']}_pre_post_drift_step{step}",
+                            key="pre_post_drift")
+                show_figure(mhc_figures.drift_over_steps(drift), f"{run['name']}_drift_over_steps", key="drift_steps")
+                show_figure(mhc_figures.gradient_ratio_over_steps(cache.run_metrics(path)),
+                            f"{run['name']}_h_res_gradient_over_lora", key="grad_ratio")
+                if st.toggle("Measure how far the streams have diverged (a forward pass of the best checkpoint and of "
+                             "the init on validation control cells)", key="inspect_divergence"):
+                    with shown_errors("measuring the streams' divergence"):
+                        show_figure(mhc_figures.stream_divergence_figure(cache.stream_divergence(path)),
+                                    f"{run['name']}_stream_divergence", key="divergence")
+
+    if velocity_tab.open:
+        with velocity_tab, shown_errors("drawing Δz against velocity"):
+            from app.panels.delta import delta_panel
+
+            delta_panel(run)
+
+
+_page(run)

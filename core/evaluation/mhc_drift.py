@@ -4,6 +4,7 @@ the mappings' gradients next to LoRA's.
 - ``mapping_drift``: from the run's mHC snapshots (``core.runs.list_mhc_snapshots``; the first is the init, step
   0), per layer and snapshot step, Delta = mapping(step) - mapping(init) for H_res [n, n], H_pre [n], H_post [n],
   and max |Delta| of each. A run whose H_res never leaves its init has mixed nothing it did not mix at the start.
+  ``most_moved`` says which of the three moved most (as a fraction of its range).
 - ``stream_divergence``: from one forward pass, per wrapped layer, the mean pairwise cosine between the n streams
   entering it (over tokens; 1: parallel, as in a plain residual network in disguise) and their spread about
   their mean relative to its norm. A run's first layer receives E_i h (E > 0, core/mhc/mappings.py): cosine
@@ -44,6 +45,36 @@ def mapping_drift(snapshots: list[dict]) -> dict:
         out[f"max_abs_{name}"] = np.abs(delta).reshape(len(snapshots), len(layers), -1).max(-1)
         out[f"final_max_abs_{name}"] = out[f"max_abs_{name}"][-1]
     return out
+
+
+# Each mapping's range (H_res doubly stochastic, H_pre = sigmoid, H_post = 2 sigmoid): moves are compared as a
+# fraction of it, so H_post's wider range does not make it look as if it moved more.
+RANGES = {"h_res": 1.0, "h_pre": 1.0, "h_post": 2.0}
+LABELS = {"h_res": "H_res", "h_pre": "H_pre", "h_post": "H_post"}
+
+
+def most_moved(drift: dict, at: int = -1) -> dict:
+    """Which of H_res, H_pre, H_post moved most from the first snapshot to snapshot ``at`` (an index), ranked by
+    max |Delta| over layers and entries as a fraction of the mapping's range. Returns {"mapping", "layer" (where
+    it moved most), "max_abs" {m: max |Delta|}, "fraction" {m: max |Delta| / range}, "step", "from_step"}."""
+    steps = np.asarray(drift["steps"])
+    per_layer = {name: np.asarray(drift[f"max_abs_{name}"])[at] for name in MAPPINGS}  # [L] each
+    fraction = {name: float(per_layer[name].max()) / RANGES[name] for name in MAPPINGS}
+    top = max(MAPPINGS, key=lambda name: fraction[name])
+    return {"mapping": top, "layer": int(np.asarray(drift["layer_indices"])[int(per_layer[top].argmax())]),
+            "max_abs": {name: float(per_layer[name].max()) for name in MAPPINGS}, "fraction": fraction,
+            "step": int(steps[at]), "from_step": int(steps[0])}
+
+
+def describe_most_moved(moved: dict) -> str:
+    """``most_moved``'s answer in one sentence."""
+    if max(moved["max_abs"].values()) == 0.0:
+        return f"No mapping has moved from its init (step {moved['from_step']}) by step {moved['step']}."
+    top = moved["mapping"]
+    others = ", ".join(f"{LABELS[m]} {moved['max_abs'][m]:.3g}" for m in MAPPINGS if m != top)
+    return (f"From step {moved['from_step']} to step {moved['step']}, {LABELS[top]} moved most: max |Δ| "
+            f"{moved['max_abs'][top]:.3g} in layer {moved['layer']} ({moved['fraction'][top]:.1%} of its range), "
+            f"against {others}.")
 
 
 def run_mapping_drift(run_dir) -> dict:

@@ -69,16 +69,17 @@ def project_to_2d(latent: np.ndarray, vectors: np.ndarray, coords: np.ndarray,
     return arrows
 
 
-def grid_average(coords: np.ndarray, arrows: np.ndarray, grid_size: int = 25,
-                 min_density: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def grid_average(coords: np.ndarray, arrows: np.ndarray, grid_size: int = 25, min_density: float = 0.5,
+                 bounds: tuple | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Gaussian-weighted mean arrow at each point of a G x G grid over ``coords`` (scvelo's grid view).
 
     Returns x [G], y [G], u [G, G], v [G, G] (row = y, column = x); grid points whose summed kernel
-    weight is below ``min_density`` times its median (empty regions) get NaN arrows.
+    weight is below ``min_density`` times its median (empty regions) get NaN arrows. ``bounds`` (lo [2],
+    hi [2]) fixes the grid's extent (e.g. all cells', when averaging one condition's), else ``coords``'.
     """
     coords = np.asarray(coords, dtype=float)
     arrows = np.asarray(arrows, dtype=float)
-    lo, hi = coords.min(0), coords.max(0)
+    lo, hi = (coords.min(0), coords.max(0)) if bounds is None else (np.asarray(bounds[0]), np.asarray(bounds[1]))
     pad = 0.02 * (hi - lo)
     xs = np.linspace(lo[0] - pad[0], hi[0] + pad[0], grid_size)
     ys = np.linspace(lo[1] - pad[1], hi[1] + pad[1], grid_size)

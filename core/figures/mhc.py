@@ -139,6 +139,8 @@ def composite_gain_figure(snapshot: dict) -> go.Figure:
                    line=dict(color=ROLE_COLOURS["col"], dash="dash")),
     ])
     fig.add_hline(y=1.0, line=dict(color="#777777", width=1, dash="dot"))
+    # legend below: the figure is drawn half-width, and a legend beside it left the plot (and its note) no room
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.22, x=0, xanchor="left"))
     top = max(1.1, float(np.max([forward.max(), backward.max()])) * 1.05)
     fig.update_xaxes(title_text="layers composed (product of H_res over depth)", dtick=1)
     fig.update_yaxes(title_text="gain of ∏ H_res (1 = no growth)", range=[0, top])
@@ -147,9 +149,10 @@ def composite_gain_figure(snapshot: dict) -> go.Figure:
     if deviation < GAIN_BY_CONSTRUCTION:
         # Doubly stochastic factors have a doubly stochastic product: a flat line at 1 is the constraint
         # holding, not a measurement that training changed nothing. Say so instead of leaving it to guess.
-        fig.add_annotation(text=f"1 by construction: every H_res is doubly stochastic, so their product is "
-                                f"too (largest deviation {deviation:.1e}). It would leave 1 only if the "
-                                "projection failed; see the sum error for how closely it holds.",
+        # line breaks: the figure is drawn half-width, and plotly does not wrap annotation text
+        fig.add_annotation(text=f"1 by construction: every H_res is doubly stochastic,<br>so their product is "
+                                f"too (largest deviation {deviation:.1e}).<br>It would leave 1 only if the "
+                                "projection failed;<br>see the sum error for how closely it holds.",
                            x=0.5, y=0.35, xref="paper", yref="paper", showarrow=False, align="center",
                            font=dict(size=12, color="#444444"), bgcolor="rgba(255,255,255,0.85)")
         return apply_style(fig, title=f"Composite gain over depth at step {step}: 1 by construction")

@@ -55,30 +55,44 @@ def embedding_scatter(coords: np.ndarray, values, colour_name: str, basis: str =
     coords = np.asarray(coords)
     values = values.reset_index(drop=True) if isinstance(values, pd.Series) else pd.Series(np.asarray(values))
     keep = subsample_index(len(coords), max_points, seed)
-    xy, shown = coords[keep], values.iloc[keep]
-    fig = go.Figure()
-    scatter = points_trace(len(keep))
-    if _is_categorical(values):
-        colours = category_colours(values.astype(str).unique())
-        labels = shown.astype(str).to_numpy()
-        for category, colour in colours.items():
-            mask = labels == category
-            fig.add_trace(scatter(x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=category,
-                                  marker=dict(size=3, color=colour, opacity=0.7),
-                                  hovertemplate=category + "<extra></extra>"))
-        fig.update_layout(legend=dict(itemsizing="constant"))  # the title already names the column
-    else:
-        numbers = pd.to_numeric(shown, errors="coerce").to_numpy(dtype=float)
-        fig.add_trace(scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name=colour_name,
-                              marker=dict(size=3, color=numbers, colorscale=SEQUENTIAL, showscale=True,
-                                          colorbar=dict(title=dict(text=colour_name)))))
+    fig = go.Figure(cell_traces(coords[keep], values.iloc[keep], colour_name, categories=values))
+    fig.update_layout(legend=dict(itemsizing="constant"))  # the title already names the column
     _axis_titles(fig, basis)
     note = f" ({len(keep):,} of {len(coords):,} cells shown)" if len(keep) < len(coords) else ""
     return apply_style(fig, title=f"{basis} coloured by {colour_name}{note}", height=560)
 
 
-def _background(fig: go.Figure, coords: np.ndarray, max_points: int, seed: int = 0) -> None:
+def cell_traces(xy: np.ndarray, values, colour_name: str, categories=None, limits: tuple | None = None,
+                legend: bool = True, opacity: float = 0.7) -> list:
+    """Markers for cells at ``xy`` [M, 2] coloured by ``values`` [M]: one trace per category (Okabe-Ito, in the
+    order of ``categories``, default ``values``' own), or one viridis trace for numbers (on ``limits``, so
+    several panels share a scale)."""
+    values = pd.Series(np.asarray(values))
+    scatter = points_trace(len(xy))
+    if _is_categorical(values):
+        colours = category_colours(pd.Series(np.asarray(values if categories is None else categories))
+                                   .astype(str).unique())
+        labels = values.astype(str).to_numpy()
+        return [scatter(x=xy[labels == category, 0], y=xy[labels == category, 1], mode="markers", name=category,
+                        marker=dict(size=3, color=colour, opacity=opacity), legendgroup=category,
+                        showlegend=legend, hovertemplate=category + "<extra></extra>")
+                for category, colour in colours.items()]
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    low, high = limits if limits else (None, None)
+    return [scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name=colour_name, showlegend=False,
+                    marker=dict(size=3, color=numbers, colorscale=SEQUENTIAL, showscale=legend, cmin=low, cmax=high,
+                                opacity=opacity, colorbar=dict(title=dict(text=colour_name))))]
+
+
+def _background(fig: go.Figure, coords: np.ndarray, max_points: int, seed: int = 0, colour_values=None,
+                colour_name: str = "") -> None:
+    """The cells under the arrows: grey, or coloured like the embedding beside them (``colour_values`` [N])."""
     keep = subsample_index(len(coords), max_points, seed)
+    if colour_values is not None:
+        values = pd.Series(np.asarray(colour_values))
+        for trace in cell_traces(coords[keep], values.iloc[keep], colour_name, categories=values, opacity=0.35):
+            fig.add_trace(trace.update(hoverinfo="skip"))
+        return
     scatter = points_trace(len(keep))
     fig.add_trace(scatter(x=coords[keep, 0], y=coords[keep, 1], mode="markers", name="cells",
                           marker=dict(size=3, color=GREY, opacity=0.35), hoverinfo="skip", showlegend=False))
@@ -130,8 +144,9 @@ def _display_scale(coords: np.ndarray, arrow_fields: dict, n_arrows: int) -> flo
 
 def arrows_figure(coords: np.ndarray, arrow_fields: dict[str, np.ndarray], mode: str = "grid",
                   grid_size: int = 25, n_cells: int = 600, basis: str = "UMAP", title: str | None = None,
-                  seed: int = 0) -> go.Figure:
-    """Arrows of one or more projected fields (e.g. {"Δz": ..., "v_z": ...}) over grey cells.
+                  seed: int = 0, colour_values=None, colour_name: str = "") -> go.Figure:
+    """Arrows of one or more projected fields (e.g. {"Δz": ..., "v_z": ...}) over the cells, grey or coloured
+    by ``colour_values`` [N] (as the embedding beside it is).
 
     ``mode="grid"`` averages arrows on a grid (readable at any cell count, the default); ``"cells"``
     draws one arrow per cell for a random subsample of ``n_cells``.
@@ -140,7 +155,8 @@ def arrows_figure(coords: np.ndarray, arrow_fields: dict[str, np.ndarray], mode:
     if not arrow_fields:
         return message_figure("No vectors to draw.", title=title)
     fig = go.Figure()
-    _background(fig, coords, MAX_SCATTER_POINTS, seed)
+    _background(fig, coords, MAX_SCATTER_POINTS, seed, colour_values, colour_name)
+    fig.update_layout(legend=dict(itemsizing="constant"))  # a category's marker as big as an arrow's line
     spare = iter(["#009E73", "#CC79A7", "#E69F00", "#56B4E9"])
     roles = {"Δz": ROLE_COLOURS["delta_z"], "v_z": ROLE_COLOURS["v_z"], "velocity": ROLE_COLOURS["v_z"]}
     colours = {name: roles.get(name) or next(spare) for name in arrow_fields}

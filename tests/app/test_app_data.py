@@ -66,6 +66,31 @@ def test_precomputed_velocity_key_draws_grid_arrows(app):
     assert "Velocity on the UMAP (per cell, subsample)" in charts(app)
 
 
+def test_velocity_streams_show_sham_and_burn_side_by_side_coloured_by_a_gene(app, demo_adata):
+    import scipy.sparse
+
+    sidebar_select(app, "Velocity (obsm").set_value("true_velocity_pca").run()
+    gene = str(demo_adata.var_names[3])
+    app.selectbox(key="data_gene").set_value(gene).run()
+    assert not app.exception and not app.error
+    column = demo_adata[:, [gene]].X
+    expression = (column.toarray() if scipy.sparse.issparse(column) else np.asarray(column)).ravel()
+    figures = charts(app)
+    umap = figures[f"UMAP coloured by {gene} (X)"]
+    np.testing.assert_allclose(umap["data"][0]["marker"]["color"], expression, rtol=1e-6)
+    # the arrow panel follows the colour choice: its cells carry the same values
+    arrows = figures["Velocity on the UMAP (grid-averaged, 25×25)"]
+    np.testing.assert_allclose(arrows["data"][0]["marker"]["color"], expression, rtol=1e-6)
+    stream = figures[f"Velocity streamlines on the UMAP, coloured by {gene} (X)"]
+    counts = demo_adata.obs["condition"].value_counts()
+    assert [a["text"] for a in stream["layout"]["annotations"]] == [f"sham ({counts['sham']:,} cells)",
+                                                                    f"burn ({counts['burn']:,} cells)"]
+    lines = [t for t in stream["data"] if t.get("name") == "velocity streamlines"]
+    assert [t.get("xaxis", "x") for t in lines] == ["x", "x2"] and all(len(t["x"]) > 100 for t in lines)
+    markers = [t for t in stream["data"] if t.get("mode") == "markers"]
+    assert {(t["marker"]["cmin"], t["marker"]["cmax"]) for t in markers} == {(expression.min(), expression.max())}
+
+
 def test_a_wrong_mapping_is_reported_as_errors_not_a_crash(app):
     # condition as the cell type: each "cell type" then holds one condition only, so nothing can train
     sidebar_select(app, "Cell-type column").set_value("condition").run()

@@ -44,3 +44,10 @@ def test_stream_divergence_without_a_checkpoint_is_a_one_line_error_and_the_page
     errors = [unescaped(e.value) for e in app.error]
     assert len(errors) == 1 and "no checkpoints/best.ckpt" in errors[0]
     assert by_title(app, "ΔH_res from init")  # the rest of the tab is still drawn
+
+
+def test_inspect_says_which_mapping_moved_most_since_step_0(app):
+    # the fixture's H_res moves by 0.45 at most (layer 0) from step 0 to 20; H_pre and H_post stay where they began
+    said = [unescaped(i.value) for i in app.info if "moved most" in i.value]
+    assert said == ["From step 0 to step 20, H_res moved most: max |Δ| 0.45 in layer 0 (45.0% of its range), "
+                    "against H_pre 0, H_post 0."]

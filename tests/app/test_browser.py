@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 from app.cache import DEMO_DATASETS
 from app.serve import (
@@ -97,12 +97,17 @@ def test_every_page_opens_draws_its_figures_and_is_screenshotted(page, screensho
     wait_until_idle(page, charts=3)
     assert_no_errors(page, "Data with velocity")
     page.screenshot(path=screenshots / "data.png")
+    streams = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="Velocity streamlines on the UMAP")
+    streams.scroll_into_view_if_needed()
+    streams.screenshot(path=screenshots / "data_streams.png")
     for name, heading, charts in (("Train", "Train", 3), ("Inspect", "Inspect a run", 4),
                                   ("Compare", "Compare runs", 2), ("Export", "Export", 0)):
         open_page(page, name)
         wait_for_page(page, heading, charts=charts)
         assert visible_charts(page) >= charts, name
         assert_no_errors(page, name)
+        if name == "Export":  # its download buttons are drawn after the script ends: not blank in the picture
+            expect(page.get_by_role("button", name="PNG").last).to_be_visible(timeout=60_000)
         page.screenshot(path=screenshots / f"{name.lower()}.png")
         if name == "Inspect":
             page.get_by_role("tab", name="Δz vs velocity").click()

@@ -13,7 +13,8 @@ cycle. Function-level imports count as much as top-level ones (they hid two cycl
     9 core.infer, core.evaluation, core.experiment, core.arc.{commands,sampling,export}
    10 core.figures                            plotly figures from runs
    11 core.api, core.pl, core.cli, core.__main__, core (the public API and the command line)
-   12 app                                     the Streamlit UI
+   12 app.cache, app.state                    the app's cached loaders and its typed session state
+   13 app                                     the Streamlit UI
 """
 
 import ast
@@ -34,6 +35,7 @@ LAYERS = [
      "core.arc.export"),
     ("core.figures",),
     ("core.api", "core.pl", "core.cli", "core.__main__", "core"),
+    ("app.cache", "app.state"),
     ("app",),
 ]
 
