@@ -77,6 +77,6 @@ def run(args) -> int:
     counts = results["counts"]
     print(f"\n{results['seconds']:.0f} s with {results['parallel']} at a time ({counts['trained']} trained, "
           f"{counts['resumed']} resumed, {counts['evaluated']} evaluated, {counts['skipped']} already done, "
-          f"{counts['failed']} failed); wrote {folder}/results.json, results.md and "
+          f"{counts['failed']} failed); wrote {folder}/results.json, results.md, "
           f"{', '.join(f'{name}.html' for name in figures)}")
     return 1 if results["failed"] else 0
