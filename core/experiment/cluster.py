@@ -50,9 +50,10 @@ def make_executor(launcher: str, folder: Path, options: ClusterOptions | None = 
         executor = submitit.LocalExecutor(folder=logs)
         executor.update_parameters(timeout_min=options.timeout_min)
         return executor
-    if shutil.which("sbatch") is None:
-        raise ConfigError("--launcher slurm: Slurm is not reachable from here (no 'sbatch' on PATH); run the "
-                          "command on a Slurm login node, or leave out --launcher to run on this machine")
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:
+        raise ConfigError(f"--launcher slurm: Slurm is not reachable from here (no {' or '.join(missing)} on PATH); "
+                          "run the command on a Slurm login node, or leave out --launcher to run on this machine")
     executor = submitit.SlurmExecutor(folder=logs)
     params = {"time": options.timeout_min, "cpus_per_task": options.cpus_per_task}
     if options.partition:

@@ -28,6 +28,32 @@ def test_slurm_without_sbatch_is_one_line_and_runs_nothing(tmp_path, monkeypatch
     assert not (tmp_path / "runs" / "nocluster.base.s0").exists()
 
 
+def test_slurm_settings_become_the_job_s_sbatch_lines(tmp_path, monkeypatch):
+    """With Slurm's commands on PATH (stand-ins here) the executor is submitit's Slurm one, and the options are
+    the #SBATCH lines submitit writes (submitting is not tried: there is no cluster)."""
+    import os
+
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from core.experiment.cluster import ClusterOptions, make_executor
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 1\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    executor = make_executor("slurm", tmp_path / "exp", ClusterOptions("gpu", 30, 8, 1))
+    assert type(executor).__name__ == "SlurmExecutor" and executor.folder == (tmp_path / "exp" / "submitit")
+    lines = _make_sbatch_string(command="x", folder=str(tmp_path), **executor.parameters).splitlines()
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=30", "#SBATCH --cpus-per-task=8",
+                 "#SBATCH --gpus-per-node=1"):
+        assert line in lines
+    (bin_dir / "srun").unlink()
+    with pytest.raises(ConfigError, match="no srun on PATH"):
+        make_executor("slurm", tmp_path / "exp")
+
+
 def test_the_cli_refuses_slurm_here_with_exit_2_and_no_traceback(tmp_path):
     import os
     import shutil
