@@ -1,5 +1,6 @@
 """The Compare page's experiment panel: run arms x seeds from a form (``python -m core experiment`` in the
-background, the same command the CLI runs) and show an experiment's verdicts, tables and paired dot plots."""
+background, the same command the CLI runs) and show an experiment's verdicts, tables, paired dot plots and
+held-out ED against cos(dz, v_z) over λ."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from app import state
 from app.components import show_figure
 from app.guard import shown_errors
 from core.errors import ConfigError
-from core.experiment.arms import PRESETS, STABILITY
+from core.experiment.arms import LAMBDA, PRESETS, STABILITY
 
-ARM_CHOICES = [*PRESETS, STABILITY]
+ARM_CHOICES = [*PRESETS, STABILITY, LAMBDA]
 
 
 def _form() -> None:
@@ -65,7 +66,7 @@ def _progress(folder) -> None:
 
 
 def _results(folder) -> None:
-    from core.figures.experiment import paired_dots
+    from core.figures.experiment import ed_against_velocity, paired_dots
 
     path = folder / "results.json"
     if not path.is_file():
@@ -82,6 +83,7 @@ def _results(folder) -> None:
     if rows:
         st.dataframe(pd.DataFrame(rows), key="experiment_table")
     show_figure(paired_dots(results), f"experiment_{spec['name']}_paired_dots", key="experiment_dots")
+    show_figure(ed_against_velocity(results), f"experiment_{spec['name']}_ed_against_cos", key="experiment_ed_cos")
     for failure in results.get("failed", []):
         st.error(f"failed run: {failure}")
 

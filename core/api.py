@@ -96,13 +96,14 @@ def predict(model: Run | str | os.PathLike, adata=None, **options):
 
 def run_experiment(arms: str = "base,+mhc", seeds: int = 3, overrides: Sequence[str] = (), *,
                    name: str | None = None, jobs: int | None = None, demo_base: bool = True,
-                   root: str | os.PathLike | None = None, progress: bool | None = None):
+                   root: str | os.PathLike | None = None, progress: bool | None = None, launcher: str = "local"):
     """A paired ablation, as ``python -m core experiment``: every arm (``base``, ``+mhc``, ``+velocity``,
-    ``+mhc+velocity``, or ``stability``, the lr ladder) with seeds 0..seeds-1, the same seeds and splits for every
-    arm, as ordinary runs, evaluated; resumable by name. Returns one row per (arm, metric): the paired difference
-    to the reference arm, its 95% t interval and the verdict; the full results are in ``table.attrs["results"]``
-    and in the experiment folder (``table.attrs["folder"]``). ``overrides`` apply to every arm; ``root`` is the runs
-    folder (default ``$ST_RUNS_DIR`` or runs/)."""
+    ``+mhc+velocity``, ``stability``, the lr ladder, or ``lambda``, the velocity-weight ladder) with seeds
+    0..seeds-1, the same seeds and splits for every arm, as ordinary runs, evaluated; resumable by name. Returns
+    one row per (arm, metric): the paired difference to the reference arm, its 95% t interval and the verdict;
+    the full results are in ``table.attrs["results"]`` and in the experiment folder (``table.attrs["folder"]``).
+    ``overrides`` apply to every arm; ``root`` is the runs folder (default ``$ST_RUNS_DIR`` or runs/);
+    ``launcher="slurm"`` submits the runs through submitit."""
     import pandas as pd
 
     from core.experiment.arms import DEFAULT_COMMON, parse_arms
@@ -112,7 +113,7 @@ def run_experiment(arms: str = "base,+mhc", seeds: int = 3, overrides: Sequence[
     parsed = parse_arms(arms, None)
     spec = ExperimentSpec(name or "-vs-".join(a.slug for a in parsed)[:80], parsed, list(range(int(seeds))),
                           [*(DEFAULT_COMMON if demo_base else []), *overrides])
-    results = run_spec(spec, root=root, jobs=jobs, log=lambda line: None, progress=progress)
+    results = run_spec(spec, root=root, jobs=jobs, log=lambda line: None, progress=progress, launcher=launcher)
     table = pd.DataFrame(results["comparisons"])
     table.attrs.update(results=results, folder=experiment_dir(spec.name, root))
     return table

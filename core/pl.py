@@ -52,3 +52,19 @@ def compare(runs, column: str = "loss") -> dict:
     groups = group_by_configuration({r.name: r.config for r in runs})
     return {f"{column}_overlaid": overlaid_curves(metrics, column),
             f"{column}_over_seeds": seed_band_curves(metrics, groups, column)}
+
+
+def experiment(results) -> dict:
+    """An experiment's figures (paired dot plots; held-out ED against cos(Δz, v_z) over λ with the baselines):
+    ``results`` is what ``core.run_experiment`` returned (its ``attrs["results"]``), a results dict, or an
+    experiment folder holding results.json."""
+    import json
+    from pathlib import Path
+
+    from core.figures.experiment import experiment_figures
+
+    if hasattr(results, "attrs") and "results" in getattr(results, "attrs", {}):
+        results = results.attrs["results"]
+    elif isinstance(results, (str, os.PathLike)):
+        results = json.loads((Path(results) / "results.json").read_text(encoding="utf-8"))
+    return experiment_figures(results)

@@ -6,16 +6,22 @@ Everything is generated from a seed in well under a minute and cached as .h5ad i
 one: obs ``condition`` (sham/burn), ``cell_types_simple_short``, ``mouse_id``; raw counts in
 ``layers["spliced"]``/``layers["unspliced"]``; log-normalised ``X``; the latent embedding ``obsm["X_pca"]``
 (50-d PCA, the space the model works in) and ``obsm["X_umap"]``; and the truth: ``obs["true_latent_time"]``,
-``obsm["true_velocity_pca"]`` (dz/dt in latent units), ``uns["true_burn_effect"]`` (cell type -> latent shift).
+``obsm["true_velocity_pca"]`` (dz/dt in latent units), ``uns["true_burn_effect"]`` (cell type -> latent shift),
+``obsm["true_burn_effect_pca"]`` (per cell: the noise-free latent shift burn causes, or would cause, in that
+cell), ``obs["true_burn_response"]`` (how strongly the cell responds, 0 to 1) and ``obs["true_sham_time"]``.
 
 How the counts arise (core/data/kinetics.py): each cell type follows its own lineage in latent time t; its
 program genes are induced then repressed with transcription-splicing-degradation kinetics, so spliced and
 unspliced counts carry a velocity that scvelo can recover. Every gene also has a constant baseline in steady
-state (zero velocity). Burn does two things: it advances each cell along its lineage by ``BURN_TIME_SHIFT``
-(the part aligned with velocity), and it raises the baseline of a shared wound-response gene set (a shift
-that velocity knows nothing about). ``uns["demo"]`` states how much of the effect velocity can explain, per
-cell type (see ``_burn_truth``). Mice differ by a per-mouse factor on baselines and on sequencing depth
-(mouse is nested in condition, as in a real experiment).
+state (zero velocity). Burn depends on the cell's state, as wound responses do: per cell type, only part of
+the trajectory responds (a logistic switch in latent time at a type-specific onset, late cells in some types,
+early ones in others; ``burn_response``). A cell with response r advances along its lineage by
+r x ``BURN_TIME_SHIFT`` (the part aligned with velocity) and has a shared wound-response gene set raised by
+1 + r (``WOUND_FOLD`` - 1) (a shift that velocity knows nothing about). Within a cell type the effect is
+therefore not one shift, nor an affine map of the sham state by construction. ``uns["demo"]`` states the
+response model and how much of the effect velocity can explain, per cell type (see ``_burn_truth``). Mice
+differ by a per-mouse factor on baselines and on sequencing depth (mouse is nested in condition, as in a real
+experiment).
 
 The latent space: X = log1p(spliced counts per 10k); z = (X - var["pca_mean"]) @ varm["PCs"], 50 components,
 the same map for the burn/sham data and the atlas, so a base model pretrained on the atlas works on burn/sham.
@@ -41,7 +47,8 @@ CELLS_PER_GROUP = 1000  # per cell type and condition: 12,000 cells
 MICE_PER_CONDITION = 4
 N_COMPS = 50
 T_MAX = 8.0
-BURN_TIME_SHIFT = 1.5
+BURN_TIME_SHIFT = 1.5  # the largest advance along the lineage, for a cell that responds fully
+RESPONSE_WIDTH = 0.5  # latent time over which a cell type's response switches on (logistic scale)
 PROGRAM_GENES = 150
 WOUND_GENES = 60
 WOUND_FOLD = 3.0
@@ -49,7 +56,7 @@ TARGET_DEPTH = 4000.0  # mean spliced counts per cell
 ATLAS_PERTURBATIONS = 12
 ATLAS_CELLS_PER_GROUP = 120
 ATLAS_BATCHES = 3
-CACHE_VERSION = "v3"
+CACHE_VERSION = "v4"
 NAMES = ("burn_sham", "atlas")
 
 
@@ -130,18 +137,43 @@ def _cells(rng, cells_per_group: int) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
+def _response_model(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell type: where along latent time the burn response switches on, and in which direction
+    (+1: the later part of the trajectory responds, -1: the earlier part). From its own random stream, so
+    the world's genes, the cells and the atlas are drawn exactly as without it."""
+    rng = np.random.default_rng([seed, 2])
+    onset = rng.uniform(0.25, 0.75, len(CELL_TYPES)) * (T_MAX - BURN_TIME_SHIFT)
+    direction = rng.choice([-1.0, 1.0], len(CELL_TYPES))
+    return onset, direction
+
+
+def burn_response(type_idx: np.ndarray, t_sham: np.ndarray, seed: int = SEED) -> np.ndarray:
+    """How strongly each cell responds to burn, in [0, 1], from its type and its unburnt (sham) latent time:
+    a logistic switch of width RESPONSE_WIDTH at the type's onset. A cell that responds fully advances by
+    BURN_TIME_SHIFT and has its wound programme raised WOUND_FOLD-fold; one at 0 is left as it was."""
+    onset, direction = _response_model(seed)
+    return 1.0 / (1.0 + np.exp(-direction[type_idx] * (t_sham - onset[type_idx]) / RESPONSE_WIDTH))
+
+
+def _burnt_state(world: _World, response: np.ndarray):
+    """(latent time shift [n], baseline fold factor [n, g]) of cells with the given responses."""
+    return response * BURN_TIME_SHIFT, 1.0 + (world.wound_fold - 1.0) * response[:, None]
+
+
 def _burn_sham(world: _World, rng: np.random.Generator, cells_per_group: int, seed: int) -> ad.AnnData:
     cells = _cells(rng, cells_per_group)
     n, g = len(cells), world.n_genes
     type_idx = cells["type_idx"].to_numpy()
     burn = (cells["condition"] == "burn").to_numpy()
+    response = burn_response(type_idx, cells["t_sham"].to_numpy(), seed)
+    time_shift, wound_factor = _burnt_state(world, response)
     mouse_ids = np.where(burn, "burn_", "sham_") + cells["mouse"].astype(str).to_numpy()
     mouse_levels = sorted(set(mouse_ids))
     mouse_fold = {m: rng.lognormal(0, 0.12, g) for m in mouse_levels}
     mouse_depth = {m: rng.lognormal(0, 0.15) for m in mouse_levels}
     base_fold = np.stack([mouse_fold[m] for m in mouse_ids])
-    t = cells["t_sham"].to_numpy() + burn * BURN_TIME_SHIFT
-    u, s = world.expected(type_idx, t, base_fold * np.where(burn[:, None], world.wound_fold, 1.0))
+    t = cells["t_sham"].to_numpy() + burn * time_shift
+    u, s = world.expected(type_idx, t, base_fold * np.where(burn[:, None], wound_factor, 1.0))
     depth_factor = rng.lognormal(0, 0.25, n) * np.array([mouse_depth[m] for m in mouse_ids])
     scale = _depth_scale(s)
     spliced, unspliced = _sample_counts(rng, u, s, depth_factor, scale)
@@ -161,6 +193,8 @@ def _burn_sham(world: _World, rng: np.random.Generator, cells_per_group: int, se
         "cell_types_simple_short": pd.Categorical(np.array(CELL_TYPES)[type_idx], categories=CELL_TYPES),
         "mouse_id": pd.Categorical(mouse_ids, categories=mouse_levels),
         "true_latent_time": t,
+        "true_sham_time": cells["t_sham"].to_numpy(),
+        "true_burn_response": response,
     }, index=[f"cell_{i:05d}" for i in range(n)])
     var = pd.DataFrame({"pca_mean": mean.astype(np.float32), "wound_response": world.wound_fold > 1},
                        index=[f"gene_{j:04d}" for j in range(g)])
@@ -172,11 +206,17 @@ def _burn_sham(world: _World, rng: np.random.Generator, cells_per_group: int, se
     adata.uns["pca"] = _pca_uns(variance_ratio)
     adata.obsm["true_velocity_pca"] = v_z.astype(np.float32)
     truth_rng = np.random.default_rng([seed, 1])  # a separate stream: the truth does not change the data
-    effect, meta = _burn_truth(world, cells, burn, base_fold, depth_factor, scale, pcs, mean, v_z, truth_rng)
+    effect, cell_effect, meta = _burn_truth(world, cells, burn, response, base_fold, depth_factor, scale, pcs,
+                                            mean, v_z, truth_rng)
     adata.uns["true_burn_effect"] = effect
+    adata.obsm["true_burn_effect_pca"] = cell_effect.astype(np.float32)
+    onset, direction = _response_model(seed)
     adata.uns["demo"] = {**meta, "seed": seed, "n_cells": n, "n_genes": g, "cells_per_group": cells_per_group,
                          "mice_per_condition": MICE_PER_CONDITION, "burn_time_shift": BURN_TIME_SHIFT,
                          "wound_fold": WOUND_FOLD, "wound_genes": WOUND_GENES, "t_max": T_MAX,
+                         "response_onset": dict(zip(CELL_TYPES, onset.tolist())),
+                         "response_direction": dict(zip(CELL_TYPES, direction.tolist())),
+                         "response_width": RESPONSE_WIDTH,
                          "version": CACHE_VERSION}
     return adata
 
@@ -187,53 +227,66 @@ def _pca_uns(variance_ratio) -> dict:
             "loadings_key": "varm['PCs']"}
 
 
-def _burn_truth(world, cells, burn, base_fold, depth_factor, scale, pcs, mean, v_z, rng):
-    """The true burn effect and how much of it velocity can explain.
+def _burn_truth(world, cells, burn, response, base_fold, depth_factor, scale, pcs, mean, v_z, rng):
+    """The true burn effect, per cell and per cell type, and how much of it velocity can explain.
 
-    Each burn cell i has a sham counterfactual: the same cell (type, sham time, mouse factor, sequencing
-    depth) without the time shift and without the wound programme. ``true_burn_effect[type]`` is the mean
-    over the type's burn cells of z(burn) - z(counterfactual), each z from its own fresh count draw (the
-    expected latent shift including what counting noise does to log-normalised data, so it is what a
-    burn-minus-sham mean shows up to mouse effects). How much velocity can explain is measured on the
-    noise-free shifts e_i against the unit true velocity v_i of the counterfactual, e_i = (e_i.v_i) v_i + r_i:
-    ``burn_aligned_ratio`` = mean |e_i.v_i| / mean |r_i| (the part the velocity loss can use over the part
-    it cannot) and ``burn_cell_alignment`` = mean cosine(e_i, v_i); ``burn_alignment`` is the cosine between
-    the type's mean effect and its mean sham velocity.
+    Every cell i has a sham state (its type, sham latent time, mouse factor, sequencing depth) and a burnt
+    state (the same cell advanced by its response times BURN_TIME_SHIFT, its wound programme raised by its
+    response): a burn cell was observed burnt, a sham cell sham. The per-cell effect (``obsm
+    ["true_burn_effect_pca"]``) is the noise-free z(burnt) - z(sham) of every cell, so for a sham cell it is
+    what burn would have done to it. ``true_burn_effect[type]`` is the mean over the type's burn cells of
+    z(burnt) - z(sham), each z from its own fresh count draw (the expected latent shift including what
+    counting noise does to log-normalised data, so it is what a burn-minus-sham mean shows up to mouse
+    effects). How much velocity can explain is measured on the burn cells' noise-free shifts e_i against the
+    unit true velocity v_i of the sham state, e_i = (e_i.v_i) v_i + r_i: ``burn_aligned_ratio`` = mean
+    |e_i.v_i| / mean |r_i| (the part the velocity loss can use over the part it cannot) and
+    ``burn_cell_alignment`` = mean cosine(e_i, v_i); ``burn_alignment`` is the cosine between the type's mean
+    effect and its mean sham velocity. ``response_mean`` is the type's mean response over its burn cells.
     """
-    idx = np.flatnonzero(burn)
-    type_idx = cells["type_idx"].to_numpy()[idx]
-    t_sham = cells["t_sham"].to_numpy()[idx]
+    type_all = cells["type_idx"].to_numpy()
+    t_all = cells["t_sham"].to_numpy()
+    time_shift, wound_factor = _burnt_state(world, response)
 
-    def states(t, fold):
-        u, s = world.expected(type_idx, t, fold)
+    def states(rows, t, fold, sample):
+        u, s = world.expected(type_all[rows], t, fold)
         kappa = (1e4 / s.sum(1))[:, None]
         z_expected = (np.log1p(s * kappa) - mean) @ pcs
         v = (kappa * spliced_velocity(u, s, world.beta, world.gamma) / (1 + kappa * s)) @ pcs
-        counts, _ = _sample_counts(rng, u, s, depth_factor[idx], scale)
-        z_sampled = (_log_normalise(counts.astype(np.float64)) - mean) @ pcs
-        return z_expected, z_sampled, v
+        if not sample:
+            return z_expected, None, v
+        counts, _ = _sample_counts(rng, u, s, depth_factor[rows], scale)
+        return z_expected, (_log_normalise(counts.astype(np.float64)) - mean) @ pcs, v
 
-    z_burn, z_burn_sampled, _ = states(t_sham + BURN_TIME_SHIFT, base_fold[idx] * world.wound_fold)
-    z_sham, z_sham_sampled, v_sham = states(t_sham, base_fold[idx])
-    effect_cells = z_burn - z_sham
+    every = np.arange(len(cells))
+    z_burnt_all, _, _ = states(every, t_all + time_shift, base_fold * wound_factor, sample=False)
+    z_sham_all, _, _ = states(every, t_all, base_fold, sample=False)
+    cell_effect = z_burnt_all - z_sham_all
+
+    idx = np.flatnonzero(burn)
+    type_idx = type_all[idx]
+    _, z_burn_sampled, _ = states(idx, t_all[idx] + time_shift[idx], base_fold[idx] * wound_factor[idx], True)
+    _, z_sham_sampled, v_sham = states(idx, t_all[idx], base_fold[idx], True)
+    effect_cells = cell_effect[idx]
     effect_sampled = z_burn_sampled - z_sham_sampled
     v_unit = v_sham / np.linalg.norm(v_sham, axis=1, keepdims=True)
     along = (effect_cells * v_unit).sum(1)
     across = np.linalg.norm(effect_cells - along[:, None] * v_unit, axis=1)
     cell_cos = along / np.linalg.norm(effect_cells, axis=1)
-    effect, alignment, cell_alignment, ratio = {}, {}, {}, {}
+    effect, alignment, cell_alignment, ratio, response_mean = {}, {}, {}, {}, {}
     sham = ~burn
     for k, name in enumerate(CELL_TYPES):
         in_k = type_idx == k
         e = effect_sampled[in_k].mean(0)
-        v = v_z[sham & (cells["type_idx"].to_numpy() == k)].mean(0)
+        v = v_z[sham & (type_all == k)].mean(0)
         effect[name] = e.astype(np.float32)
         alignment[name] = float(e @ v / (np.linalg.norm(e) * np.linalg.norm(v)))
         cell_alignment[name] = float(cell_cos[in_k].mean())
         ratio[name] = float(np.abs(along[in_k]).mean() / across[in_k].mean())
+        response_mean[name] = float(response[idx][in_k].mean())
     overall = float(np.abs(along).mean() / across.mean())
-    return effect, {"burn_alignment": alignment, "burn_cell_alignment": cell_alignment,
-                    "burn_aligned_ratio": ratio, "burn_aligned_ratio_overall": overall}
+    return effect, cell_effect, {"burn_alignment": alignment, "burn_cell_alignment": cell_alignment,
+                                 "burn_aligned_ratio": ratio, "burn_aligned_ratio_overall": overall,
+                                 "response_mean": response_mean}
 
 
 def _atlas(world: _World, rng: np.random.Generator, pcs: np.ndarray, mean: np.ndarray, seed: int,

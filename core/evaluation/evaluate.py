@@ -6,8 +6,9 @@
 3. ``core.evaluation.heldout.evaluate_predictions`` scores them per cell type and overall, next to the
    baselines of ``core.evaluation.baselines`` and the real-vs-real floor; cos(delta_z, v_z) where the data
    has latent velocities (the demo's are computed once and cached), weighted by confidence as the run's
-   loss was. The final checkpoint's scores are under ``final``; the design (``core.data.designs``)
-   says what the held-out cells measure, with a warning when they measure interpolation.
+   loss was; on the demo also cos(delta_z, true velocity) (``cos_delta_true_v``). The final checkpoint's
+   scores are under ``final``; the design (``core.data.designs``) says what the held-out cells measure, with
+   a warning when they measure interpolation.
 4. The run's training-stability figures (``stability_summary`` of metrics.jsonl) are added, and
    eval/metrics.json, eval/per_cell_type.csv and eval/predictions.h5ad are written atomically.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.data.designs import describe_design
@@ -26,6 +28,7 @@ from core.evaluation.report import write_evaluation
 from core.evaluation.stability import stability_summary
 
 log = logging.getLogger("core.evaluation")
+TRUE_VELOCITY_KEY = "true_velocity_pca"  # core/data/demo.py: the demo's dz/dt in obsm["X_pca"] units
 
 
 def read_split(run_dir: Path):
@@ -72,19 +75,38 @@ def evaluate_run(
     stages on a terminal or in a notebook (default: when there is one, core/progress.py)."""
     from core.progress import ProgressBar
 
-    run_dir = Path(run_dir)
-    started = time.time()
-    with ProgressBar(4, f"evaluating {run_dir.name}", unit="stage", enabled=progress) as bar:
-        return _evaluate(run_dir, split, output, checkpoint, adata, data_path, top_k, max_cells, seed, device,
-                         save_predictions, started, bar)
+    request = _Request(Path(run_dir), split, output, checkpoint, adata, data_path, top_k, max_cells, seed, device,
+                       save_predictions, time.time())
+    with ProgressBar(4, f"evaluating {request.run_dir.name}", unit="stage", enabled=progress) as bar:
+        return _evaluate(request, bar)
 
 
-def _evaluate(run_dir: Path, split, output, checkpoint, adata, data_path, top_k, max_cells, seed, device,
-              save_predictions, started, bar) -> dict:
+@dataclass
+class _Request:
+    """What ``evaluate_run`` was asked (its arguments, as documented there) and when it started."""
+
+    run_dir: Path
+    split: str
+    output: object
+    checkpoint: object
+    adata: object
+    data_path: object
+    top_k: int
+    max_cells: int | None
+    seed: int
+    device: str | None
+    save_predictions: bool
+    started: float
+
+
+def _evaluate(request: _Request, bar) -> dict:
     from core.config import load_config
     from core.infer import predict, resolve_checkpoint, run_mapping
     from core.runs import read_metrics
 
+    run_dir, split, checkpoint, adata, data_path = (request.run_dir, request.split, request.checkpoint,
+                                                    request.adata, request.data_path)
+    seed, device, started = request.seed, request.device, request.started
     bar.update(0, stage="reading the data")
     cfg = load_config(run_dir / "config.yaml")
     ckpt = resolve_checkpoint(checkpoint or run_dir)
@@ -115,9 +137,11 @@ def _evaluate(run_dir: Path, split, output, checkpoint, adata, data_path, top_k,
         cell_type_key=mapping.cell_type_key,
         velocity_key=mapping.velocity_key,
         confidence_key=mapping.confidence_key,
+        # the demo knows its true velocity in its latent space; no other data set does
+        true_velocity_key=TRUE_VELOCITY_KEY if mapping.embed_key == "X_pca" else None,
     )
-    settings = dict(eval_split=split, min_confidence=cfg.model.kwargs.velocity_min_confidence, top_k=top_k,
-                    max_cells=max_cells, seed=seed)
+    settings = dict(eval_split=split, min_confidence=cfg.model.kwargs.velocity_min_confidence,
+                    top_k=request.top_k, max_cells=request.max_cells, seed=seed)
     bar.update(2, stage="scoring the model and the baselines")
     evaluation = evaluate_predictions(predictions, adata, split_of, keys, **settings)
     bar.update(3, stage="the final checkpoint")
@@ -149,8 +173,8 @@ def _evaluate(run_dir: Path, split, output, checkpoint, adata, data_path, top_k,
         "evaluated_at": time.time(),
         "seconds": round(time.time() - started, 2),
     }
-    out_dir = Path(output) if output is not None else run_dir / "eval"
-    write_evaluation(out_dir, summary, evaluation.per_group, predictions if save_predictions else None)
+    out_dir = Path(request.output) if request.output is not None else run_dir / "eval"
+    write_evaluation(out_dir, summary, evaluation.per_group, predictions if request.save_predictions else None)
     bar.update(4, stage="written")
     return summary
 

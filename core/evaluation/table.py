@@ -20,6 +20,7 @@ SHOWN = (
     ("mse_mean", "MSE of means"),
     ("top_k_overlap", "top-k overlap"),
     ("cos_delta_v", "cos(dz, v_z)"),
+    ("cos_delta_true_v", "cos(dz, true v)"),
     ("magnitude_ratio", "|dz| / |v_z|"),
 )
 LABELS = {
@@ -53,6 +54,8 @@ def metric_rows(summary: dict, scope: str = "overall") -> tuple[list[str], list[
     for key, label in SHOWN:
         if key not in by_method.get("model", {}):
             continue
+        if key == "cos_delta_true_v" and not _finite(by_method["model"][key]):
+            continue  # only the demo knows its true velocity: no row of dashes elsewhere
         values = {}
         for column in columns:
             source = final.get(scope, {}).get("model", {}) if column == "final" else by_method.get(column, {})

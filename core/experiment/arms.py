@@ -6,6 +6,9 @@
     +mhc+velocity   both
     stability       an lr ladder: base@lr=X and +mhc@lr=X for each X of LR_LADDER, each +mhc arm compared with
                     base at the same learning rate (does mHC keep a fine-tune stable where the plain one is not?)
+    lambda          a velocity-weight ladder: base, then +velocity@lambda=X for each X of LAMBDA_LADDER, each
+                    compared with base (what held-out ED costs for how much cos(dz, v_z); the figure
+                    ``core.figures.experiment.ed_against_velocity`` draws it)
 
 ``parse_arms("base,+mhc")`` gives the arms; the first is the reference of the others. Custom arms are
 ``Arm(name, overrides)``; ``--arm NAME key=value ...`` on the command line.
@@ -26,6 +29,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 STABILITY = "stability"
 LR_LADDER = (1e-3, 1e-2, 3e-2, 1e-1)
+LAMBDA = "lambda"
+LAMBDA_LADDER = (0.03, 0.1, 0.3, 1.0)
 # What every arm starts from unless the user overrides it: the README's fine-tune of the demo base.
 DEFAULT_COMMON = ("model.init_from=demo",)
 
@@ -54,6 +59,11 @@ def stability_arms(ladder=LR_LADDER) -> list[Arm]:
     return arms
 
 
+def lambda_arms(ladder=LAMBDA_LADDER) -> list[Arm]:
+    return [Arm("base"), *(Arm(f"+velocity@lambda={lam:g}",
+                               (*PRESETS["+velocity"], f"model.kwargs.velocity_lambda={lam:g}")) for lam in ladder)]
+
+
 def parse_arms(text: str, custom: list[list[str]] | None = None) -> list[Arm]:
     """Arms from "base,+mhc" (preset names, comma-separated, or "stability" alone) and custom arms given as
     [name, key=value, ...] lists; the first arm is the reference of every arm that has none."""
@@ -62,10 +72,12 @@ def parse_arms(text: str, custom: list[list[str]] | None = None) -> list[Arm]:
     for name in names:
         if name == STABILITY:
             arms += stability_arms()
+        elif name == LAMBDA:
+            arms += lambda_arms()
         elif name in PRESETS:
             arms.append(Arm(name, PRESETS[name]))
         else:
-            raise ConfigError(f"unknown arm {name!r}; the named arms are {', '.join([*PRESETS, STABILITY])} "
+            raise ConfigError(f"unknown arm {name!r}; the named arms are {', '.join([*PRESETS, STABILITY, LAMBDA])} "
                               "(or give your own with --arm NAME key=value ...)")
     for entry in custom or []:
         if not entry:
@@ -98,4 +110,6 @@ def default_name(arms: list[Arm]) -> str:
     """The experiment's name when none is given, from its arms, so that the same command resumes it."""
     if any(a.name.startswith("base@lr=") for a in arms):
         return STABILITY
+    if any(a.name.startswith("+velocity@lambda=") for a in arms):
+        return LAMBDA
     return "-vs-".join(a.slug for a in arms)[:80]

@@ -3,7 +3,8 @@ difference to its reference with a verdict, and the baselines beside them; writt
 results.md in the experiment folder.
 
 Metrics (``METRICS``) are read from each run's eval/metrics.json: the model's overall values (mean over
-held-out cell types) at its best checkpoint and at its final one, and two training-stability figures. The
+held-out cell types) at its best checkpoint and at its final one (cos(dz, true v) only on the demo, which
+knows its true velocity), and two training-stability figures. The
 baselines do not depend on the arm (same seed, same split), so they are reported once per seed.
 """
 
@@ -31,6 +32,8 @@ METRICS = (
     ("top_k_overlap", "best", "top-k overlap", True),
     ("cos_delta_v", "best", "cos(dz, v_z)", True),
     ("cos_delta_v", "final", "cos(dz, v_z) (final ckpt)", True),
+    ("cos_delta_true_v", "best", "cos(dz, true v)", True),
+    ("cos_delta_true_v", "final", "cos(dz, true v) (final ckpt)", True),
     ("grad_norm_p95", "stability", "grad-norm p95", None),
     ("loss_spikes", "stability", "loss spikes", False),
     ("failed", "state", "run failed (e.g. diverged)", False),
@@ -77,6 +80,14 @@ def read_job(job) -> dict:
     return record
 
 
+def velocity_weight(overrides: list[str]) -> float:
+    """The velocity loss weight lambda an arm trains with: 0 when velocity alignment is off."""
+    from core.config import load_config
+
+    m = load_config(overrides=list(overrides)).model.kwargs
+    return float(m.velocity_lambda) if m.use_velocity_alignment else 0.0
+
+
 def _mean_sd(values: list) -> dict:
     finite = np.array([v for v in values if v is not None], dtype=np.float64)
     return {"n": int(finite.size), "mean": float(finite.mean()) if finite.size else None,
@@ -117,6 +128,7 @@ def analyse(spec, jobs) -> dict:
         baselines[method] = per_metric
     designs = sorted({r["design"] for r in records if r["design"]})
     return {"spec": spec.to_dict(), "design": designs, "records": records, "arms": arms,
+            "velocity_weight": {arm.name: velocity_weight([*spec.common, *arm.overrides]) for arm in spec.arms},
             "comparisons": comparisons, "baselines": baselines,
             "failed": [f"{r['run']}: {r['message']}" for r in records if r["state"] == "failed"]}
 

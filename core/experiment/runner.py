@@ -12,6 +12,8 @@
   spec is kept in ``<runs root>/experiments/<experiment>/experiment.json``; rerunning with different overrides for an
   existing arm is refused (the paired comparison would mix two settings).
 - Ctrl-C cancels the runs in flight (they can be resumed by running the same command again).
+- ``launcher="slurm"`` submits one job per run through submitit instead (``core.experiment.cluster``);
+  resuming and the results are the same.
 
 The results (``core.experiment.results``) go to the same experiment folder.
 """
@@ -160,9 +162,12 @@ def _job_needs(job: Job) -> str:
 
 class Runner:
     def __init__(self, spec: ExperimentSpec, root: Path | None = None, jobs: int | None = None, log=print,
-                 progress: bool | None = None):
-        """``progress``: a bar of runs done / total on a terminal or in a notebook (core/progress.py)."""
+                 progress: bool | None = None, launcher: str = "local", cluster=None):
+        """``progress``: a bar of runs done / total on a terminal or in a notebook (core/progress.py).
+        ``launcher``: 'local' (processes of this machine, ``jobs`` at a time), or 'slurm' / 'submitit-local'
+        (one submitit job per run, ``core.experiment.cluster``; ``cluster``: its ClusterOptions)."""
         self.spec, self.log, self.progress = spec, log, progress
+        self.launcher, self.cluster = launcher, cluster
         self.root = Path(root).expanduser().resolve() if root is not None else runs_root()
         self.folder = experiment_dir(spec.name, self.root)
         self.jobs = plan(spec, self.root)
@@ -224,6 +229,11 @@ class Runner:
     def run(self) -> list[Job]:
         check_spec(self.spec, self.folder)
         demo_base = check_overrides(self.jobs)
+        executor = None
+        if self.launcher != "local":
+            from core.experiment.cluster import make_executor
+
+            executor = make_executor(self.launcher, self.folder, self.cluster)  # no cluster: one line, nothing run
         ensure_dir(self.folder)
         atomic_write_json(self.folder / "experiment.json", self.spec.to_dict())
         todo = deque()
@@ -238,10 +248,14 @@ class Runner:
                                 f"{message}")
             else:
                 todo.append(job)
+        at_a_time = f"{self.parallel} at a time" if executor is None else f"through {self.launcher}"
         self.log(f"experiment {self.spec.name}: {len(self.jobs)} runs ({len(self.spec.arms)} arms x "
-                 f"{len(self.spec.seeds)} seeds), {self.counts['skipped']} already done, {self.parallel} at a time")
+                 f"{len(self.spec.seeds)} seeds), {self.counts['skipped']} already done, {at_a_time}")
         if todo and demo_base:
             self._build_demo_base()
+        if executor is not None:
+            self._run_submitted(executor, todo)
+            return self.jobs
         active: list[Job] = []
         bar = ProgressBar(len(self.jobs), f"experiment {self.spec.name}", unit="run", enabled=self.progress)
         try:
@@ -266,6 +280,51 @@ class Runner:
         finally:
             bar.close()
         return self.jobs
+
+    def _run_submitted(self, executor, todo) -> None:
+        """Submit every job left to do at once (the cluster schedules them), then follow them to their end."""
+        from core.experiment.cluster import cluster_job
+
+        submitted = []
+        for job in todo:
+            need = _job_needs(job)
+            handle = executor.submit(cluster_job, need, job.overrides, job.run_name, str(self.root), [])
+            if need == "resume":
+                self.counts["resumed"] += 1
+            elif need != "evaluate":
+                self.counts["trained"] += 1
+            job.state = "submitted"
+            submitted.append((job, handle))
+            self.log(f"  submitted {job.run_name} ({need}) as job {handle.job_id}")
+        bar = ProgressBar(len(self.jobs), f"experiment {self.spec.name}", unit="run", enabled=self.progress)
+        try:
+            while any(job.state == "submitted" for job, _ in submitted):
+                for job, handle in submitted:
+                    if job.state != "submitted" or not handle.done():
+                        continue
+                    try:
+                        outcome = handle.result()
+                    except Exception as err:  # the job itself died (node failure, time limit): one line
+                        outcome = f"failed: the cluster job {handle.job_id} ended with {type(err).__name__}: " \
+                                  f"{str(err).strip().splitlines()[-1][:300] if str(err).strip() else ''}"
+                    if outcome == "done":
+                        job.state = "done"
+                        self.counts["evaluated"] += 1
+                        self.log(f"  done {job.run_name}")
+                    else:
+                        self._fail(job, outcome.removeprefix("failed: "))
+                bar.update(sum(job.state in ("done", "failed") for job in self.jobs))
+                time.sleep(POLL_S)
+        except BaseException:
+            for job, handle in submitted:
+                if job.state == "submitted":
+                    handle.cancel(check=False)
+                    if job.run_dir.is_dir():
+                        cancel_run(job.run_dir)
+            self.log("stopped; the submitted jobs were cancelled: run the same command to resume")
+            raise
+        finally:
+            bar.close()
 
     def _build_demo_base(self) -> None:
         """Pretrain the demo base once here rather than in every parallel run at the same time."""
@@ -301,14 +360,15 @@ def _last_line(path: Path) -> str:
 
 
 def run_experiment(spec: ExperimentSpec, root: Path | None = None, jobs: int | None = None, log=print,
-                   progress: bool | None = None) -> dict:
-    """Run (or resume) the experiment, then analyse it; returns the results written to its folder."""
+                   progress: bool | None = None, launcher: str = "local", cluster=None) -> dict:
+    """Run (or resume) the experiment, then analyse it; returns the results written to its folder.
+    ``launcher`` / ``cluster``: see ``Runner``."""
     from core.experiment.results import analyse, write_results
 
     if not spec.seeds:
         raise ConfigError("an experiment needs at least one seed (--seeds 3)")
     started = time.time()
-    runner = Runner(spec, root, jobs, log, progress)
+    runner = Runner(spec, root, jobs, log, progress, launcher, cluster)
     finished = runner.run()
     results = analyse(spec, finished)
     results["seconds"] = round(time.time() - started, 1)

@@ -48,6 +48,9 @@ def test_panel_shows_the_verdicts_and_the_paired_table_of_results_json(runs_root
     assert ed["seeds"] == 3 and ed["arm"] == "+mhc" and ed["reference"] == "base"
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     assert any("each seed's runs, paired" in c["layout"]["title"]["text"] for c in charts)
+    # the ED-against-cos(dz, v_z) figure is shown too; these fake runs have no velocity metric, and it says so
+    ed_cos = [c for c in charts if c["layout"]["title"]["text"].startswith("Held-out ED against cos")]
+    assert len(ed_cos) == 1 and "No evaluated run" in ed_cos[0]["layout"]["annotations"][0]["text"]
 
 
 def test_a_bad_setting_in_the_form_is_one_error_and_starts_nothing(runs_root):

@@ -31,6 +31,8 @@ def test_demo_has_the_documented_layout(demo_adata):
     assert not set(mice["sham"]) & set(mice["burn"])  # mouse is nested in condition
     assert a.obsm["X_pca"].shape == (a.n_obs, 50) and a.obsm["X_umap"].shape == (a.n_obs, 2)
     assert a.obsm["true_velocity_pca"].shape == (a.n_obs, 50)
+    assert a.obsm["true_burn_effect_pca"].shape == (a.n_obs, 50)
+    assert {"true_latent_time", "true_sham_time", "true_burn_response"} <= set(a.obs)
     assert set(a.uns["true_burn_effect"]) == set(demo.CELL_TYPES)
     for layer in ("spliced", "unspliced"):
         counts = a.layers[layer].data
@@ -84,26 +86,77 @@ def test_generator_is_reproducible_for_a_seed(demo_adata):
 
 def test_stored_burn_effect_is_what_the_data_shows(demo_adata):
     a = demo_adata
-    z, obs = a.obsm["X_pca"], a.obs
+    z, obs, cell_effect = a.obsm["X_pca"], a.obs, a.obsm["true_burn_effect_pca"]
     for ct, truth in a.uns["true_burn_effect"].items():
         in_ct = (obs["cell_types_simple_short"] == ct).to_numpy()
         burn = in_ct & (obs["condition"] == "burn").to_numpy()
         sham = in_ct & (obs["condition"] == "sham").to_numpy()
         observed = z[burn].mean(0) - z[sham].mean(0)
         cos = observed @ truth / (np.linalg.norm(observed) * np.linalg.norm(truth))
-        # measured: cosine 0.989-0.996, norm ratio 1.08-1.10 over the six types; the excess is the mouse
-        # effects (burn and sham are different mice): without them the ratio was 0.99-1.02, the cosine 0.998
-        assert cos > 0.97, (ct, cos)
-        assert np.linalg.norm(observed) == pytest.approx(np.linalg.norm(truth), rel=0.15)
+        # measured (v4): cosine 0.82-0.95, norm ratio 1.09-1.43 over the six types; the excess is the mouse
+        # effects (burn and sham are different mice), larger relative to the effect than in v3 because only
+        # part of each type responds (v3, everyone responding: cosine 0.989-0.996, ratio 1.08-1.10)
+        assert cos > 0.78, (ct, cos)
+        assert np.linalg.norm(observed) == pytest.approx(np.linalg.norm(truth), rel=0.5)
+        # the per-cell truth (noise-free) averages to the per-type truth (with counting noise): measured
+        # cosine 0.974-0.998, norm 0.91-0.96 of it
+        mean_cell = cell_effect[burn].mean(0)
+        assert mean_cell @ truth / (np.linalg.norm(mean_cell) * np.linalg.norm(truth)) > 0.96, ct
+        assert np.linalg.norm(mean_cell) == pytest.approx(np.linalg.norm(truth), rel=0.15)
+
+
+def test_the_burn_response_depends_on_the_cell_s_state(demo_adata):
+    """v4: per cell type only part of the trajectory responds (a logistic switch in sham latent time); the
+    stored per-cell truth is the kinetics' noise-free z(burnt) - z(sham), recomputed here for a few cells."""
+    a, meta = demo_adata, demo_adata.uns["demo"]
+    obs = a.obs
+    types = obs["cell_types_simple_short"].cat.codes.to_numpy()
+    t_sham, response = obs["true_sham_time"].to_numpy(), obs["true_burn_response"].to_numpy()
+    burn = (obs["condition"] == "burn").to_numpy()
+    # the switch as documented: 1 / (1 + exp(-direction (t - onset) / width)), from the stored parameters
+    onset = np.array([meta["response_onset"][ct] for ct in demo.CELL_TYPES])[types]
+    direction = np.array([meta["response_direction"][ct] for ct in demo.CELL_TYPES])[types]
+    expected = 1 / (1 + np.exp(-direction * (t_sham - onset) / meta["response_width"]))
+    assert np.allclose(response, expected, atol=1e-12)
+    # burn advances a cell by its response times the full shift; sham cells are where they were
+    shift = np.where(burn, response * demo.BURN_TIME_SHIFT, 0.0)
+    assert np.allclose(obs["true_latent_time"].to_numpy(), t_sham + shift, atol=1e-12)
+    # within every type some cells barely respond and some respond fully: no single shift per type
+    effect_norm = np.linalg.norm(a.obsm["true_burn_effect_pca"], axis=1)
+    for k, ct in enumerate(demo.CELL_TYPES):
+        low, high = (types == k) & (response < 0.1), (types == k) & (response > 0.9)
+        assert low.sum() > 100 and high.sum() > 100, ct
+        # measured: mean |effect| 0.13-1.1 for r < 0.1 against 6.8-13.9 for r > 0.9
+        assert effect_norm[low].mean() < 0.2 * effect_norm[high].mean(), ct
+    # the per-cell truth, recomputed from the generator's world (its first random draws) for a few cells
+    world = demo._World(np.random.default_rng(demo.SEED), demo.N_GENES)
+    rows = np.flatnonzero(burn)[::1500][:4]
+    mean, pcs = a.var["pca_mean"].to_numpy(np.float64), a.varm["PCs"].astype(np.float64)
+    ones = np.ones((len(rows), demo.N_GENES))
+    # the mouse factor on baselines is not stored, but it multiplies both states; with it left at 1 the
+    # recomputed effect still agrees (measured: cosine 0.9997-0.9999, norms within 0.6%; the log makes the
+    # factor cancel only approximately)
+    r = response[rows]
+
+    def z_of(t, fold):
+        _, s = world.expected(types[rows], t, fold)
+        return (np.log1p(s * (1e4 / s.sum(1))[:, None]) - mean) @ pcs
+
+    recomputed = z_of(t_sham[rows] + r * demo.BURN_TIME_SHIFT, 1 + (world.wound_fold - 1) * r[:, None]) \
+        - z_of(t_sham[rows], ones)
+    stored = a.obsm["true_burn_effect_pca"][rows]
+    cosines = (recomputed * stored).sum(1) / (np.linalg.norm(recomputed, axis=1) * np.linalg.norm(stored, axis=1))
+    assert np.all(cosines > 0.999), cosines
+    assert np.allclose(np.linalg.norm(recomputed, axis=1), np.linalg.norm(stored, axis=1), rtol=0.02)
 
 
 def test_burn_is_partly_aligned_with_velocity_as_documented(demo_adata):
     meta = demo_adata.uns["demo"]
     ratio = np.array(list(meta["burn_aligned_ratio"].values()))
     cell_cos = np.array(list(meta["burn_cell_alignment"].values()))
-    # data/README.md states: aligned/unaligned about 0.56 (0.52-0.58 per type), per-cell cosine about 0.42
+    # data/README.md states: aligned/unaligned about 0.56 (0.49-0.64 per type), per-cell cosine 0.32-0.47
     assert meta["burn_aligned_ratio_overall"] == pytest.approx(0.56, abs=0.03)
-    assert np.all((ratio > 0.45) & (ratio < 0.7)) and np.all((cell_cos > 0.3) & (cell_cos < 0.55))
+    assert np.all((ratio > 0.45) & (ratio < 0.7)) and np.all((cell_cos > 0.28) & (cell_cos < 0.52))
     # the true velocity of a burn cell points along its lineage: time advances along it
     v, t = demo_adata.obsm["true_velocity_pca"], demo_adata.obs["true_latent_time"].to_numpy()
     z = demo_adata.obsm["X_pca"]

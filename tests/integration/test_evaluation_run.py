@@ -151,3 +151,22 @@ def test_evaluate_names_the_design_held_out_mice_by_default_for_burn_sham(evalua
     mice = data_mice.reindex(split["obs_name"]).to_numpy()
     test_mice, train_mice = set(mice[split["split"] == "test"]), set(mice[split["split"] == "train"])
     assert len(test_mice) == 2 and not test_mice & train_mice  # one burn and one sham mouse, never trained on
+
+
+def test_cos_with_the_demo_s_true_velocity_is_the_mean_over_predicted_cells(trained_run, evaluated):
+    """On the demo, evaluate also reports cos(dz, true velocity): here recomputed from the saved predictions and
+    the data's obsm['true_velocity_pca'], per cell type, unweighted; and it is reported for the final checkpoint."""
+    run_dir, summary = evaluated
+    _, data_path = trained_run
+    data = ad.read_h5ad(data_path)
+    predictions = ad.read_h5ad(run_dir / "eval" / "predictions.h5ad")
+    rows = data.obs_names.get_indexer(predictions.obs["matched_control"])
+    delta = np.asarray(predictions.obsm["X_pred"], np.float64) - np.asarray(data.obsm["X_pca"], np.float64)[rows]
+    truth = np.asarray(data.obsm["true_velocity_pca"], np.float64)[rows]
+    cos = (delta * truth).sum(1) / (np.linalg.norm(delta, axis=1) * np.linalg.norm(truth, axis=1))
+    kind = data.obs["cell_types_simple_short"].astype(str).to_numpy()[rows]
+    for cell_type, scores in summary["per_cell_type"].items():
+        assert scores["model"]["cos_delta_true_v"] == pytest.approx(cos[kind == cell_type].mean(), abs=1e-9)
+    final = summary["final"]
+    source = summary["overall"] if final["same_as_best"] else final["overall"]
+    assert np.isfinite(source["model"]["cos_delta_true_v"])

@@ -26,16 +26,16 @@ def test_latent_velocity_recovers_the_true_velocity_on_the_demo(demo_with_veloci
     truth = a.obsm["true_velocity_pca"]
     cos = cosines(a.obsm["velocity_pca"], truth)
     confident = a.obs["velocity_confidence"].to_numpy() >= 0.5
-    # measured on the demo (seed 20261124, 12,000 cells, fast engine = scvelo): every cell has confidence
-    # >= 0.5 (1st percentile 0.81); mean cosine 0.71, median 0.74, every cell type 0.67-0.73. Random
-    # directions in 50-d give 0 +- 0.14.
+    # measured on the demo v4 (seed 20261124, 12,000 cells, fast engine = scvelo): every cell has confidence
+    # >= 0.5 (1st percentile 0.79); mean cosine 0.67, median 0.69, every cell type 0.59-0.72 (Diff_KC lowest;
+    # v3, where every burn cell moved alike: 0.71, 0.74, 0.67-0.73). Random directions in 50-d give 0 +- 0.14.
     assert confident.mean() > 0.95
-    assert cos[confident].mean() > 0.65 and np.median(cos) > 0.68
+    assert cos[confident].mean() > 0.63 and np.median(cos) > 0.65
     for ct in a.obs["cell_types_simple_short"].cat.categories:
-        assert cos[(a.obs["cell_types_simple_short"] == ct).to_numpy()].mean() > 0.6, ct
-    # scvelo's own unit-length projection points the same way (mean cosine 0.71 to the truth) ...
-    assert cosines(a.obsm["velocity_pca_scvelo"], truth).mean() > 0.65
-    # ... while the latent one keeps units: its length follows the true speed (measured correlation 0.86)
+        assert cos[(a.obs["cell_types_simple_short"] == ct).to_numpy()].mean() > 0.55, ct
+    # scvelo's own unit-length projection points the same way (mean cosine 0.68 to the truth) ...
+    assert cosines(a.obsm["velocity_pca_scvelo"], truth).mean() > 0.63
+    # ... while the latent one keeps units: its length follows the true speed (measured correlation 0.89)
     speed = np.corrcoef(np.linalg.norm(a.obsm["velocity_pca"], axis=1), np.linalg.norm(truth, axis=1))[0, 1]
     assert speed > 0.75
     assert a.layers["velocity"].shape == a.shape and a.var["velocity_genes"].sum() > 500

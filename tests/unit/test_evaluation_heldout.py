@@ -170,3 +170,34 @@ def test_without_velocity_keys_there_are_no_velocity_metrics():
     result = evaluate_predictions(perfect_predictions(adata, split), adata, split, KEYS)
     assert "cos_delta_v" not in result.summary["per_cell_type"]["A"]["model"]
     assert any("no obsm['velocity_latent']" in note for note in result.notes)
+
+
+def test_cos_with_a_known_true_velocity_is_scored_per_cell_unweighted():
+    """The demo knows its true velocity: cos(dz, true v) per predicted cell, by hand. Here the true velocity of
+    cell i is e_0 for type A (cos with A's shift (2, 0, 0, -1) is 2 / sqrt(5)) and e_0 + e_2 for B (cos with
+    (0, 1, 3, 0) is 3 / sqrt(10) / sqrt(2)); the observed velocity (and its confidences) play no part."""
+    adata, split = build_dataset()
+    true_v = {"A": np.array([1.0, 0.0, 0.0, 0.0]), "B": np.array([1.0, 0.0, 1.0, 0.0])}
+    adata.obsm["true_velocity_latent"] = np.stack([true_v[k] for k in adata.obs["cell_type"]])
+    adata.obs["velocity_confidence"] = np.linspace(0.1, 1.0, adata.n_obs)  # would change a weighted mean
+    keys = DataKeys(*KEYS.__dict__.values())
+    keys.true_velocity_key = "true_velocity_latent"
+    summary = evaluate_predictions(perfect_predictions(adata, split), adata, split, keys).summary
+    expected = {"A": 2 / math.sqrt(5), "B": 3 / math.sqrt(10) / math.sqrt(2)}
+    for kind, value in expected.items():
+        assert summary["per_cell_type"][kind]["model"]["cos_delta_true_v"] == pytest.approx(value, abs=1e-12)
+    assert summary["overall"]["model"]["cos_delta_true_v"] == pytest.approx(np.mean(list(expected.values())))
+    # pooled: 10 test cells of each type, so the plain mean of the two
+    assert summary["all_cells"]["model"]["cos_delta_true_v"] == pytest.approx(np.mean(list(expected.values())))
+    # the per-cell-type shift baseline moves each cell by the training shift (shift / 2): the same direction
+    assert summary["overall"]["train_mean_shift"]["cos_delta_true_v"] == pytest.approx(
+        np.mean(list(expected.values())))
+    assert math.isnan(summary["overall"]["real_split_half"]["cos_delta_true_v"])  # the floor has no dz
+    # without a true velocity in the data set the metric is undefined, not zero, and the table leaves it out
+    plain = evaluate_predictions(perfect_predictions(adata, split), adata, split, KEYS).summary
+    assert math.isnan(plain["overall"]["model"]["cos_delta_true_v"])
+    assert "cos_delta_true_v" not in plain["per_cell_type"]["A"]["model"]
+    from core.evaluation.table import metric_rows
+
+    assert "cos_delta_true_v" in [row["metric"] for row in metric_rows(summary)[1]]
+    assert "cos_delta_true_v" not in [row["metric"] for row in metric_rows(plain)[1]]
