@@ -46,3 +46,9 @@ def world_size(devices, strategy: str) -> int:
 
         return max(torch.cuda.device_count(), 1)
     return 1
+
+
+def default_precision(device: str, requested: str | None) -> str:
+    """Lightning's precision: training.precision when set, else bf16 autocast on CUDA (bf16-mixed: weights and
+    optimiser in float32, matrix products in bf16) and float32 elsewhere, where the project is measured."""
+    return requested or ("bf16-mixed" if device == "cuda" else "32-true")
