@@ -85,7 +85,8 @@ def make_step(hidden: int, layers: int, heads: int, dim: int, set_len: int, sets
     from core.training.module import STModule
 
     overrides = [f"model.kwargs.hidden_dim={hidden}", f"model.kwargs.n_layers={layers}",
-                 f"model.kwargs.n_heads={heads}", f"model.kwargs.cell_set_len={set_len}"]
+                 f"model.kwargs.n_heads={heads}", f"model.kwargs.cell_set_len={set_len}",
+                 f"training.batch_size={sets}"]  # the config's memory check then sizes the batch we run
     if mhc:
         overrides.append("model.kwargs.use_mhc=true")
     cfg = load_config(overrides=overrides)
