@@ -21,6 +21,8 @@ from pathlib import Path
 
 import bench
 
+DEFAULT_PEERS_PYTHON = "/work/venv_arc/bin/python"
+
 
 def machine() -> dict:
     import torch
@@ -82,7 +84,22 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON results")
     parser.add_argument("--markdown", type=Path, default=None, metavar="RESULTS_JSON",
                         help="print an earlier run's results as the README's Markdown table, run nothing")
+    parser.add_argument("--peers", nargs="?", const=DEFAULT_PEERS_PYTHON, default=None, metavar="PYTHON",
+                        help="also time arc-state's own step, in a Python that has arc-state 0.11.1 "
+                             f"(default {DEFAULT_PEERS_PYTHON})")
+    parser.add_argument("--gpu", action="store_true",
+                        help="the GPU rows (bf16 autocast on one CUDA device) instead of the CPU suite")
     args = parser.parse_args(argv)
+    if args.peers:
+        if not Path(args.peers).exists():
+            print(f"error: --peers: {args.peers} does not exist; give a Python that has arc-state 0.11.1 "
+                  "(e.g. python -m venv v && v/bin/pip install arc-state==0.11.1)", file=sys.stderr)
+            return 2
+        os.environ["ARC_STATE_PYTHON"] = args.peers
+    if args.gpu:
+        from bench.gpu_rows import gpu_main
+
+        return gpu_main(args.quick, args.json)
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
         return 0
@@ -101,6 +118,11 @@ def main(argv=None) -> int:
             print(f"[bench] {name} FAILED:\n{failed[name]}", file=sys.stderr, flush=True)
         seconds[name] = round(time.time() - t0, 1)
 
+    return report(rows, failed, seconds, started, args.json)
+
+
+def report(rows, failed: dict, seconds: dict, started: float, json_path) -> int:
+    """Print the table, write the JSON (with the machine); 1 when a benchmark failed."""
     header = f"{'benchmark':<58} {'median (min-max)':<28} {'baseline':<28} {'ratio':>6}  target  met"
     print(header)
     print("-" * len(header))
@@ -112,7 +134,7 @@ def main(argv=None) -> int:
               f"{ratio:>6}  {row.target or '-'}  {met}{extra}")
     result = {"machine": machine(), "seconds": round(time.time() - started, 1), "module_seconds": seconds,
               "failed": failed, "rows": [r.to_json() for r in rows]}
-    out = args.json or Path("bench/results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = json_path or Path("bench/results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
     print(f"\nmachine: {result['machine']}\nseconds per module: {seconds}\nwrote {out} in {result['seconds']} s")

@@ -41,7 +41,8 @@ def arc_model(hidden: int, layers: int, heads: int, dim: int, set_len: int):
 
 def main() -> None:
     quick = "--quick" in sys.argv
-    hidden, layers, heads, dim, set_len, n_sets = (64, 2, 4, 32, 16, 4) if quick else (128, 4, 4, 50, 32, 8)
+    hidden = int(sys.argv[sys.argv.index("--hidden") + 1]) if "--hidden" in sys.argv else 128
+    layers, heads, dim, set_len, n_sets = (2, 4, 32, 16, 4) if quick else (4, 4, 50, 32, 8)
     torch.manual_seed(0)
     arc, hp = arc_model(hidden, layers, heads, dim, set_len)
     arc.train()
@@ -54,7 +55,7 @@ def main() -> None:
         torch.save({f"p{i}": torch.nn.functional.one_hot(torch.tensor(i), 8).float() for i in range(8)},
                    folder / "pert_onehot_map.pt")
         from core.arc.runtime import load_arc
-        from core.training.module import distributional_loss
+        from core.training.module import adamw, distributional_loss
 
         ours, _, _ = load_arc(folder)
     ours.train()
@@ -66,7 +67,7 @@ def main() -> None:
     arc_batch = {"ctrl_cell_emb": control.reshape(-1, dim), "pert_emb": onehot.reshape(-1, 8),
                  "pert_cell_emb": target.reshape(-1, dim)}
     arc_opt = torch.optim.Adam(arc.parameters(), lr=1e-4)
-    our_opt = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-4)
+    our_opt = adamw([p for p in ours.parameters() if p.requires_grad], lr=1e-4)  # what our trainer uses
 
     def arc_step():
         loss = arc.training_step(arc_batch, 0)

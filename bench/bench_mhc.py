@@ -4,7 +4,7 @@ Rows, all forward + backward, n = 4 streams:
 - mappings: H_pre, H_post, H_res (and the H_pre-collapsed block input, which DeepSeek's module also returns)
   for 8 x 256 tokens at hidden 512, against ``DeepseekV4HyperConnection`` holding the same weights. Target <= 1.0x.
 - block: one LlamaDecoderLayer shaped like the project's backbone (hidden 256, MLP 4 x 256, 4 heads; batch 8,
-  sequence 64, the peers' common set-up), wrapped as a middle layer of a run (n streams in, n streams out:
+  sequence 64, the peers' common set-up), wrapped as a middle layer of a stack (n streams in, n streams out:
   the most work any wrapped layer does), against the same block with its plain residual (target <= 1.10x) and
   against hyper-connections' ``ManifoldConstrainedHyperConnections`` around the same block as a delta branch
   (target <= 1.0x). Dynamic mappings (the paper's) are the headline; static ones are reported too.
@@ -20,6 +20,7 @@ import torch
 
 from bench.bench_sinkhorn import interleaved
 from bench.harness import Row
+from core.config import MhcConfig
 from core.mhc.layer import mHCTransformerLayer
 from core.mhc.mappings import mHCMappings
 
@@ -102,8 +103,8 @@ def block_rows(repeats: int, hidden: int = 256, peer: bool = True) -> list[Row]:
     kwargs = {"position_embeddings": position_embeddings, "attention_mask": None}
 
     def wrapped(dynamic: bool) -> mHCTransformerLayer:
-        layer = mHCTransformerLayer(copy.deepcopy(block), hidden, layer_index=1, expand=False, collapse=False,
-                                    n_streams=n, dynamic=dynamic)
+        layer = mHCTransformerLayer(copy.deepcopy(block), hidden, MhcConfig(n_streams=n, dynamic=dynamic),
+                                    layer_index=1, expand=False, collapse=False)
         if dynamic:
             with torch.no_grad():
                 layer.hc.phi.normal_(0.0, 0.02, generator=gen)  # a trained-looking dynamic term

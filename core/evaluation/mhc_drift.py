@@ -7,7 +7,7 @@ the mappings' gradients next to LoRA's.
   ``most_moved`` says which of the three moved most (as a fraction of its range).
 - ``stream_divergence``: from one forward pass, per wrapped layer, the mean pairwise cosine between the n streams
   entering it (over tokens; 1: parallel, as in a plain residual network in disguise) and their spread about
-  their mean relative to its norm. A run's first layer receives E_i h (E > 0, core/mhc/mappings.py): cosine
+  their mean relative to its norm. A stack's first layer receives E_i h (E > 0, core/mhc/mappings.py): cosine
   exactly 1, spread rms(p) = 0.29 at n = 4. At init the later layers' streams differ from each other by the
   blocks' outputs written along p, so their cosine falls below 1 only by the square of that.
 - ``mapping_gradient_sizes``: after a backward pass, the mean |gradient| of every layer's H_res, H_pre and H_post
@@ -98,7 +98,7 @@ def mean_pairwise_cosine(streams) -> float:
 def relative_spread(streams) -> float:
     """Mean over tokens of rms_i ||x_i - mean_j x_j|| / ||mean_j x_j||, for ``streams`` [..., n, c]: how far the
     streams lie from their mean, in units of its norm. Streams that differ only in scale have cosine 1 but a
-    spread above 0 (a run's first layer: 0.5 / sqrt(3) = 0.29 at n = 4)."""
+    spread above 0 (a stack's first layer: 0.5 / sqrt(3) = 0.29 at n = 4)."""
     x = np.asarray(streams, dtype=np.float64)
     x = x.reshape(-1, x.shape[-2], x.shape[-1])
     mean = x.mean(1, keepdims=True)

@@ -5,7 +5,7 @@ on a CPU their passes over memory are what a layer costs beyond its block. Autog
 them (a separate gradient for the RMS statistic, a concatenation for split outputs, additions of partial
 gradients); the backward passes below write each gradient once, and the forward values are unchanged.
 
-Shapes: N tokens, D = n C (or C for a run's first layer, whose streams are copies), m mapping logits,
+Shapes: N tokens, D = n C (or C for a stack's first layer, whose streams are copies), m mapping logits,
 n streams, c hidden size, r = rows written out.
 """
 

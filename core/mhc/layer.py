@@ -4,7 +4,7 @@ The residual stream is widened to n streams that persist across layers. Each wra
     x_next = H_res x + H_post^T F(H_pre x)              x: n x C streams of one token
 and HF blocks, which add their own residual, are used as the delta branch F(u) = block(u) - u.
 
-Within a contiguous run of wrapped layers the first wrapper spreads its [b, t, c] input h over n streams as
+Within a stack (contiguous wrapped layers) the first wrapper spreads its [b, t, c] input h over n streams as
 x_i = E_i h, the wrappers in between pass [b, t, n c] (HF's layer loop never looks inside), and the last reads
 the streams back to [b, t, c] with learned weights r that sum to 1. Expanding and collapsing inside every block
 instead would make H_res mix n copies, where it does nothing and gets no gradient.
@@ -28,20 +28,23 @@ preservation at initialisation still holds, since it needs only the algebra abov
 Computation. With u = H_pre x, the update is x_next = (H_res - H_post H_pre^T) x + H_post^T block(u): the block's
 own residual is folded into the mixing matrix, so one batched matrix product per token, with rows
 [H_pre; H_res - H_post H_pre^T], yields both the block input and the mixed streams, and one rank-1 update adds the
-block output. The last layer of a run multiplies by the read-out first (one row instead of n); the first
+block output. The last layer of a stack multiplies by the read-out first (one row instead of n); the first
 uses that its streams are E h, so A x = (A E) h. Every form is the same arithmetic as eq. 3.
 
 Hidden states: HF's ``output_hidden_states`` records each block's own input and output ([b, t, c]); at
 initialisation these equal the unwrapped model's.
 
-Shapes: b batch, t tokens, N = b t, n streams, c hidden size, r rows written out (n, or 1 in a run's last layer).
+Shapes: b batch, t tokens, N = b t, n streams, c hidden size, r rows written out (n, or 1 in a stack's last layer).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
+from core.config import MhcConfig
 from core.errors import ConfigError
 from core.mhc.kernels import StreamMix
 from core.mhc.mappings import mHCMappings, tilted_weights
@@ -53,13 +56,16 @@ _LAYER_LISTS = ("h", "layers", "encoder.layer")
 class mHCTransformerLayer(nn.Module):
     """One HF block with mHC around it; call-compatible with the block it wraps."""
 
-    def __init__(self, block: nn.Module, hidden_dim: int, layer_index: int, expand: bool, collapse: bool,
-                 n_streams: int = 4, sinkhorn_iters: int = 20, dynamic: bool = True, projection: str = "sinkhorn"):
+    def __init__(self, block: nn.Module, hidden_dim: int, config: MhcConfig, layer_index: int, expand: bool,
+                 collapse: bool):
+        """``expand`` / ``collapse``: this layer is the first / last of its stack (it may be both)."""
         super().__init__()
         self.block = block
         self.layer_index, self.expand, self.collapse = layer_index, expand, collapse
-        self.n_streams, self.hidden_dim = n_streams, hidden_dim
-        self.hc = mHCMappings(hidden_dim, n_streams, sinkhorn_iters, dynamic, projection, layer_index)
+        self.n_streams, self.hidden_dim = config.n_streams, hidden_dim
+        n_streams = config.n_streams
+        self.hc = mHCMappings(hidden_dim, n_streams, config.sinkhorn_iters, config.dynamic, config.projection,
+                              layer_index)
         if collapse:
             # Learned read-out of the streams, softmax-weighted so it sums to 1. A plain mean would make this
             # layer's H_res inert (the mean of H_res x is the mean of x when columns sum to 1); weights tilted
@@ -78,7 +84,7 @@ class mHCTransformerLayer(nn.Module):
         """float32 CPU tensors h_res [n, n], h_pre [n], h_post [n].
 
         Dynamic mappings: their mean over the tokens of ``hidden`` (what this layer's forward receives: [..., c]
-        for the first layer of a run, [..., n c] otherwise) when given, else over the tokens of the last batch
+        for the first layer of a stack, [..., n c] otherwise) when given, else over the tokens of the last batch
         seen (padding included), else, before any forward pass, the static (bias-only) part. Static mappings:
         always the mappings themselves.
         """
@@ -91,7 +97,7 @@ class mHCTransformerLayer(nn.Module):
         return {k: current[k].detach().float().cpu() for k in ("h_res", "h_pre", "h_post")}
 
     def _mixing_rows(self, h_pre, h_post, h_res):
-        """A = [H_pre; R (H_res - H_post H_pre^T)] and the write-out weights R H_post, R the read-out in a run's
+        """A = [H_pre; R (H_res - H_post H_pre^T)] and the write-out weights R H_post, R the read-out in a stack's
         last layer and the identity elsewhere. Batch-last in, per token out: A [N, 1 + r, n], post [N, r, 1]."""
         h_eff = h_res - h_post.unsqueeze(1) * h_pre.unsqueeze(0)  # [n, n, (N)]
         if self.collapse:
@@ -106,7 +112,7 @@ class mHCTransformerLayer(nn.Module):
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         n, c = self.n_streams, self.hidden_dim
         lead, dtype = hidden_states.shape[:-1], hidden_states.dtype
-        tokens = hidden_states.reshape(-1, hidden_states.shape[-1])  # [N, c] (first layer of a run) or [N, n c]
+        tokens = hidden_states.reshape(-1, hidden_states.shape[-1])  # [N, c] (first layer of a stack) or [N, n c]
         h_pre, h_post, h_res = self.hc.batch_last(tokens, repeated=self.expand)
         a, post = self._mixing_rows(h_pre, h_post, h_res)
         a, post = a.to(dtype), post.to(dtype)
@@ -158,25 +164,27 @@ def _find_layer_list(model: nn.Module) -> tuple[str, nn.Module, nn.ModuleList]:
     return name, owner, layers
 
 
-def _contiguous_runs(indices: list[int]) -> list[list[int]]:
-    runs: list[list[int]] = []
+def _contiguous_stacks(indices: list[int]) -> list[list[int]]:
+    stacks: list[list[int]] = []
     for i in indices:
-        if runs and i == runs[-1][-1] + 1:
-            runs[-1].append(i)
+        if stacks and i == stacks[-1][-1] + 1:
+            stacks[-1].append(i)
         else:
-            runs.append([i])
-    return runs
+            stacks.append([i])
+    return stacks
 
 
-def apply_mhc_to_transformer(model: nn.Module, hidden_dim: int, n_streams: int = 4, sinkhorn_iters: int = 20,
-                             layer_indices=None, projection: str = "sinkhorn", dynamic: bool = True) -> nn.Module:
-    """Wrap the blocks at ``layer_indices`` (all when None) of ``model`` with mHC, in place; returns ``model``.
+def apply_mhc_to_transformer(model: nn.Module, hidden_dim: int, config: MhcConfig | None = None,
+                             **fields) -> nn.Module:
+    """Wrap the blocks of ``model`` with mHC as ``config`` says (default ``MhcConfig()``; keyword ``fields`` such
+    as ``n_streams=2`` or ``layer_indices=[1, 2]`` override it), in place; returns ``model``.
 
     Works on GPT2Model (``.h``), LlamaModel (``.layers``), BertModel (``.encoder.layer``), and any module that
     contains exactly one of them (a peft model, a task head, a State Transition model), also after LoRA
     adapters were injected into the blocks. Raises ConfigError for an unknown architecture, bad indices or
     sizes, or a model that already has mHC.
     """
+    config = dataclasses.replace(config or MhcConfig(), **fields)
     name, owner, layers = _find_layer_list(model)
     if any(isinstance(layer, mHCTransformerLayer) for layer in layers):
         raise ConfigError(f"'{name}' is already wrapped with mHC; apply it once")
@@ -184,10 +192,12 @@ def apply_mhc_to_transformer(model: nn.Module, hidden_dim: int, n_streams: int =
     config_hidden = getattr(getattr(owner, "config", None), "hidden_size", None)
     if config_hidden is not None and config_hidden != hidden_dim:
         raise ConfigError(f"mHC hidden_dim={hidden_dim} does not match the model's hidden_size={config_hidden}")
-    if n_streams < 2 or sinkhorn_iters < 1:
-        raise ConfigError(f"mHC needs n_streams >= 2 and sinkhorn_iters >= 1; got {n_streams} and {sinkhorn_iters}")
-    if projection not in ("sinkhorn", "permutations"):
-        raise ConfigError(f"mHC projection must be 'sinkhorn' or 'permutations'; got {projection!r}")
+    if config.n_streams < 2 or config.sinkhorn_iters < 1:
+        raise ConfigError(f"mHC needs n_streams >= 2 and sinkhorn_iters >= 1; got {config.n_streams} and "
+                          f"{config.sinkhorn_iters}")
+    if config.projection not in ("sinkhorn", "permutations"):
+        raise ConfigError(f"mHC projection must be 'sinkhorn' or 'permutations'; got {config.projection!r}")
+    layer_indices = config.layer_indices
     if layer_indices is None:
         indices = list(range(depth))
     else:
@@ -198,12 +208,10 @@ def apply_mhc_to_transformer(model: nn.Module, hidden_dim: int, n_streams: int =
                 f"mhc.layer_indices {list(layer_indices)} must be a non-empty list of layers in 0..{depth - 1} "
                 f"(the model has {depth} layers)"
             )
-    for run in _contiguous_runs(indices):
-        for i in run:
-            layers[i] = mHCTransformerLayer(
-                layers[i], hidden_dim, layer_index=i, expand=(i == run[0]), collapse=(i == run[-1]),
-                n_streams=n_streams, sinkhorn_iters=sinkhorn_iters, dynamic=dynamic, projection=projection,
-            )
+    for stack in _contiguous_stacks(indices):
+        for i in stack:
+            layers[i] = mHCTransformerLayer(layers[i], hidden_dim, config, layer_index=i, expand=(i == stack[0]),
+                                            collapse=(i == stack[-1]))
     return model
 
 

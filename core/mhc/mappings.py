@@ -13,7 +13,7 @@ input-dependent part grows only as training asks for it. Coefficients are float3
 How it is computed, for speed on CPUs where launching many tiny operations is what costs: one matrix product
 gives all 2n + n^2 dynamic terms at once; RMSNorm is applied to that product's rows (a per-token scalar) instead
 of to the nC-wide streams; and the coefficients are laid out batch-last ([n, tokens], [n, n, tokens]) so every
-elementwise step and every Sinkhorn sum runs along the long token axis. For the first layer of a run, whose
+elementwise step and every Sinkhorn sum runs along the long token axis. For the first layer of a stack, whose
 streams are E_i h (E the fixed expansion 1 + p, one hidden state h), x~ phi is RMSNorm(h) times phi's n column
 blocks weighted by E_i / rms(E): n times fewer multiplications, same numbers.
 
@@ -49,10 +49,10 @@ RES_DIAG_INIT = 3.0
 # e^4 / (e^4 + 3) = 0.948 for n = 4; mHC-lite (permutations) reaches exact permutations if a task needs them.
 RES_LOGIT_BOUND = 3.0
 # The initial pattern (why: core/mhc/layer.py's docstring, "Function preservation"). H_post = 1 + p in every
-# layer, and a run's first layer writes its input into the streams as (1 + p) h, with the zero-sum pattern
+# layer, and a stack's first layer writes its input into the streams as (1 + p) h, with the zero-sum pattern
 # p = a (1, -1/(n-1), ..., -1/(n-1)): the streams start different, their deviations from the mean along p.
 POST_PATTERN = 0.5  # a; H_post = (1.5, 0.83, 0.83, 0.83) at n = 4, inside 2 sigmoid's range (0, 2)
-# H_pre (and a run's read-out weights) start at 1/n + TILT/n (e_i - e_j) with i, j two streams other than 0:
+# H_pre (and a stack's read-out weights) start at 1/n + TILT/n (e_i - e_j) with i, j two streams other than 0:
 # they sum to 1 and are orthogonal to p, so at init each layer reads exactly the mean of the streams, the plain
 # network's hidden state, yet non-uniformly, which is what gives H_res a gradient at step 1.
 TILT = 0.6  # (0.25, 0.40, 0.10, 0.25) at n = 4
@@ -103,7 +103,7 @@ class mHCMappings(nn.Module):
 
         self.b_pre = nn.Parameter(torch.logit(tilted_weights(n, layer_index)))
         self.b_post = nn.Parameter(torch.logit((1.0 + stream_pattern(n)) / 2.0))  # H_post = 2 sigmoid = 1 + p
-        # how a run's first layer spreads its input h over the streams: x = expansion h (a constant, not learned).
+        # how a stack's first layer spreads its input h over the streams: x = expansion h (a constant, not learned).
         # Saved with the weights, so a checkpoint of the earlier init (copies, no such key) is refused on load
         # instead of being run with a first layer it was not trained with.
         self.register_buffer("expansion", 1.0 + stream_pattern(n))
@@ -162,7 +162,7 @@ class mHCMappings(nn.Module):
         """Per-token mappings, batch-last: h_pre [n, N], h_post [n, N], h_res [n, n, N] (float32).
 
         ``tokens`` is [N, n C], the flattened streams, or [N, C] with ``repeated``: one hidden state h standing for
-        the streams expansion_i h (the first layer of a run). Static mappings come back as [n], [n], [n, n].
+        the streams expansion_i h (the first layer of a stack). Static mappings come back as [n], [n], [n, n].
         """
         with torch.autocast(tokens.device.type, enabled=False):
             mappings = self._dynamic(tokens.float(), repeated) if self.dynamic else self.static_mappings()

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
 
+from core.model.set_backbone import run_set_backbone
+
 ACTIVATIONS = {"relu": nn.ReLU, "leakyrelu": nn.LeakyReLU, "elu": nn.ELU, "selu": nn.SELU, "gelu": nn.GELU}
 
 
@@ -194,14 +196,10 @@ class ArcTransitionModel(nn.Module):
         return torch.relu(latent) if self.latent_relu else latent
 
     def _backbone(self, h: torch.Tensor) -> torch.Tensor:
-        b, s, _ = h.shape
         if not self.bidirectional:  # causal llama, and every GPT-2 (arc_backbone): HF's causal mask, positions 0..
             return self.backbone(inputs_embeds=h).last_hidden_state
-        # A 4-D all-zero additive mask is used as given (no causal mask); zero position ids make RoPE the
-        # identity (cos 0 = 1, sin 0 = 0), which is what Arc's NoRoPE does.
-        mask = torch.zeros(b, 1, s, s, dtype=h.dtype, device=h.device)
-        positions = torch.zeros(b, s, dtype=torch.long, device=h.device)
-        return self.backbone(inputs_embeds=h, attention_mask=mask, position_ids=positions).last_hidden_state
+        # zero positions make RoPE the identity (cos 0 = 1, sin 0 = 0), which is what Arc's NoRoPE does
+        return run_set_backbone(self.backbone, h)
 
     def decode_genes(self, latent: torch.Tensor) -> torch.Tensor | None:
         """Counts [.., g] from the latent through Arc's gene decoder; None for an embedding-space model."""

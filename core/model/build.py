@@ -68,9 +68,7 @@ def add_adapters(model: StateTransitionModel, cfg: Config, lora: bool) -> list[s
         notes.append(f"LoRA r={m.lora.r} alpha={m.lora.alpha} on {targets}; backbone weights frozen, encoders and "
                      f"head {'trainable' if m.train_encoders else 'frozen'}")
     if m.use_mhc:
-        apply_mhc_to_transformer(model.backbone, m.hidden_dim, n_streams=m.mhc.n_streams,
-                                 sinkhorn_iters=m.mhc.sinkhorn_iters, layer_indices=m.mhc.layer_indices,
-                                 projection=m.mhc.projection, dynamic=m.mhc.dynamic)
+        apply_mhc_to_transformer(model.backbone, m.hidden_dim, m.mhc)
         for p in mhc_parameters(model.backbone):
             p.requires_grad_(True)
         notes.append(f"mHC n={m.mhc.n_streams} ({m.mhc.projection}, {'dynamic' if m.mhc.dynamic else 'static'}) "

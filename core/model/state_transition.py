@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
 
+from core.model.set_backbone import run_set_backbone
+
 BACKBONES = ("llama", "gpt2")
 
 
@@ -64,13 +66,8 @@ class StateTransitionModel(nn.Module):
 
     def forward(self, z_control: torch.Tensor, pert_idx: torch.Tensor, batch_idx: torch.Tensor | None = None):
         """z_control [b, s, d], pert_idx [b], batch_idx [b, s] or None -> z_pred [b, s, d]."""
-        b, s, _ = z_control.shape
         h = self.basal_encoder(z_control) + self.pert_embedding(pert_idx)[:, None, :]
         if self.batch_embedding is not None and batch_idx is not None:
             h = h + self.batch_embedding(batch_idx)
-        # A 4-D all-zero additive mask is used by HF as given, so no causal mask is added; zero position ids
-        # give every cell the same rotary / learned position, so the set has no order.
-        mask = torch.zeros(b, 1, s, s, dtype=h.dtype, device=h.device)
-        positions = torch.zeros(b, s, dtype=torch.long, device=h.device)
-        out = self.backbone(inputs_embeds=h, attention_mask=mask, position_ids=positions).last_hidden_state
+        out = run_set_backbone(self.backbone, h)  # bidirectional, every cell at position 0: no order
         return z_control + self.head(out)

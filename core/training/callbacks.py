@@ -57,7 +57,10 @@ class RunFolderCallback(L.Callback):
         step = trainer.global_step
         step_time = time.perf_counter() - self._step_start
         self._step_times.append(step_time)
-        pl_module.log("step_time", step_time, on_step=True, on_epoch=False)  # into this step's metrics row
+        if trainer.logger is not None and getattr(pl_module, "step_metrics", None):
+            # "step" names the row by optimisation steps done (the 1-based count after this step)
+            trainer.logger.log_metrics({**pl_module.step_metrics, "step_time": step_time}, step=step)
+            pl_module.step_metrics = {}
         if trainer.is_global_zero:
             recent = sorted(self._step_times[-50:])
             eta = recent[len(recent) // 2] * max(self.total - step, 0)

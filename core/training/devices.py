@@ -53,3 +53,9 @@ def world_size(devices, strategy: str) -> int:
 def is_rank_zero() -> bool:
     """The process that writes the run folder: under DDP, Lightning's re-launched processes have another rank."""
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def default_precision(device: str, requested: str | None) -> str:
+    """Lightning's precision: training.precision when set, else bf16 autocast on CUDA (bf16-mixed: weights and
+    optimiser in float32, matrix products in bf16) and float32 elsewhere, where the project is measured."""
+    return requested or ("bf16-mixed" if device == "cuda" else "32-true")

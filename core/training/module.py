@@ -50,6 +50,16 @@ def velocity_loss(kw: dict):
     return VelocityRegularizationLoss(kw["velocity_min_confidence"])
 
 
+def adamw(params, **kwargs) -> torch.optim.AdamW:
+    """AdamW, fused where PyTorch has the kernel (float parameters on CPU or CUDA): one pass over every tensor
+    instead of about ten small ops per tensor, which was 11% of a demo-sized step on a CPU
+    (bench/README.md). The update is AdamW's either way (tests/unit/test_optimizer.py)."""
+    groups = list(params)
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
+    return torch.optim.AdamW(groups, fused=fused or None, **kwargs)
+
+
 class STModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, hparams: dict):
         super().__init__()
@@ -66,6 +76,7 @@ class STModule(L.LightningModule):
         self._gradient_probe = GradientProbe(model) if find_mhc_layers(model) else None
         self._probe_every = training.get("mhc_snapshot_every", 10)
         self.total_steps: int | None = None  # the run's optimisation steps, known once training starts
+        self.step_metrics: dict = {}  # the last training step's row (see training_step)
         self.val_summary: dict = {}  # the last validation's means (the trainer picks best.ckpt from val_loss)
         self._val_sums: dict[str, torch.Tensor] = {}
         self._val_sets = 0
@@ -118,11 +129,11 @@ class STModule(L.LightningModule):
             if value != value or abs(value) == float("inf"):
                 raise NonFiniteLossError(step, "training loss" if name == "loss" else name.replace("_", " "))
         cells = int(batch["z_control"].shape[0] * batch["z_control"].shape[1])
-        # "step" names the row by optimisation steps done (Lightning would use the 0-based batch index)
-        self.log_dict({**dict(zip(names, values)), **velocity_metrics, "cells": float(cells), "step": float(step),
-                       "epoch": float(self.current_epoch),
-                       "lr": self.trainer.optimizers[0].param_groups[0]["lr"]},
-                      on_step=True, on_epoch=False, batch_size=batch["z_control"].shape[0])
+        # This step's metrics row, written by the run-folder callback once the step is done (with its grad_norm
+        # and step_time). Not self.log: Lightning's per-call bookkeeping of ~15 values cost 6-13% of a demo-sized
+        # step (bench/README.md), and these values need no reduction across steps or devices.
+        self.step_metrics = {**dict(zip(names, values)), **velocity_metrics, "cells": cells,
+                             "epoch": self.current_epoch, "lr": self.trainer.optimizers[0].param_groups[0]["lr"]}
         return total
 
     def on_validation_epoch_start(self):
@@ -166,7 +177,7 @@ class STModule(L.LightningModule):
             if hasattr(self.logger, "add_to_next_row"):  # the run folder's logger (core/training/logger.py)
                 self.logger.add_to_next_row({**probes, "grad_lora": float(sizes["lora"])})
         clip = gradient_clip_val if gradient_clip_val else float("inf")
-        self.log("grad_norm", float(torch.nn.utils.clip_grad_norm_(params, clip)), on_step=True, on_epoch=False)
+        self.step_metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip))
 
     def configure_optimizers(self):
         # mHC's mappings take their own learning rate (model.kwargs.mhc.lr_scale times the rest's): a few logits
@@ -179,4 +190,4 @@ class STModule(L.LightningModule):
         groups = [{"params": params}]
         if mhc:
             groups.append({"params": mhc, "lr": self.lr * self.kw["mhc"]["lr_scale"]})
-        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        return adamw(groups, lr=self.lr, weight_decay=self.weight_decay)

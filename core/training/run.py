@@ -29,7 +29,7 @@ from core.paths import SHARED_RUN_DIR_ENV, runs_root
 from core.progress import ProgressBar
 from core.runs import RunWriter, new_run_dir
 from core.runs import lock as run_lock
-from core.training.devices import device_choice, is_rank_zero, lightning_devices, world_size
+from core.training.devices import default_precision, device_choice, is_rank_zero, lightning_devices, world_size
 from core.training.prepare import prepare_data
 
 log = logging.getLogger("core.training")
@@ -301,7 +301,7 @@ class _Fit:
         checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
                                      save_last=True, save_top_k=1, auto_insert_metric_name=False,
                                      enable_version_counter=False, save_on_train_epoch_end=False)
-        precision = t.precision or ("bf16-mixed" if device == "cuda" else "32-true")
+        precision = default_precision(device, t.precision)
         resume = ckpt_dir / "last.ckpt" if t.resume and (ckpt_dir / "last.ckpt").exists() else None
         if resume is not None and is_rank_zero():
             prepare_resume(run_dir, resume)  # metrics after the checkpoint's step dropped, orphan temp files removed

@@ -60,7 +60,7 @@ def test_mappings_equal_deepseek_v4_hyper_connection_with_same_weights():
 
 
 def test_first_layer_shortcut_equals_the_explicit_expanded_streams():
-    # A run's first layer sees the streams E_i h and uses phi's column blocks weighted by E_i / rms(E): same numbers.
+    # A stack's first layer sees the streams E_i h and uses phi's column blocks weighted by E_i / rms(E): same numbers.
     _, ours = deepseek_pair()
     hidden = torch.randn(20, C, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(ours.expansion, torch.tensor([1.5, 5 / 6, 5 / 6, 5 / 6]))

@@ -1,0 +1,57 @@
+"""The benchmark rows of issue 15 run (``--quick``) and say what they measured; no timing is checked here."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bench import bench_arc, bench_scale
+from bench.gpu_rows import gpu_rows
+from bench.scale_worker import make_step
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_gpu_bench_without_cuda_is_one_line_and_exit_2():
+    out = subprocess.run([sys.executable, "-m", "bench", "--gpu", "--quick"], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "CUDA" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_gpu_step_code_trains_on_the_cpu_under_bf16_autocast():
+    step, cells, model = make_step(hidden=32, layers=2, heads=4, dim=12, set_len=8, sets=2, mhc=True,
+                                   device="cpu", autocast=True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    losses = [step() for _ in range(3)]
+    assert cells == 16 and all(torch.isfinite(torch.tensor(losses)))
+    moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert any("lora_" in n for n in moved) and any(".hc." in n for n in moved)
+    frozen = [p for n, p in model.named_parameters() if "backbone" in n and "lora_" not in n and ".hc." not in n
+              and "head_logits" not in n]
+    assert frozen and not any(p.requires_grad for p in frozen)
+
+
+def test_gpu_rows_run_on_the_cpu_with_the_same_code():
+    rows = gpu_rows(quick=True, device="cpu")
+    assert [r.name.split(",")[0] for r in rows] == ["demo LoRA step with dynamic mHC", "ST LoRA step",
+                                                    "ST-Tahoe-sized step", "ST-Tahoe-sized step"]
+    assert rows[0].ratio > 0 and rows[0].met in (True, False)
+    assert all(r.extra["cells_per_s"] > 0 for r in rows)
+
+
+def test_arc_rows_are_skipped_without_peers(monkeypatch):
+    monkeypatch.delenv("ARC_STATE_PYTHON", raising=False)
+    rows = bench_arc.run(quick=True)
+    assert rows and all(r.timing is None and "--peers" in r.extra["skipped"] for r in rows)
+
+
+@pytest.mark.slow
+def test_scale_rows_run_quick(tmp_path, monkeypatch):
+    monkeypatch.setenv("ST_DATA_CACHE", str(tmp_path))
+    rows = bench_scale.run(quick=True)
+    names = [r.name for r in rows]
+    assert len(rows) == 5 and "2400 cells x 200 genes" in names[1]
+    velocity = rows[1]
+    assert velocity.met in (True, False) and velocity.extra["peak_mb"] > 0
+    assert rows[2].extra["steps"] > 0 and rows[2].extra["train_cells_per_s"] > 0
+    assert rows[4].baseline is rows[3].timing or rows[4].baseline == rows[3].timing
