@@ -25,8 +25,9 @@ README = REPO / "README.md"
 # few steps, a small validation, few sets: enough to write every file a later command reads
 TINY_TRAIN = ["training.max_steps=3", "training.val_freq=3", "training.mhc_snapshot_every=1",
               "training.accelerator=cpu"]
-# two seeds show the paired interval; the lr ladder (8 arms) runs one seed
-TINY_EXPERIMENT = {"base,+mhc": ["--seeds", "2", *TINY_TRAIN], "stability": ["--seeds", "1", *TINY_TRAIN]}
+# two seeds show the paired interval; the ladders (8 and 6 arms) run one seed
+TINY_EXPERIMENT = {"base,+mhc": ["--seeds", "2", *TINY_TRAIN], "stability": ["--seeds", "1", *TINY_TRAIN],
+                   "lambda": ["--seeds", "1", *TINY_TRAIN]}
 
 
 @dataclass
@@ -87,6 +88,8 @@ HOW = [
     (r"^\./dev app\b", "elsewhere", ("tests/app/test_browser.py", "app/main.py")),
     (r"^\./dev test\b", "elsewhere", (".ci/run", "./dev test")),  # CI runs the suite this test is part of
     (r"^state tx infer\b", "elsewhere", ("tests/integration/test_arc_export.py", "state")),  # needs arc-state
+    # needs a Slurm cluster; the test submits through submitit's local executor and stand-in sbatch/srun
+    (r"--launcher slurm\b", "elsewhere", ("tests/integration/test_experiment_cluster.py", "--launcher")),
     (r"^\./dev cli (train|experiment)\b", "tiny", None),
     (r"^(\./dev cli|python -m core)\b", "run", None),
     (r"^import core\b", "python", None),
