@@ -1,4 +1,5 @@
-"""Inspect page: one run's mHC mappings over training, and how its predicted shifts line up with velocity."""
+"""Inspect page: one run's mHC mappings over training, how its predicted shifts line up with velocity, and
+the genes it predicts the perturbation changes beside those observed."""
 
 import streamlit as st
 
@@ -10,7 +11,7 @@ from core.evaluation.mhc_drift import mapping_drift
 from core.figures import mhc as mhc_figures
 from core.runs import list_runs
 
-TABS = ["mHC mappings (H_res, H_pre, H_post)", "Δz vs velocity"]
+TABS = ["mHC mappings (H_res, H_pre, H_post)", "Δz vs velocity", "Genes"]
 
 st.title("Inspect a run")
 runs = list_runs()
@@ -23,7 +24,7 @@ status = run["status"]
 st.caption(f"State: **{run['state']}**" + (f": {plain(status.get('message'))}" if status.get("message") else ""))
 
 # Only the open tab is drawn (a tab switch reruns the page): drawing both doubled the page switch.
-mhc_tab, velocity_tab = st.tabs(TABS, key="inspect_tab", on_change="rerun")
+mhc_tab, velocity_tab, genes_tab = st.tabs(TABS, key="inspect_tab", on_change="rerun")
 
 if mhc_tab.open:
     with mhc_tab, shown_errors("drawing the mHC mappings"):
@@ -68,3 +69,9 @@ if velocity_tab.open:
         from app.panels.delta import delta_panel
 
         delta_panel(run)
+
+if genes_tab.open:
+    with genes_tab, shown_errors("drawing the genes"):
+        from app.panels.genes import genes_panel
+
+        genes_panel(run)

@@ -12,8 +12,9 @@ Per (perturbation, cell type) group of the held-out split, with the decoder of `
                   a prediction that needs no model (absent for a held-out cell type)
 For each source beside ``observed``: the Pearson correlation of log2 fold changes over the genes where both are
 finite, cell-eval's overlap of the top-k DE genes (k = ``top_k`` and k = N, all of the real list), and the top
-up and down genes. ``overall`` is the mean over groups. The per-gene table (one row per group and gene) is what
-the figures and eval/gene_lfc.csv show.
+up and down genes. ``overall`` is the mean over the groups where a value is defined (a group without observed DE
+genes has no overlap). The per-gene table (one row per group and gene) is what the figures and eval/gene_lfc.csv
+show.
 """
 
 from __future__ import annotations
