@@ -278,6 +278,10 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list, progress: 
     torch.manual_seed(t.seed)  # the model's initial weights do not depend on how much data preparation drew
     model, load_report, notes = build_for_training(cfg, data.table.z.shape[1], data.pert_map, mapping.control_pert,
                                                    data.batch_map, base_path=base_path, embedding=data.embedding)
+    if getattr(model, "gene_decoder", None) is not None and m.decoder_weight > 0:
+        data.use_genes()
+        notes.append(f"gene decoder trained with Arc's decoder loss (weight {m.decoder_weight}) against "
+                     f"obsm['X_hvg'] ({data.gene_dim} genes)")
     for note in notes:
         log.info("model: %s", note)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
