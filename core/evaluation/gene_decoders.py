@@ -91,10 +91,10 @@ def pca_decoder(adata, embed_key: str) -> tuple[GeneDecoder | None, str]:
     elif params.get("zero_center", True) is False:
         mean, source = np.zeros(used.size), "none (the PCA was not centred)"
     else:
-        _check_size(adata.n_obs, used.size)
-        mean = _dense_rows(adata.X, columns=used).mean(0) if adata.X is not None else None
-        if mean is None:
+        if adata.X is None:
             return None, "the data has no X to take the gene means the PCA was centred with from"
+        # column means without densifying X (sparse or dense alike)
+        mean = np.asarray(adata.X[:, used].mean(0), dtype=np.float64).ravel()
         source = "the gene means of X (scanpy stores none; X must be the matrix the PCA was fitted on)"
     genes = np.asarray(adata.var_names)[used].astype(str)
     description = (f"decoded through the PCA loadings varm['PCs'] ({used.size} genes, {dim} components; gene means "
