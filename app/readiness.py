@@ -16,7 +16,8 @@ import streamlit as st
 
 from app import state
 
-BASES = ("Demo base model (pretrained on the demo atlas)", "A checkpoint on the server", "From scratch")
+BASES = ("Demo base model (pretrained on the demo atlas)", "A checkpoint or Arc State folder on the server",
+         "From scratch")
 
 
 def default_choice() -> dict:
@@ -65,6 +66,8 @@ def base_embedding(init_from: str | None) -> dict | None:
 
 def describe_base(choice: dict, embedding: dict | None) -> str:
     name = {BASES[0]: "the demo base", BASES[1]: "the checkpoint", BASES[2]: "none (from scratch)"}[choice["base"]]
+    if choice["base"] == BASES[1] and arc_base(init_from(choice)) is not None:
+        name = "the Arc State folder"
     if embedding and embedding.get("key"):
         return f"{name} (trained on obsm['{embedding['key']}'], {embedding['dim']}-d)"
     if embedding:
@@ -72,15 +75,65 @@ def describe_base(choice: dict, embedding: dict | None) -> str:
     return name
 
 
+@st.cache_resource(max_entries=4, show_spinner="Reading the Arc State folder…")
+def arc_folder(path: str, stamp: float):
+    """(folder, description, load report lines) of an Arc State folder or a checkpoint inside one; None when
+    ``path`` is not one. The checkpoint is imported as training will import it, so its load report is real."""
+    from core.arc.runtime import describe, find_arc_folder, load_arc, report_lines
+
+    found = find_arc_folder(path)
+    if found is None:
+        return None
+    _, folder, report = load_arc(*found)
+    return folder, describe(folder), report_lines(report, folder)
+
+
+def arc_base(path: str | None):
+    """``arc_folder`` for a server path, re-read when the folder's checkpoint changes."""
+    if not path or path == "demo":
+        return None
+    from core.arc.runtime import find_arc_folder
+
+    found = find_arc_folder(os.path.expanduser(path))
+    if found is None:
+        return None
+    folder_path, checkpoint = found
+    try:
+        stamp = max(os.path.getmtime(p) for p in (checkpoint or folder_path, folder_path))
+    except OSError:
+        stamp = 0.0
+    return arc_folder(os.path.expanduser(path), stamp)
+
+
+def arc_findings(ref, mapping: dict, path: str) -> list:
+    """``core.arc.check.check_data`` of the data set against the Arc folder at ``path`` ([] when it is none),
+    with the sidebar's keys."""
+    from app import cache
+    from core.arc.check import check_data
+    from core.errors import UserError
+
+    try:
+        arc = arc_base(path)
+    except UserError as err:  # a folder that cannot be imported: its one line is the reason Launch is disabled
+        return [("error", str(err))]
+    if arc is None:
+        return []
+    return check_data(arc[0], cache.load_dataset(ref), embed_key=mapping.get("embed_key"),
+                      pert_col=mapping.get("pert_col"), control_pert=mapping.get("control_pert"),
+                      batch_col=mapping.get("batch_col"))
+
+
 @dataclass
 class Readiness:
     """What stands between this data set and a launch. ``blockers``: one-line reasons Launch is disabled;
     ``report``: the validation report (None when the mapping is incomplete); ``against``: the settings it was
-    checked against, in words."""
+    checked against, in words; ``arc``: (level, text) findings of ``core.arc.check`` when the base is an Arc
+    State folder (its "error" ones are blockers too)."""
 
     blockers: list[str] = field(default_factory=list)
     report: object = None
     against: str = ""
+    arc: list = field(default_factory=list)
 
     @property
     def ready(self) -> bool:
@@ -116,6 +169,9 @@ def readiness() -> Readiness:
     out.against = f"set size {choice['set_size']}, base model {describe_base(choice, embedding)}"
     out.report = cache.validation_report(ref, tuple(sorted(mapping.items())), choice["set_size"], embedding)
     out.blockers += out.report.errors
+    if base and base != "demo":
+        out.arc = arc_findings(ref, mapping, base)
+        out.blockers += [text for level, text in out.arc if level == "error" and text not in out.blockers]
     guessed = state.MAPPING_GUESSED.get()
     if guessed:
         out.blockers.append(f"the {describe_fields(guessed)} {'is' if len(guessed) == 1 else 'are'} guessed: "

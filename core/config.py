@@ -103,6 +103,9 @@ class ModelKwargs:
     velocity_warmup_fraction: float | None = None
     velocity_min_confidence: float = 0.0
     velocity_loss: str = "alignment"  # or "l2"
+    # Arc State's own name: weight of the gene decoder's loss when fine-tuning an Arc gene-space model (its
+    # decoded predictions against the perturbed cells' obsm['X_hvg'], the distributional loss; 0: decoder frozen)
+    decoder_weight: float = 1.0
 
 
 @dataclass
@@ -363,6 +366,7 @@ def validate_config(cfg: Config) -> None:
     _check(m.dist_loss in ("energy", "sinkhorn"),
            f"model.kwargs.dist_loss must be energy or sinkhorn; got {m.dist_loss!r}")
     _check(m.blur > 0, f"model.kwargs.blur must be > 0; got {m.blur}")
+    _check(m.decoder_weight >= 0, f"model.kwargs.decoder_weight must be >= 0; got {m.decoder_weight}")
     _check(m.lora.r >= 1 and m.lora.alpha > 0 and 0 <= m.lora.dropout < 1,
            "model.kwargs.lora needs r >= 1, alpha > 0 and 0 <= dropout < 1")
     _check(m.mhc.n_streams >= 2, f"model.kwargs.mhc.n_streams must be >= 2; got {m.mhc.n_streams}")

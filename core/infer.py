@@ -137,7 +137,7 @@ def _sets(groups: dict, set_len: int, rng: np.random.Generator) -> list[tuple[np
 
 def predict(checkpoint, adata=None, *, control_cells=None, perturbations=None,
             mapping: ColumnMapping | dict | None = None, set_len: int | None = None, seed: int = 0,
-            batch_size: int = 32, device: str | None = None):
+            batch_size: int = 32, device: str | None = None, loaded=None):
     """Predict the perturbed state of control cells (see the module docstring for the output).
 
     checkpoint      a .ckpt written by training, or a run folder (best, else final, else last checkpoint)
@@ -148,12 +148,18 @@ def predict(checkpoint, adata=None, *, control_cells=None, perturbations=None,
     mapping         a ColumnMapping or a dict of the keys to change from the run's (embed_key, pert_col,
                     control_pert, cell_type_key, batch_col)
     set_len         cells per set (default: the run's cell_set_len)
+    loaded          (model, config, hyper-parameters) as ``load_model`` returns them, when the caller has already
+                    loaded the checkpoint (the CLI's Arc path, which prints the load report first)
     """
     import anndata as ad
     import pandas as pd
     import torch
 
-    model, cfg, hp = load_model(checkpoint, device)
+    if loaded is None:
+        model, cfg, hp = load_model(checkpoint, device)
+    else:
+        model, cfg, hp = loaded
+        model = model.to(device or _device())
     dev = next(model.parameters()).device
     if adata is None:
         adata = run_dataset(cfg)

@@ -43,6 +43,17 @@ def delta_velocity(run: Run | str | os.PathLike, adata=None, basis: str = "X_uma
     return delta_velocity_figures(predictions, adata, data_kwargs(run.config), basis)
 
 
+def genes(run: Run | str | os.PathLike) -> dict:
+    """Genes of an evaluated run: the top-k DE gene overlap per cell type, and per cell type the predicted
+    against the observed log2 fold change of every gene (empty before ``evaluate``; one message figure when the
+    run has no decoder to genes, saying why)."""
+    from core.figures.genes import gene_figures, read_gene_table
+
+    run = _run(run)
+    summary = run.evaluation
+    return gene_figures(summary, read_gene_table(run.path)) if summary else {}
+
+
 def compare(runs, column: str = "loss") -> dict:
     """Runs side by side: overlaid ``column`` curves and, for runs that differ only in their seed, mean ± spread."""
     from core.figures.compare import group_by_configuration, overlaid_curves, seed_band_curves

@@ -3,6 +3,7 @@ config before anything is launched, so a bad value is an ``st.error`` here, not 
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from app import state
@@ -139,12 +140,42 @@ def _data_settings() -> dict:
     st.markdown("**Base model and set size** (the data set is checked against them)")
     c1, c2, c3 = st.columns([2, 2, 1])
     base = c1.radio("Base model", BASES, index=BASES.index(choice["base"]), key="tf_base")
-    checkpoint = c2.text_input("Checkpoint path (for 'a checkpoint on the server')", value=choice["checkpoint"],
-                               key="tf_ckpt", disabled=base != BASES[1])
+    checkpoint = c2.text_input("Checkpoint or Arc State folder (server path)", value=choice["checkpoint"],
+                               key="tf_ckpt", disabled=base != BASES[1],
+                               help="A .ckpt of ours, or an Arc State run folder (config.yaml, var_dims.pkl, "
+                                    "pert_onehot_map.pt, checkpoints/), or a .ckpt inside one.")
     set_size = c3.number_input("Set size (cells per set)", 2, 4096, choice["set_size"], key="tf_set")
     choice = {"base": base, "checkpoint": checkpoint, "set_size": int(set_size)}
     state.TRAIN_CHOICE.set(choice)
+    if base == BASES[1] and checkpoint.strip():
+        arc_base_panel(checkpoint.strip())
     return choice
+
+
+def arc_base_panel(path: str) -> None:
+    """What an Arc State base expects of the data, and its load report (every tensor loaded or dropped)."""
+    from app.readiness import arc_base
+    from core.errors import UserError
+
+    try:
+        arc = arc_base(path)
+    except UserError as err:
+        st.error(plain(err))
+        return
+    if arc is None:
+        return
+    _, info, lines = arc
+    st.markdown("**Arc State base**: what it expects of the data")
+    expects = {"embedding": f"obsm['{info['embed_key']}'], {info['input_dim']}-d",
+               "output space": f"{info['output_space']} ({info['output_dim']}-d"
+                               + (f", {info['genes']} genes through its decoder)" if info["genes"] else ")"),
+               "control": info["control"], "perturbations it knows": ", ".join(info["perturbations"]),
+               "batches it knows": ", ".join(info["batches"]) or "none (no batch encoder)",
+               "cells per set": str(info["cell_set_len"])}
+    st.dataframe(pd.DataFrame({"expects": list(expects.values())}, index=list(expects)))  # text, not markdown
+    st.text(lines[1])  # the load report's summary line; a folder's own strings: text, no markdown
+    with st.expander("Load report: every tensor"):
+        st.text("\n".join(lines))
 
 
 def train_form() -> None:

@@ -45,6 +45,10 @@ with shown_errors("validating the data set"):
             st.error(plain(problem))
         for warning in report.warnings:
             st.warning(plain(warning))
+    if ready.arc:
+        st.markdown("**Against the Arc State folder** chosen as the base on the Train page")
+        for level, text in ready.arc:
+            {"ok": st.success, "note": st.info, "error": st.error}[level](plain(text))
 
 st.subheader("Cells per condition × cell type × batch")
 with shown_errors("summarising the data set"):

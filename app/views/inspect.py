@@ -1,4 +1,5 @@
-"""Inspect page: one run's mHC mappings over training, and how its predicted shifts line up with velocity."""
+"""Inspect page: one run's mHC mappings over training, how its predicted shifts line up with velocity, and
+the genes it predicts the perturbation changes beside those observed."""
 
 import streamlit as st
 
@@ -12,7 +13,7 @@ from core.runs import ACTIVE_STATES, list_runs, read_status
 
 # while the run trains: new snapshots and metrics arrive every few steps, and a redraw is ~10 figures
 POLL_S = 2.0
-TABS = ["mHC mappings (H_res, H_pre, H_post)", "Δz vs velocity"]
+TABS = ["mHC mappings (H_res, H_pre, H_post)", "Δz vs velocity", "Genes"]
 
 st.title("Inspect a run")
 runs = list_runs()
@@ -25,6 +26,44 @@ run = run_picker(runs, "Run", key="inspect_run")
 polling = run["state"] in ACTIVE_STATES
 
 
+def _mhc_tab(run: dict, path) -> None:
+    snapshots = cache.mhc_snapshots(path)
+    if not snapshots:
+        st.info("This run saved no mHC snapshots: mHC was off (turn it on in the Train form), or the run "
+                "has not reached its first snapshot yet.")
+        return
+    name = run["name"]
+    steps = [int(s["step"]) for s in snapshots]
+    step = steps[0] if len(steps) == 1 else st.select_slider(
+        "Training step of the snapshot", options=steps, value=steps[-1], key="inspect_step")
+    snapshot = snapshots[steps.index(step)]
+    show_figure(mhc_figures.h_res_heatmaps(snapshot), f"{name}_h_res_step{step}", key="h_res")
+    left, right = st.columns(2)
+    with left:
+        show_figure(mhc_figures.sum_error_bars(snapshot), f"{name}_h_res_sum_error_step{step}", key="sum_error")
+    with right:
+        show_figure(mhc_figures.composite_gain_figure(snapshot), f"{name}_composite_gain_step{step}",
+                    key="composite_gain")
+    show_figure(mhc_figures.h_pre_post_bars(snapshot), f"{name}_h_pre_post_step{step}", key="pre_post")
+    show_figure(mhc_figures.sum_error_over_steps(snapshots), f"{name}_h_res_sum_error_over_steps",
+                key="sum_error_steps")
+    st.subheader("How far mHC has moved from its init")
+    drift, at = mapping_drift(snapshots), steps.index(step)
+    if at > 0:  # at the first snapshot every change is zero by definition
+        st.info(plain(describe_most_moved(most_moved(drift, at))))
+        show_figure(mhc_figures.h_res_drift_heatmaps(drift, at), f"{name}_h_res_drift_step{step}", key="h_res_drift")
+        show_figure(mhc_figures.pre_post_drift_heatmap(drift, at), f"{name}_pre_post_drift_step{step}",
+                    key="pre_post_drift")
+    show_figure(mhc_figures.drift_over_steps(drift), f"{name}_drift_over_steps", key="drift_steps")
+    show_figure(mhc_figures.gradient_ratio_over_steps(cache.run_metrics(path)), f"{name}_h_res_gradient_over_lora",
+                key="grad_ratio")
+    if st.toggle("Measure how far the streams have diverged (a forward pass of the best checkpoint and of "
+                 "the init on validation control cells)", key="inspect_divergence"):
+        with shown_errors("measuring the streams' divergence"):
+            show_figure(mhc_figures.stream_divergence_figure(cache.stream_divergence(path)),
+                        f"{name}_stream_divergence", key="divergence")
+
+
 @st.fragment(run_every=POLL_S if polling else None)
 def _page(run: dict) -> None:
     status = read_status(run["path"])
@@ -35,53 +74,23 @@ def _page(run: dict) -> None:
     st.caption(f"State: **{run['state']}**" + (f": {plain(status.get('message'))}" if status.get("message") else ""))
 
     # Only the open tab is drawn (a tab switch reruns the page): drawing both doubled the page switch.
-    mhc_tab, velocity_tab = st.tabs(TABS, key="inspect_tab", on_change="rerun")
+    mhc_tab, velocity_tab, genes_tab = st.tabs(TABS, key="inspect_tab", on_change="rerun")
 
     if mhc_tab.open:
         with mhc_tab, shown_errors("drawing the mHC mappings"):
-            snapshots = cache.mhc_snapshots(path)
-            if not snapshots:
-                st.info("This run saved no mHC snapshots: mHC was off (turn it on in the Train form), or the run "
-                        "has not reached its first snapshot yet.")
-            else:
-                steps = [int(s["step"]) for s in snapshots]
-                step = steps[0] if len(steps) == 1 else st.select_slider(
-                    "Training step of the snapshot", options=steps, value=steps[-1], key="inspect_step")
-                snapshot = snapshots[steps.index(step)]
-                show_figure(mhc_figures.h_res_heatmaps(snapshot), f"{run['name']}_h_res_step{step}", key="h_res")
-                left, right = st.columns(2)
-                with left:
-                    show_figure(mhc_figures.sum_error_bars(snapshot), f"{run['name']}_h_res_sum_error_step{step}",
-                                key="sum_error")
-                with right:
-                    show_figure(mhc_figures.composite_gain_figure(snapshot),
-                                f"{run['name']}_composite_gain_step{step}", key="composite_gain")
-                show_figure(mhc_figures.h_pre_post_bars(snapshot), f"{run['name']}_h_pre_post_step{step}",
-                            key="pre_post")
-                show_figure(mhc_figures.sum_error_over_steps(snapshots), f"{run['name']}_h_res_sum_error_over_steps",
-                            key="sum_error_steps")
-                st.subheader("How far mHC has moved from its init")
-                drift, at = mapping_drift(snapshots), steps.index(step)
-            if at > 0:
-                st.info(plain(describe_most_moved(most_moved(drift, at))))
-                show_figure(mhc_figures.h_res_drift_heatmaps(drift, at), f"{run['name']}_h_res_drift_step{step}",
-                            key="h_res_drift")
-                show_figure(mhc_figures.pre_post_drift_heatmap(drift, at), f"{run['name']}_pre_post_drift_step{step}",
-                            key="pre_post_drift")
-                show_figure(mhc_figures.drift_over_steps(drift), f"{run['name']}_drift_over_steps", key="drift_steps")
-                show_figure(mhc_figures.gradient_ratio_over_steps(cache.run_metrics(path)),
-                            f"{run['name']}_h_res_gradient_over_lora", key="grad_ratio")
-                if st.toggle("Measure how far the streams have diverged (a forward pass of the best checkpoint and of "
-                             "the init on validation control cells)", key="inspect_divergence"):
-                    with shown_errors("measuring the streams' divergence"):
-                        show_figure(mhc_figures.stream_divergence_figure(cache.stream_divergence(path)),
-                                    f"{run['name']}_stream_divergence", key="divergence")
+            _mhc_tab(run, path)
 
     if velocity_tab.open:
         with velocity_tab, shown_errors("drawing Δz against velocity"):
             from app.panels.delta import delta_panel
 
             delta_panel(run)
+
+    if genes_tab.open:
+        with genes_tab, shown_errors("drawing the genes"):
+            from app.panels.genes import genes_panel
+
+            genes_panel(run)
 
 
 _page(run)

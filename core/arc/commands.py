@@ -10,7 +10,8 @@ from core.errors import DataError
 
 def infer_model_dir(args) -> int | None:
     """Run ``--sampling arc`` here and return its exit code; for our sampling point ``args.checkpoint`` at the
-    folder, print its load report and return None (the caller goes on with core.infer.predict)."""
+    folder, print its load report, leave the imported model in ``args.loaded`` and return None (the caller goes
+    on with core.infer.predict)."""
     found = find_arc_folder(args.checkpoint or args.model_dir)
     if found is None:
         if args.sampling == "arc":
@@ -26,7 +27,10 @@ def infer_model_dir(args) -> int | None:
         for line in report_lines(report, folder):
             print(line)
     if args.sampling != "arc":
+        from core.arc.runtime import arc_run_from
+
         args.checkpoint = str(folder.checkpoint)
+        args.loaded = arc_run_from(model, folder, report)  # core.infer.predict takes it instead of loading again
         return None
     ignored = [flag for flag, value in (("--perturbation", args.perturbation), ("--split", args.split)) if value]
     if ignored:

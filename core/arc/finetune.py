@@ -9,8 +9,9 @@ uses Arc's control column (by role: sham <- control), and a label Arc never saw 
 the pretrained ones, its first-layer weights starting at the mean of Arc's non-control columns, trainable.
 Arc instead rebuilds the map from the new data sorted by name, so a new drug takes an old drug's column and
 inherits its weights. Batches: known labels keep their rows, new ones get new rows starting at zero.
-The gene decoder of a gene-space model is kept but frozen: our losses act on the latent (Δz for velocity
-alignment is latent minus control latent, the space Arc's transformer predicts in), none on decoded counts.
+A gene-space model's decoder trains with Arc's decoder loss (the distributional loss between its decoded
+prediction and the perturbed cells' obsm['X_hvg'], weight ``model.kwargs.decoder_weight``, Arc's name; 0 keeps it
+frozen); Δz for velocity alignment is latent minus control latent, the space Arc's transformer predicts in.
 """
 
 from __future__ import annotations
@@ -94,8 +95,10 @@ def build_from_arc(cfg, embed_dim: int, pert_map: dict[str, int], control: str, 
     before = set(model.state_dict())
     notes += add_adapters(model, cfg, lora=m.lora.enable)
     if model.gene_decoder is not None:
-        model.gene_decoder.requires_grad_(False)
-        notes.append("the gene decoder is kept frozen: no loss here acts on decoded counts")
+        train_decoder = m.decoder_weight > 0
+        model.gene_decoder.requires_grad_(train_decoder)
+        notes.append("the gene decoder trains with Arc's decoder loss (model.kwargs.decoder_weight)" if train_decoder
+                     else "the gene decoder is kept frozen (model.kwargs.decoder_weight=0)")
     added = sorted(set(model.state_dict()) - before)
     model.checkpoint_hparams = {"arc_spec": spec.to_dict(), "arc_folder": str(folder.path)}
     report = {"loaded": [arc_report["loaded"][k] for k in arc_report["loaded"]], "skipped": [],

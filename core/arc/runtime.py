@@ -63,9 +63,14 @@ def report_lines(report: dict, folder: ArcFolder) -> list[str]:
 
 def arc_run_for_infer(model_dir, checkpoint=None):
     """(model, Config, hp) as core.infer.load_model returns them for one of our runs."""
+    return arc_run_from(*load_arc(model_dir, checkpoint))
+
+
+def arc_run_from(model, folder: ArcFolder, report: dict):
+    """(model, Config, hp) for an Arc model already imported (``load_arc``'s result), so that a caller that
+    printed the load report does not import the checkpoint a second time."""
     from core.config import Config
 
-    model, folder, report = load_arc(model_dir, checkpoint)
     if model.spec.output_dim != model.spec.input_dim:
         raise CheckpointError(f"the model maps {model.spec.input_dim}-d input to {model.spec.output_dim}-d output; our "
                               "sampling predicts shifts in the input space, use --sampling arc for this model")

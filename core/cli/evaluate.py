@@ -39,6 +39,21 @@ def _fmt(value) -> str:
     return f"{value:.4g}"
 
 
+def gene_lines(genes: dict) -> list[str]:
+    """The gene-space results in a few lines: the decoder, and the model's scores beside the no-model and the
+    ceiling references (mean over cell types), or why there are none."""
+    if not genes["decoder"]:
+        return [f"genes: {genes['reason']}"]
+    lines = [f"genes: {genes['decoder']['description']}"]
+    k = genes["top_k"]
+    for source, label in (("model", "model"), ("train_cells", "training cells (no model)"),
+                          ("decoded_real", "real cells decoded (ceiling)")):
+        scores = genes["overall"][source]
+        lines.append(f"  {label:<28} top-{k} DE overlap {_fmt(scores['overlap_at_k'])}, overlap at N "
+                     f"{_fmt(scores['overlap_at_n'])}, Pearson r of log2FC {_fmt(scores['pearson_lfc'])}")
+    return lines
+
+
 def run(args) -> int:
     from core.errors import ConfigError
     from core.evaluation.evaluate import evaluate_run
@@ -74,6 +89,9 @@ def run(args) -> int:
           f"{stability['n_steps']} steps")
     for reason in summary["skipped"].items():
         print(f"  skipped {reason[0]}: {reason[1]}")
+    for line in gene_lines(summary["genes"]):
+        print(f"  {line}")
     out = args.output or run_dir / "eval"
-    print(f"wrote {out}/metrics.json and per_cell_type.csv" + ("" if args.no_predictions else " and predictions.h5ad"))
+    tables = "per_cell_type.csv" + (", gene_lfc.csv" if summary["genes"]["decoder"] else "")
+    print(f"wrote {out}/metrics.json and {tables}" + ("" if args.no_predictions else " and predictions.h5ad"))
     return 0

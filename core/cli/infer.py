@@ -80,7 +80,8 @@ def run(args) -> int:
     mapping = {"embed_key": args.embed_key, "pert_col": args.pert_col, "control_pert": args.control_pert,
                "cell_type_key": args.celltype_col, "batch_col": args.batch_col}
     predictions = predict(args.checkpoint, adata, control_cells=cells, perturbations=args.perturbation,
-                          mapping=mapping, set_len=args.set_len, seed=args.seed, device=args.device)
+                          mapping=mapping, set_len=args.set_len, seed=args.seed, device=args.device,
+                          loaded=getattr(args, "loaded", None))
     path = write_predictions(predictions, args.output, args.adata)
     info = predictions.uns["st_infer"]
     print(f"wrote {path}: {predictions.n_obs} predictions ({', '.join(info['perturbations'])}) in {info['n_sets']} "

@@ -9,8 +9,11 @@
    loss was; on the demo also cos(delta_z, true velocity) (``cos_delta_true_v``). The final checkpoint's
    scores are under ``final``; the design (``core.data.designs``) says what the held-out cells measure, with
    a warning when they measure interpolation.
-4. The run's training-stability figures (``stability_summary`` of metrics.jsonl) are added, and
-   eval/metrics.json, eval/per_cell_type.csv and eval/predictions.h5ad are written atomically.
+4. Genes (``core.evaluation.genes``): per cell type, the predicted log2 fold changes in gene space beside the
+   observed ones and cell-eval's top-k DE overlap, through the embedding's PCA loadings or the model's gene
+   decoder; without either, metrics.json's "genes" says why and nothing is guessed (eval/gene_lfc.csv per gene).
+5. The run's training-stability figures (``stability_summary`` of metrics.jsonl) are added, and
+   eval/metrics.json, per_cell_type.csv, gene_lfc.csv and predictions.h5ad are written atomically.
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from core.data.designs import describe_design
 from core.errors import DataError
 from core.evaluation import metrics
-from core.evaluation.heldout import DataKeys, evaluate_predictions
+from core.evaluation.gene_decoders import gene_decoder
+from core.evaluation.genes import DEFAULT_GENE_TOP_K, gene_evaluation, no_decoder_summary
+from core.evaluation.heldout import DataKeys, PredictionKeys, evaluate_predictions
 from core.evaluation.report import write_evaluation
 from core.evaluation.stability import stability_summary
 
@@ -101,7 +108,7 @@ class _Request:
 
 def _evaluate(request: _Request, bar) -> dict:
     from core.config import load_config
-    from core.infer import predict, resolve_checkpoint, run_mapping
+    from core.infer import load_model, predict, resolve_checkpoint, run_mapping
     from core.runs import read_metrics
 
     run_dir, split, checkpoint, adata, data_path = (request.run_dir, request.split, request.checkpoint,
@@ -128,7 +135,8 @@ def _evaluate(request: _Request, bar) -> dict:
         raise DataError(f"the {split} split has no control ('{mapping.control_pert}') cells to predict from")
     log.info("predicting %d held-out control cells with %s", len(controls), ckpt)
     bar.update(1, stage="predicting")
-    predictions = predict(ckpt, adata, control_cells=controls.to_numpy(), seed=seed, device=device)
+    loaded = load_model(ckpt, device)  # once: the model predicts, and its gene decoder (if any) decodes
+    predictions = predict(ckpt, adata, control_cells=controls.to_numpy(), seed=seed, device=device, loaded=loaded)
 
     keys = DataKeys(
         embed_key=mapping.embed_key,
@@ -144,6 +152,7 @@ def _evaluate(request: _Request, bar) -> dict:
                     top_k=request.top_k, max_cells=request.max_cells, seed=seed)
     bar.update(2, stage="scoring the model and the baselines")
     evaluation = evaluate_predictions(predictions, adata, split_of, keys, **settings)
+    genes, gene_table = gene_space(loaded[0], adata, predictions, keys, split_of, split)
     bar.update(3, stage="the final checkpoint")
     final = _final_checkpoint(run_dir, ckpt) if checkpoint is None else None
     best_step = _checkpoint_step(ckpt)
@@ -168,15 +177,51 @@ def _evaluate(request: _Request, bar) -> dict:
         "data": str(data_path or cfg.data.kwargs.path or f"demo:{cfg.data.kwargs.dataset}"),
         "design": design,
         **evaluation.summary,
+        "genes": genes,
         "final": final_summary,
         "stability": stability_summary(read_metrics(run_dir)),
         "evaluated_at": time.time(),
         "seconds": round(time.time() - started, 2),
     }
     out_dir = Path(request.output) if request.output is not None else run_dir / "eval"
-    write_evaluation(out_dir, summary, evaluation.per_group, predictions if request.save_predictions else None)
+    write_evaluation(out_dir, summary, evaluation.per_group, predictions if request.save_predictions else None,
+                     gene_table)
     bar.update(4, stage="written")
     return summary
+
+
+def gene_space(model, adata, predictions, keys: DataKeys, split_of, split: str, top_k: int = DEFAULT_GENE_TOP_K):
+    """(metrics.json's "genes" entry, the per-gene table or None): predicted against observed log fold changes
+    per cell type through the run's gene decoder (core.evaluation.genes), or the reason there is none."""
+    import pandas as pd
+
+    decoder, why = gene_decoder(adata, keys.embed_key, model)
+    if decoder is None:
+        log.info(why)
+        return no_decoder_summary(why), None
+    obs = adata.obs
+    pert = obs[keys.pert_col].astype(str).to_numpy()
+    cell_type = obs[keys.cell_type_key].astype(str).to_numpy()
+    cell_split = pd.Series(split_of).astype(str).reindex(adata.obs_names).fillna("").to_numpy()
+    is_control = pert == keys.control_pert
+    matched = adata.obs_names.get_indexer(predictions.obs[PredictionKeys.matched_control].astype(str))
+    pred_pert = predictions.obs[keys.pert_col].astype(str).to_numpy()
+    z_pred = np.asarray(predictions.obsm[PredictionKeys.z_pred], dtype=np.float64)
+    labels = sorted(set(pred_pert))
+    groups = []
+    for perturbation, kind in sorted(set(zip(pred_pert, cell_type[matched]))):
+        rows = (pred_pert == perturbation) & (cell_type[matched] == kind)
+        of_type = cell_type == kind
+        groups.append({
+            "label": kind if len(labels) == 1 else f"{perturbation} / {kind}",
+            "perturbation": perturbation, "cell_type": kind, "z_pred": z_pred[rows],
+            "control_rows": np.unique(matched[rows]),
+            "real_rows": np.flatnonzero((pert == perturbation) & of_type & (cell_split == split)),
+            "train_rows": np.flatnonzero((pert == perturbation) & of_type & (cell_split == "train")),
+            "train_control_rows": np.flatnonzero(is_control & of_type & (cell_split == "train")),
+        })
+    embedding = np.asarray(adata.obsm[keys.embed_key], dtype=np.float64)
+    return gene_evaluation(decoder, adata, embedding, groups, top_k)
 
 
 def _final_checkpoint(run_dir: Path, best: Path) -> Path | None:

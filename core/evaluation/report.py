@@ -1,4 +1,4 @@
-"""Writing an evaluation into a run folder: eval/metrics.json, eval/per_cell_type.csv, predictions.h5ad.
+"""Writing an evaluation into a run folder: eval/metrics.json, per_cell_type.csv, gene_lfc.csv, predictions.h5ad.
 
 Every file is written atomically (``core.runs``), so the app never reads half an evaluation. In
 metrics.json an undefined value (NaN, e.g. the Pearson delta of the no-change baseline) is ``null``.
@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 from core.io.atomic import atomic_write_json, atomic_write_text, atomic_write_with, ensure_dir
+
+GENE_TABLE = "gene_lfc.csv"
 
 
 def json_ready(value):
@@ -33,13 +35,21 @@ def write_h5ad_atomic(adata, path: Path) -> None:
     atomic_write_with(path, adata.write_h5ad)
 
 
-def write_evaluation(out_dir, summary: dict, per_group, predictions=None) -> dict[str, Path]:
-    """Write metrics.json (``summary``), per_cell_type.csv (``per_group``) and, when given, the
-    predictions AnnData into ``out_dir``; returns the paths written."""
+def write_evaluation(out_dir, summary: dict, per_group, predictions=None, gene_table=None) -> dict[str, Path]:
+    """Write metrics.json (``summary``), per_cell_type.csv (``per_group``), gene_lfc.csv (``gene_table``, the
+    per-gene log2 fold changes of core.evaluation.genes) and, when given, the predictions AnnData into
+    ``out_dir``; returns the paths written. A gene_lfc.csv of an earlier evaluation is removed when this one has
+    none (no decoder), so the files never disagree."""
     out_dir = Path(out_dir)
     ensure_dir(out_dir)
     paths = {"metrics": out_dir / "metrics.json", "per_cell_type": out_dir / "per_cell_type.csv"}
     atomic_write_text(paths["per_cell_type"], per_group.to_csv(index=False))
+    genes_file = out_dir / GENE_TABLE
+    if gene_table is not None:
+        paths["gene_lfc"] = genes_file
+        atomic_write_text(genes_file, gene_table.to_csv(index=False))
+    elif genes_file.exists():
+        genes_file.unlink()
     if predictions is not None:
         paths["predictions"] = out_dir / "predictions.h5ad"
         write_h5ad_atomic(predictions, paths["predictions"])

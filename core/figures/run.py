@@ -156,7 +156,8 @@ def per_cell_type_table(run_dir: Path) -> pd.DataFrame | None:
 
 def run_figures(run_dir: Path, adata=None, basis_key: str = "X_umap", log_y: bool = False,
                 smoothing: float = 0.9, snapshot_index: int = -1) -> dict:
-    """Training curves, mHC mappings and (with ``adata`` and an evaluation) Δz-vs-velocity figures."""
+    """Training curves, mHC mappings, the gene-space figures of an evaluation and (with ``adata`` and the
+    evaluation's predictions) Δz-vs-velocity figures."""
     from core.figures.mhc import mhc_figures
     from core.figures.training import training_figures
     from core.runs import list_mhc_snapshots, load_mhc_snapshot, read_config, read_metrics
@@ -167,6 +168,11 @@ def run_figures(run_dir: Path, adata=None, basis_key: str = "X_umap", log_y: boo
     snapshots = [load_mhc_snapshot(p) for _, p in list_mhc_snapshots(run_dir)]
     if snapshots:
         figures.update(mhc_figures(snapshots, snapshot_index))
+    evaluation = read_evaluation(run_dir)
+    if evaluation and "genes" in evaluation:
+        from core.figures.genes import gene_figures, read_gene_table
+
+        figures.update(gene_figures(evaluation, read_gene_table(run_dir)))
     predictions_path = run_dir / "eval" / "predictions.h5ad"
     if adata is not None and predictions_path.is_file():
         import anndata

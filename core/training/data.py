@@ -207,6 +207,7 @@ class SetSampler(torch.utils.data.Dataset):
                  n_sets: int | None = None, match_by: str = "cell_type", fixed: bool = False,
                  batch_map: dict[str, int] | None = None):
         self.table, self.set_len, self.seed, self.fixed, self.epoch = table, set_len, seed, fixed, 0
+        self.genes = None  # [N, G] (array-like, rows read per set) once SetDataModule.use_genes is called
         self.pert_map, self.batch_map = pert_map, batch_map or {}
         self.groups = set_groups(table, split, match_by)
         if not self.groups:
@@ -236,6 +237,10 @@ class SetSampler(torch.utils.data.Dataset):
         pert = rng.choice(group.perturbed, s, replace=len(group.perturbed) < s)
         item = {"z_control": torch.from_numpy(t.z[ctrl]), "z_perturbed": torch.from_numpy(t.z[pert]),
                 "pert": torch.tensor(self.pert_map[group.label])}
+        if self.genes is not None:  # the perturbed cells' HVG expression, target of a gene decoder
+            rows = self.genes[pert]
+            rows = rows.toarray() if hasattr(rows, "toarray") else rows
+            item["genes_perturbed"] = torch.from_numpy(np.asarray(rows, dtype=np.float32))
         if self.batch_idx is not None:
             item["batch_idx"] = torch.from_numpy(self.batch_idx[ctrl])
         if t.velocity is not None:
@@ -273,6 +278,7 @@ class SetDataModule(L.LightningDataModule):
         labelled = (adata.obs[mapping.pert_col].notna() & adata.obs[mapping.cell_type_key].notna()).to_numpy()
         split = np.where(labelled, split, "unused")
         self.table = CellTable.from_adata(adata, loss_mapping(cfg, mapping), split)
+        self.obsm, self.gene_dim = adata.obsm, None  # obsm for use_genes; a reference, not a copy
         self.pert_map = pert_map_for(self.table, labelled)
         if m.use_batch and not mapping.batch_col:
             raise ConfigError("model.kwargs.use_batch=true needs a batch column (data.kwargs.batch_col)")
@@ -283,6 +289,17 @@ class SetDataModule(L.LightningDataModule):
         self.val_sets = SetSampler(self.table, "val", self.set_len, self.pert_map, self.seed + 1,
                                    n_sets=max(16, int(np.ceil(n_val / self.set_len))), match_by=self.match_by,
                                    fixed=True, batch_map=self.batch_map)
+
+    def use_genes(self, key: str = "X_hvg") -> None:
+        """Give every set the perturbed cells' ``obsm[key]`` too (a gene decoder's targets, Arc's key)."""
+        if key not in self.obsm:
+            raise DataError(f"the model decodes to genes and is trained against obsm['{key}'], which this data set "
+                            f"lacks (it has {list(self.obsm)}); add the HVG matrix the model was trained on, or "
+                            "set model.kwargs.decoder_weight=0 to keep the decoder frozen")
+        genes = self.obsm[key]
+        for sampler in (self.train_sets, self.val_sets):
+            sampler.genes = genes
+        self.gene_dim = int(genes.shape[1])
 
     def matching_notes(self) -> list[str]:
         notes = []

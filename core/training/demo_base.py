@@ -96,6 +96,15 @@ def base_embedding(init_from: str | None) -> dict | None:
     if not init_from:
         return None
     path = demo_base_path() if init_from == "demo" else Path(init_from).expanduser()
+    if init_from != "demo":
+        from core.arc.runtime import find_arc_folder
+
+        arc = find_arc_folder(path)
+        if arc is not None:  # an Arc State folder records its embedding's key and width, nothing more
+            from core.arc.folder import read_arc_folder
+
+            folder = read_arc_folder(*arc)
+            return {"key": folder.embed_key, "dim": int(folder.hparams["input_dim"])}
     if init_from == "demo" and not path.exists():
         from core.data.demo import load_demo
         from core.data.fingerprint import embedding_fingerprint

@@ -107,6 +107,13 @@ class STModule(L.LightningModule):
         z_pred = self(z_control, batch["pert"], batch.get("batch_idx"))
         dist = self.dist(z_pred.float(), batch["z_perturbed"].float()).mean()
         named, velocity_metrics, total = {"dist_loss": dist}, {}, dist
+        if "genes_perturbed" in batch and self.kw.get("decoder_weight", 0.0) > 0:
+            # Arc State's decoder loss: the decoded prediction against the same perturbed cells' HVG expression,
+            # with the same distributional loss, weighted by decoder_weight (state_transition.py, training_step)
+            counts = self.model.decode_genes(z_pred)
+            decoder = self.dist(counts.float(), batch["genes_perturbed"].float()).mean()
+            total = total + self.kw["decoder_weight"] * decoder
+            named["decoder_loss"] = decoder
         if self.velocity_loss is not None:
             d = z_control.shape[-1]
             delta_z = (z_pred.float() - z_control.float()).reshape(-1, d)

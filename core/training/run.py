@@ -242,6 +242,10 @@ def _build_module(cfg: Config, run_dir: Path, writer, data, mapping, data_notes:
     torch.manual_seed(cfg.training.seed)  # the model's initial weights do not depend on how much data prep drew
     model, load_report, notes = build_for_training(cfg, data.table.z.shape[1], data.pert_map, mapping.control_pert,
                                                    data.batch_map, base_path=base_path, embedding=data.embedding)
+    if getattr(model, "gene_decoder", None) is not None and cfg.model.kwargs.decoder_weight > 0:
+        data.use_genes()
+        notes.append(f"gene decoder trained with Arc's decoder loss (weight {cfg.model.kwargs.decoder_weight}) against "
+                     f"obsm['X_hvg'] ({data.gene_dim} genes)")
     for note in notes:
         log.info("model: %s", note)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)

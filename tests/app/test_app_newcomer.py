@@ -231,7 +231,7 @@ def test_switching_back_to_the_demo_drops_the_upload_from_the_url_and_keeps_othe
 
 def test_a_missing_base_checkpoint_disables_launch_with_its_one_line_reason(app, tmp_path):
     app.switch_page("views/train.py").run()
-    app.radio(key="tf_base").set_value("A checkpoint on the server").run()
+    app.radio(key="tf_base").set_value("A checkpoint or Arc State folder on the server").run()
     assert any("Launch is disabled: give the path of the base checkpoint" in unescaped(w.value) for w in app.warning)
     missing = tmp_path / "nope.ckpt"
     app.text_input(key="tf_ckpt").set_value(str(missing)).run()

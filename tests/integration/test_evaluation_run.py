@@ -170,3 +170,55 @@ def test_cos_with_the_demo_s_true_velocity_is_the_mean_over_predicted_cells(trai
     final = summary["final"]
     source = summary["overall"] if final["same_as_best"] else final["overall"]
     assert np.isfinite(source["model"]["cos_delta_true_v"])
+
+
+def test_gene_space_fold_changes_are_the_data_and_the_pca_decoded_predictions(trained_run, evaluated):
+    # observed: log2(expm1(mean X burn) / expm1(mean X control)) of the held-out cells; model: the same of the
+    # predictions and their controls decoded through varm['PCs'] and var['pca_mean'], computed here directly
+    run_dir, summary = evaluated
+    _, data_path = trained_run
+    data = ad.read_h5ad(data_path)
+    genes = summary["genes"]
+    assert genes["decoder"]["kind"] == "pca" and genes["decoder"]["n_genes"] == data.n_vars
+    assert "var['pca_mean']" in genes["decoder"]["description"]
+    table = pd.read_csv(run_dir / "eval" / "gene_lfc.csv")
+    predictions = ad.read_h5ad(run_dir / "eval" / "predictions.h5ad")
+    split = pd.read_csv(run_dir / "split.csv", dtype=str).set_index("obs_name")["split"].reindex(data.obs_names)
+    kind = "Fibroblast"
+    of_kind = predictions.obs["cell_types_simple_short"].astype(str).to_numpy() == kind
+    controls = data[sorted(set(predictions.obs["matched_control"][of_kind]))]
+    burn = data[((data.obs["condition"] == "burn") & (data.obs["cell_types_simple_short"] == kind)
+                 & (split == "test")).to_numpy()]
+    rows = table[table["cell_type"] == kind].set_index("gene").loc[data.var_names]
+
+    def lfc(a, b):
+        return np.log2(np.expm1(a.mean(0)) / np.expm1(b.mean(0)))
+
+    np.testing.assert_allclose(rows["observed_log2fc"], lfc(np.asarray(burn.X, float), np.asarray(controls.X, float)),
+                               atol=1e-6)
+    pcs, mean = data.varm["PCs"].astype(float), data.var["pca_mean"].to_numpy(float)
+    decoded_pred = mean + predictions.obsm["X_pred"][of_kind].astype(float) @ pcs.T
+    decoded_control = mean + controls.obsm["X_pca"].astype(float) @ pcs.T
+    np.testing.assert_allclose(rows["model_log2fc"], lfc(decoded_pred, decoded_control), atol=1e-6)
+    entry = genes["per_cell_type"][kind]
+    finite = np.isfinite(rows["model_log2fc"]) & np.isfinite(rows["observed_log2fc"])
+    assert entry["model"]["pearson_lfc"] == pytest.approx(
+        np.corrcoef(rows["model_log2fc"][finite], rows["observed_log2fc"][finite])[0, 1], abs=1e-9)
+    assert set(genes["per_cell_type"]) == set(data.obs["cell_types_simple_short"].astype(str))
+    # the demo's burn raises the wound-response genes: the observed top up genes are among them
+    wound = set(data.var_names[data.var["wound_response"].to_numpy()])
+    assert entry["observed"]["top_up"] and set(entry["observed"]["top_up"][:5]) <= wound
+
+
+def test_without_a_decoder_the_evaluation_says_so_and_writes_no_gene_table(trained_run, tmp_path):
+    run_dir, data_path = trained_run
+    data = ad.read_h5ad(data_path)
+    del data.varm["PCs"]
+    no_loadings = tmp_path / "no_loadings.h5ad"
+    data.write_h5ad(no_loadings)
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run_dir), "--adata", str(no_loadings), "--output", str(out),
+                 "--no-predictions"]) == 0
+    genes = json.loads((out / "metrics.json").read_text())["genes"]
+    assert genes["decoder"] is None and "varm['PCs'] is missing" in genes["reason"]
+    assert not (out / "gene_lfc.csv").exists()

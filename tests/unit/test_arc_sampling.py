@@ -104,3 +104,20 @@ def test_cli_our_sampling_on_an_arc_folder_predicts_from_control_cells(tmp_path,
     np.testing.assert_allclose(written.obsm["delta_z"] + 0, written.obsm["X_pred"] - ad.read_h5ad(
         FIXTURES / "infer_input.h5ad")[written.obs["matched_control"]].obsm["X_emb"], atol=1e-6)
     assert "batches ['b9'] were not seen in training" in capsys.readouterr().out
+
+
+def test_cli_our_sampling_imports_the_arc_checkpoint_once(tmp_path, monkeypatch):
+    # The load report is printed before predicting; the model it describes is the one that predicts.
+    import core.arc.runtime as runtime
+
+    reads = []
+    real = runtime.import_arc_model
+
+    def counting(folder):
+        reads.append(folder.checkpoint)
+        return real(folder)
+
+    monkeypatch.setattr(runtime, "import_arc_model", counting)
+    rc = main(["infer", "--model-dir", str(FIXTURES / "emb_llama"), "--adata", str(FIXTURES / "infer_input.h5ad"),
+               "--output", str(tmp_path / "ours.h5ad"), "--quiet"])
+    assert rc == 0 and len(reads) == 1
