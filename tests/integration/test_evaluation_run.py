@@ -205,9 +205,11 @@ def test_gene_space_fold_changes_are_the_data_and_the_pca_decoded_predictions(tr
     assert entry["model"]["pearson_lfc"] == pytest.approx(
         np.corrcoef(rows["model_log2fc"][finite], rows["observed_log2fc"][finite])[0, 1], abs=1e-9)
     assert set(genes["per_cell_type"]) == set(data.obs["cell_types_simple_short"].astype(str))
-    # the demo's burn raises the wound-response genes: the observed top up genes are among them
+    # the demo's burn raises the wound-response genes (and moves cells along their trajectory, demo v4): the
+    # observed top up genes are mostly wound genes, far above their share of all genes
     wound = set(data.var_names[data.var["wound_response"].to_numpy()])
-    assert entry["observed"]["top_up"] and set(entry["observed"]["top_up"][:5]) <= wound
+    top = entry["observed"]["top_up"][:10]
+    assert len(top) == 10 and len(set(top) & wound) / 10 > 5 * len(wound) / data.n_vars
 
 
 def test_without_a_decoder_the_evaluation_says_so_and_writes_no_gene_table(trained_run, tmp_path):
