@@ -21,7 +21,7 @@ from pathlib import Path
 
 import bench
 
-DEFAULT_PEERS_PYTHON = "/work/venv_arc/bin/python"
+DEFAULT_PEERS_PYTHON = os.environ.get("ARC_STATE_PYTHON", ".venv-peers/bin/python")
 
 
 def machine() -> dict:
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
                         help="print an earlier run's results as the README's Markdown table, run nothing")
     parser.add_argument("--peers", nargs="?", const=DEFAULT_PEERS_PYTHON, default=None, metavar="PYTHON",
                         help="also time arc-state's own step, in a Python that has arc-state 0.11.1 "
-                             f"(default {DEFAULT_PEERS_PYTHON})")
+                             f"(default $ARC_STATE_PYTHON or {DEFAULT_PEERS_PYTHON}; ./dev bench --peers builds it)")
     parser.add_argument("--gpu", action="store_true",
                         help="the GPU rows (bf16 autocast on one CUDA device) instead of the CPU suite")
     args = parser.parse_args(argv)

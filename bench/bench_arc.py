@@ -1,7 +1,8 @@
 """Our ST training step against arc-state 0.11.1's own (issue 15, target 1: <= 0.8x at hidden 128 and 512).
 
 Both run in one process of a Python with arc-state installed, on the same weights and batch: see
-bench/arc_step_worker.py. ``python -m bench --peers`` points ``ARC_STATE_PYTHON`` at /work/venv_arc/bin/python
+bench/arc_step_worker.py. ``./dev bench --peers`` builds a venv with arc-state (.venv-peers) and points
+``ARC_STATE_PYTHON`` at its Python
 (or give ``--peers PYTHON``); without it the row is reported as skipped, so the default bench needs no arc-state.
 """
 
