@@ -155,7 +155,7 @@ def composite_gain_figure(snapshot: dict) -> go.Figure:
                                 "projection failed;<br>see the sum error for how closely it holds.",
                            x=0.5, y=0.35, xref="paper", yref="paper", showarrow=False, align="center",
                            font=dict(size=12, color="#444444"), bgcolor="rgba(255,255,255,0.85)")
-        return apply_style(fig, title=f"Composite gain over depth at step {step}: 1 by construction")
+        return apply_style(fig, title=f"Composite gain at step {step}: 1 by construction")
     return apply_style(fig, title=f"Composite gain over depth at step {step}")
 
 

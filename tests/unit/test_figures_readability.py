@@ -65,7 +65,7 @@ def test_composite_gain_is_explained_only_when_it_is_one_by_construction():
 
     doubly = np.stack([np.eye(4)[[1, 0, 3, 2]] * 0.6 + 0.1] * 3)
     fig = composite_gain_figure({"h_res": doubly, "step": 5})
-    assert fig.layout.title.text == "Composite gain over depth at step 5: 1 by construction"
+    assert fig.layout.title.text == "Composite gain at step 5: 1 by construction"
     unbalanced = doubly * np.array([1.5, 0.5, 1.0, 1.0])[None, None, :]  # column sums no longer 1
     fig = composite_gain_figure({"h_res": unbalanced, "step": 5})
     assert fig.layout.title.text == "Composite gain over depth at step 5" and not fig.layout.annotations
