@@ -2,12 +2,10 @@
 report, and the Data page checks the data against the folder (core/arc/check.py) before anything launches.
 The folder is the committed one that arc-state 0.11.1 trained (tests/fixtures/arc/make_fixtures.py)."""
 
-import logging
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
-from support import unescaped
+from support import started_app, unescaped
 
 from app.readiness import BASES
 
@@ -17,10 +15,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "arc"
 
 @pytest.fixture
 def app(tmp_path, monkeypatch):
-    monkeypatch.setenv("ST_RUNS_DIR", str(tmp_path / "runs"))
-    logging.getLogger("app").disabled = True
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
+    at = started_app(monkeypatch, tmp_path / "runs")
     at.sidebar.radio(key="data_source").set_value("Upload a .h5ad file").run()
     path = FIXTURES / "burn_sham_small.h5ad"  # 144 burn/sham cells, obsm X_state_baseline (16-d) and X_hvg (24-d)
     at.sidebar.file_uploader[0].upload(path.name, path.read_bytes()).run()

@@ -2,15 +2,14 @@
 timer) while the run is queued or running, draws the snapshots that arrived since, and sends no timer once
 the run has ended. The browser half (the page really redraws, then stops) is in ``test_browser_live.py``."""
 
-import logging
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import local_script_runner as runner
+from support import started_app
 
 from core.runs import RunWriter
-from tests.app.test_app_views import APP, by_title
+from tests.app.test_app_views import by_title
 
 H_RES = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1], [0.1, 0.1, 0.7, 0.1], [0.1, 0.1, 0.1, 0.7]])
 
@@ -39,10 +38,7 @@ def test_inspect_polls_while_the_run_trains_draws_new_snapshots_and_stops_when_i
     writer = RunWriter(tmp_path / "live")  # this test's process is the run's live "trainer"
     writer.write_status("running", step=0, total_steps=40)
     snapshot(writer, 0, H_RES)
-    monkeypatch.setenv("ST_RUNS_DIR", str(tmp_path))
-    logging.getLogger("app").disabled = True
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
+    at = started_app(monkeypatch, tmp_path, timeout=60)
     at.session_state["selected_run"] = "live"
     at.switch_page("views/inspect.py").run()
     assert not at.exception

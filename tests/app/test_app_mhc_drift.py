@@ -1,23 +1,18 @@
 """The Inspect page's mHC tab shows how far H_res, H_pre and H_post moved from their init, each Δ on its own
 symmetric colour scale, and says in one line why the streams' divergence cannot be measured without a checkpoint."""
 
-import logging
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
-from support import unescaped
+from support import started_app, unescaped
 
-from tests.app.test_app_views import APP, H_RES_STEP_0, H_RES_STEP_20, by_title, write_run
+from tests.app.test_app_views import H_RES_STEP_0, H_RES_STEP_20, by_title, write_run
 
 
 @pytest.fixture
 def app(tmp_path, monkeypatch):
     write_run(tmp_path, "mhc-s0", mhc=True, seed=0)
-    monkeypatch.setenv("ST_RUNS_DIR", str(tmp_path))
-    logging.getLogger("app").disabled = True
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
+    at = started_app(monkeypatch, tmp_path, timeout=60)
     at.session_state["selected_run"] = "mhc-s0"
     at.switch_page("views/inspect.py").run()
     return at

@@ -2,13 +2,12 @@
 marked until confirmed, and the Data page's "Ready" means that Launch works with the Train page's settings
 (set size, base model) rather than failing seconds after the launch."""
 
-import logging
 
 import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
-from support import unescaped
+from support import started_app, unescaped
 
 APP = "../../app/main.py"
 
@@ -39,10 +38,7 @@ def pbmc_with_treatment(tmp_path_factory):
 
 @pytest.fixture
 def app(tmp_path, monkeypatch):
-    monkeypatch.setenv("ST_RUNS_DIR", str(tmp_path / "runs"))
-    logging.getLogger("app").disabled = True
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
+    at = started_app(monkeypatch, tmp_path / "runs")
     assert not at.exception
     return at
 

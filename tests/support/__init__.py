@@ -80,3 +80,17 @@ def pancreas_with_pca(n_comps: int):
     sc.pp.pca(norm, n_comps=n_comps)
     adata.obsm["X_pca"] = norm.obsm["X_pca"]
     return adata
+
+
+def started_app(monkeypatch, runs_dir, timeout: int = 180):
+    """The app run once in AppTest with its runs folder at ``runs_dir`` and its log quiet (tests read the page,
+    not the log)."""
+    import logging
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("ST_RUNS_DIR", str(runs_dir))
+    logging.getLogger("app").disabled = True
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    at.run()
+    return at
