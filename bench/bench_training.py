@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import Row, Timing
+from bench.harness import Row, Timing, interleaved
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -65,20 +65,6 @@ def _step_fn(extra: list[str]):
     return step, int(batch["z_control"].shape[0] * batch["z_control"].shape[1])
 
 
-def _alternating(fns: dict, repeats: int, steps_per_sample: int, warmup: int = 3) -> dict[str, Timing]:
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(steps_per_sample):
-                fn()
-            samples[name].append((time.perf_counter() - start) / steps_per_sample)
-    return {name: Timing.of(values) for name, values in samples.items()}
-
-
 def _step_rows(quick: bool) -> list[Row]:
     from core.training.demo_base import demo_base_checkpoint
     from core.training.run import train
@@ -87,7 +73,7 @@ def _step_rows(quick: bool) -> list[Row]:
     plain, cells = _step_fn([])
     fns = {"plain": plain, "mhc": _step_fn(["model.kwargs.use_mhc=true"])[0],
            "mhc_static": _step_fn(["model.kwargs.use_mhc=true", "model.kwargs.mhc.dynamic=false"])[0]}
-    timings = _alternating(fns, repeats=5 if quick else 9, steps_per_sample=3 if quick else 10)
+    timings = interleaved(fns, repeats=5 if quick else 9, steps_per_sample=3 if quick else 10)
     base = timings["plain"]
     rows = []
     for name, label in (("mhc", "dynamic mHC (default)"), ("mhc_static", "static mHC (mhc.dynamic=false)")):

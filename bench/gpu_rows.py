@@ -13,25 +13,10 @@ from __future__ import annotations
 import sys
 import time
 
-from bench.harness import Row, Timing
+from bench.harness import Row, interleaved
 
 DEMO = dict(hidden=128, layers=4, heads=4, dim=50, set_len=32, sets=8)
 TAHOE = dict(hidden=1488, layers=6, heads=12, dim=2000, set_len=256, sets=8)
-
-
-def _alternating(fns: dict, repeats: int, sync) -> dict[str, Timing]:
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            samples[name].append(time.perf_counter() - start)
-    return {name: Timing.of(v) for name, v in samples.items()}
 
 
 def gpu_rows(quick: bool, device: str = "cuda") -> list[Row]:
@@ -45,14 +30,14 @@ def gpu_rows(quick: bool, device: str = "cuda") -> list[Row]:
     demo = dict(DEMO, sets=2) if quick else DEMO
     plain, cells, _ = make_step(**demo, mhc=False, device=device, autocast=True)
     mhc, _, _ = make_step(**demo, mhc=True, device=device, autocast=True)
-    t = _alternating({"plain": plain, "mhc": mhc}, repeats, sync)
+    t = interleaved({"plain": plain, "mhc": mhc}, repeats, sync=sync)
     ratio = t["mhc"].median_s / t["plain"].median_s
     rows.append(Row("gpu", f"demo LoRA step with dynamic mHC, {demo['sets']}x{demo['set_len']} cells, bf16 autocast",
                     t["mhc"], "same step without mHC", t["plain"], target="<= 1.10x", met=ratio <= 1.10,
                     extra={"cells_per_s": round(cells / t["mhc"].median_s)}))
     for hidden in (128,) if quick else (128, 512):
         step, cells, _ = make_step(**dict(demo, hidden=hidden), mhc=False, device=device, autocast=True)
-        timing = _alternating({"step": step}, repeats, sync)["step"]
+        timing = interleaved({"step": step}, repeats, sync=sync)["step"]
         rows.append(Row("gpu", f"ST LoRA step, hidden {hidden}, bf16 autocast", timing,
                         extra={"cells_per_s": round(cells / timing.median_s)}))
     size = dict(TAHOE, hidden=96, layers=2, heads=4, dim=200, set_len=32, sets=2) if quick else TAHOE
@@ -60,7 +45,7 @@ def gpu_rows(quick: bool, device: str = "cuda") -> list[Row]:
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         step, cells, _ = make_step(**size, mhc=with_mhc, device=device, autocast=True)
-        timing = _alternating({"step": step}, repeats, sync)["step"]
+        timing = interleaved({"step": step}, repeats, sync=sync)["step"]
         peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
         rows.append(Row("gpu", f"ST-Tahoe-sized step, LoRA{' + mHC' if with_mhc else ''}, hidden {size['hidden']}, "
                                f"{size['sets']}x{size['set_len']} cells, bf16 autocast", timing,

@@ -42,6 +42,28 @@ def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, sync: C
     return Timing.of(samples)
 
 
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, steps_per_sample: int = 1, warmup: int = 3,
+                sync: Callable | None = None) -> dict[str, Timing]:
+    """Time several functions in turn within each repeat, so that load from elsewhere falls on all alike: each
+    sample is the mean of ``steps_per_sample`` calls; ``sync`` (e.g. ``torch.cuda.synchronize``) is called around
+    each timed stretch so GPU work is counted."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if sync:
+                sync()
+            start = time.perf_counter()
+            for _ in range(steps_per_sample):
+                fn()
+            if sync:
+                sync()
+            samples[name].append((time.perf_counter() - start) / steps_per_sample)
+    return {name: Timing.of(values) for name, values in samples.items()}
+
+
 @dataclass
 class Row:
     group: str
