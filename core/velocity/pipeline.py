@@ -62,7 +62,7 @@ Progress = Callable[[str, float], None] | None
 ENGINES = ("fast", "scvelo")
 MODES = ("stochastic", "dynamical")
 DYNAMICAL_GENES = 100
-_VERSION = 3  # bump when the computation changes, so old cache entries are not reused
+_VERSION = 4  # bump when the computation changes, so old cache entries are not reused
 
 
 def _cache_root() -> Path:
@@ -206,8 +206,9 @@ def _write_keys(adata, result: dict, params: dict, basis: str, embed_key: str) -
 
 
 def _preprocess(adata, params: dict, step=lambda name: None):
-    """The counts as scvelo wants them, in a fresh AnnData: filtered and normalised if raw, log1p, HVG,
-    PCA, exact kNN graph, first-order moments (Ms, Mu)."""
+    """The scvelo engine's preprocessing, by scvelo's and scanpy's own functions, in a fresh AnnData: filtered
+    and normalised if raw, log1p, HVG, PCA, exact kNN graph, first-order moments (Ms, Mu). The fast engine does
+    the same on plain arrays (core/velocity/preprocess.py)."""
     import anndata as ad
     import scanpy as sc
     import scvelo as scv
@@ -233,15 +234,7 @@ def _preprocess(adata, params: dict, step=lambda name: None):
     n_pcs = min(30, work.n_vars - 1, work.n_obs - 1)
     sc.pp.pca(work, n_comps=n_pcs)
     n_neighbors = min(params["n_neighbors"], work.n_obs - 1)
-    if params["engine"] == "fast":
-        from core.velocity.fast import knn_graph
-
-        work.obsp["distances"], work.obsp["connectivities"] = knn_graph(work.obsm["X_pca"][:, :n_pcs], n_neighbors)
-        work.uns["neighbors"] = {"connectivities_key": "connectivities", "distances_key": "distances",
-                                 "params": {"n_neighbors": n_neighbors, "method": "umap", "metric": "euclidean",
-                                            "n_pcs": n_pcs}}
-    else:
-        sc.pp.neighbors(work, n_neighbors=n_neighbors, n_pcs=n_pcs, transformer="sklearn")
+    sc.pp.neighbors(work, n_neighbors=n_neighbors, n_pcs=n_pcs, transformer="sklearn")
     step("neighbours")
     scv.pp.moments(work, n_pcs=None, n_neighbors=None)
     step("moments")
@@ -305,23 +298,27 @@ def velocity_graph(adata, params: dict, step=lambda name: None):
     ``transition_matrix`` and ``velocity_embedding`` accept. Returns (work, gene velocity [n, g] float32,
     mask of the genes the graph used, kNN indices [n, k]); the last three are None for the scvelo engine."""
     import scvelo as scv
-    from scvelo.tools.utils import get_indices
 
     from core.velocity import fast
 
-    work = _preprocess(adata, params, step)
     use_fast = params["engine"] == "fast"
     mode = params["mode"]
+    if use_fast:
+        from core.velocity.preprocess import prepare
+
+        prepared = prepare(adata.layers["spliced"], adata.layers["unspliced"], _is_raw_counts(adata.layers["spliced"]),
+                           params["n_top_genes"], params["n_neighbors"], step)
+        work = prepared.as_anndata()
+    else:
+        work = _preprocess(adata, params, step)
 
     if mode == "dynamical":
         scv.tl.recover_dynamics(work, n_top_genes=params["dynamical_genes"], n_jobs=1, show_progress_bar=False)
         scv.tl.velocity(work, mode="dynamical")
     elif use_fast:
-        from scvelo.preprocessing.neighbors import get_connectivities
-
-        hv = work.var["highly_variable"].to_numpy() if "highly_variable" in work.var else None
-        velocity, genes, gamma = fast.stochastic_velocity(work.layers["Ms"], work.layers["Mu"], work.layers["spliced"],
-                                                          work.layers["unspliced"], get_connectivities(work), hv)
+        velocity, genes, gamma = fast.stochastic_velocity(prepared.Ms, prepared.Mu, prepared.spliced,
+                                                          prepared.unspliced, prepared.moments_graph,
+                                                          prepared.highly_variable)
         work.layers["velocity"] = velocity
         work.var["velocity_genes"] = genes
         work.var["velocity_gamma"] = gamma
@@ -333,7 +330,7 @@ def velocity_graph(adata, params: dict, step=lambda name: None):
     if use_fast:
         vel = np.asarray(work.layers["velocity"], dtype=np.float32)
         keep = work.var["velocity_genes"].to_numpy(dtype=bool) & ~np.isnan(vel.sum(0))
-        knn = get_indices(dist=work.obsp["distances"])[0]
+        knn = np.sort(prepared.knn, axis=1)  # column order, as scvelo's get_indices gives them
         x, v = fast.graph_inputs(work.layers["Ms"][:, keep], vel[:, keep], approx=True,
                                  sqrt_transform=mode == "stochastic")
         work.uns["velocity_graph"], work.uns["velocity_graph_neg"] = fast.velocity_graph(

@@ -37,13 +37,14 @@ def test_fast_engine_reproduces_scvelos_latent_velocity_per_cell(both_engines):
     assert np.allclose(fast.obs["velocity_confidence"], ref.obs["velocity_confidence"], atol=1e-5)
 
 
-def test_fast_engine_is_faster_in_the_steps_it_replaces(both_engines):
+def test_both_engines_report_every_step_and_the_same_velocity_genes(both_engines):
     (_, fast), (_, ref) = both_engines["fast"], both_engines["scvelo"]
-    replaced = ("velocity", "velocity graph", "projection", "confidence")
-    # measured at 2,400 cells: about 3x less time over these steps (bench/bench_velocity.py has 5k and 20k)
-    assert sum(fast["timings_s"][s] for s in replaced) < sum(ref["timings_s"][s] for s in replaced)
+    # how much faster the fast engine is belongs to bench/bench_velocity.py: a time comparison here would fail
+    # under load
+    steps = ["normalise", "neighbours", "moments", "velocity", "velocity graph", "projection", "confidence"]
+    assert list(fast["timings_s"]) == steps and list(ref["timings_s"]) == steps
     assert fast["engine"] == "fast" and ref["engine"] == "scvelo"
-    assert fast["n_velocity_genes"] == ref["n_velocity_genes"]
+    assert fast["n_velocity_genes"] == ref["n_velocity_genes"] > 0
 
 
 def test_dynamical_mode_runs_on_real_counts_with_both_engines(tmp_path, monkeypatch):

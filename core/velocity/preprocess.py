@@ -1,0 +1,229 @@
+"""The fast engine's preprocessing: scvelo's and scanpy's steps up to the first-order moments, on plain arrays.
+
+The scvelo engine (``pipeline._preprocess``) builds an AnnData and lets ``scv.pp.filter_and_normalize``,
+``sc.pp.log1p``, ``sc.pp.highly_variable_genes``, ``sc.pp.pca``, ``sc.pp.neighbors`` and ``scv.pp.moments`` work
+on it; at 100,000 cells that costs about two minutes, most of it in copies of the AnnData made at each gene
+subset, an iterative sparse PCA, brute-force neighbours and sparse-by-sparse products. Here the same arithmetic
+runs on the CSR matrices directly:
+
+- filter and normalise (scvelo ``filter_genes(min_shared_counts=20)`` and ``normalize_per_cell``): genes with
+  >= 20 counts summed over the cells where both their spliced and unspliced counts are > 0; each layer divided
+  by its cell's initial (unfiltered) size over the median size, in float32 as scvelo does;
+- log1p of X (the normalised spliced counts) and scanpy's highly variable genes on it, when there are more genes
+  than ``n_top_genes``;
+- 30 principal components of X from the gene-by-gene covariance (accumulated over chunks of centred cells,
+  then an eigendecomposition): the subspace scanpy's ARPACK solver converges to, directly;
+- exact neighbours (``core/velocity/neighbours.py``) and the moments as one CSR-by-CSR product per layer
+  (``_neighbour_mean``, row-parallel, summing in the same order as scipy's product, so Ms and Mu are scvelo's to
+  the last bit).
+
+``tests/integration/test_velocity_engines.py`` holds the two engines to the same per-gene velocities, latent
+velocity and confidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+
+from core.errors import DataError
+from core.velocity.neighbours import knn_graph
+
+_CHUNK_ELEMENTS = 20_000_000  # dense rows per covariance chunk: ~80 MB of float32
+
+
+@dataclass
+class Prepared:
+    """What the fast engine's velocity steps need, all rows in the input's order."""
+
+    spliced: sp.csr_matrix  # [n, g] normalised (float32), genes after filtering
+    unspliced: sp.csr_matrix
+    gene_index: np.ndarray  # [g] column of each kept gene in the input
+    highly_variable: np.ndarray | None  # [g] when highly variable genes were chosen (all True after the subset)
+    distances: sp.csr_matrix  # [n, n] the k - 1 nearest other cells per row
+    connectivities: sp.csr_matrix  # [n, n] 1 on the symmetrised kNN graph
+    moments_graph: sp.csr_matrix  # [n, n] scvelo's get_connectivities: row-normalised, with self
+    knn: np.ndarray  # [n, k - 1]
+    Ms: np.ndarray  # [n, g] float32
+    Mu: np.ndarray
+    n_pcs: int
+    n_neighbors: int
+
+    def as_anndata(self):
+        """An AnnData that scvelo's own functions (``recover_dynamics``, ``velocity``, ``transition_matrix``)
+        accept; it shares the arrays, nothing is copied."""
+        import anndata as ad
+        import pandas as pd
+
+        var = pd.DataFrame({"gene_index": self.gene_index}, index=[str(i) for i in self.gene_index])
+        if self.highly_variable is not None:
+            var["highly_variable"] = self.highly_variable
+        work = ad.AnnData(X=self.spliced, var=var,
+                          obs=pd.DataFrame(index=[str(i) for i in range(self.spliced.shape[0])]))
+        work.layers.update(spliced=self.spliced, unspliced=self.unspliced, Ms=self.Ms, Mu=self.Mu)
+        work.obsp["distances"], work.obsp["connectivities"] = self.distances, self.connectivities
+        work.uns["neighbors"] = {"connectivities_key": "connectivities", "distances_key": "distances",
+                                 "params": {"n_neighbors": self.n_neighbors, "method": "umap",
+                                            "metric": "euclidean", "n_pcs": self.n_pcs}}
+        return work
+
+
+def prepare(spliced, unspliced, raw: bool, n_top_genes: int, n_neighbors: int,
+            step: Callable[[str], None] = lambda name: None) -> Prepared:
+    """Filter, normalise, choose genes, embed, find neighbours and take the moments (see the module docstring).
+    ``raw``: the layers hold counts (otherwise they are used as they are, as scvelo does with processed
+    layers). ``step(name)`` is called after 'normalise', 'neighbours' and 'moments'."""
+    s = sp.csr_matrix(spliced, dtype=np.float32, copy=True)
+    u = sp.csr_matrix(unspliced, dtype=np.float32, copy=True)
+    genes = np.arange(s.shape[1])
+    x = None
+    if raw:
+        s_size, u_size = _row_sums(s), _row_sums(u)
+        genes = np.flatnonzero(_shared_counts(s, u) >= 20)
+        if len(genes) < 10:
+            raise DataError(f"only {len(genes)} genes have >= 20 spliced+unspliced counts; velocity needs more "
+                            "cells or deeper counts")
+        if len(genes) < s.shape[1]:
+            s, u = s[:, genes], u[:, genes]
+        _normalise_rows(s, s_size)
+        _normalise_rows(u, u_size)
+        x = s.copy()
+        np.log1p(x.data, out=x.data)
+    else:
+        x = s.copy()
+    highly_variable = None
+    if n_top_genes < len(genes):
+        keep = _highly_variable(x, n_top_genes)
+        genes, s, u, x = genes[keep], s[:, keep], u[:, keep], x[:, keep]
+        highly_variable = np.ones(len(genes), dtype=bool)
+    step("normalise")
+    n_pcs = min(30, len(genes) - 1, s.shape[0] - 1)
+    n_neighbors = min(n_neighbors, s.shape[0] - 1)
+    distances, connectivities, knn = knn_graph(principal_components(x, n_pcs), n_neighbors)
+    step("neighbours")
+    graph = moments_graph(connectivities)
+    Ms, Mu = neighbour_mean(graph, s), neighbour_mean(graph, u)
+    step("moments")
+    return Prepared(spliced=s, unspliced=u, gene_index=genes, highly_variable=highly_variable, distances=distances,
+                    connectivities=connectivities, moments_graph=graph, knn=knn, Ms=Ms, Mu=Mu, n_pcs=n_pcs,
+                    n_neighbors=n_neighbors)
+
+
+def _row_sums(m: sp.csr_matrix) -> np.ndarray:
+    return np.asarray(m.sum(1)).ravel()  # scipy's own sum, as scvelo's initial sizes are
+
+
+def _shared_counts(s: sp.csr_matrix, u: sp.csr_matrix) -> np.ndarray:
+    """Per gene, spliced + unspliced counts summed over the cells where both are > 0 (scvelo's 'shared')."""
+    s, u = _sorted(s), _sorted(u)
+    out = np.zeros(s.shape[1], dtype=np.float64)
+    _shared_kernel(s.indptr, s.indices, s.data, u.indptr, u.indices, u.data, out)
+    return out
+
+
+def _sorted(m: sp.csr_matrix) -> sp.csr_matrix:
+    if not m.has_sorted_indices:
+        m = m.copy()
+        m.sort_indices()
+    return m
+
+
+@numba.njit(cache=True)
+def _shared_kernel(s_ptr, s_idx, s_val, u_ptr, u_idx, u_val, out):  # pragma: no cover (compiled)
+    for i in range(len(s_ptr) - 1):
+        a, b = s_ptr[i], u_ptr[i]
+        while a < s_ptr[i + 1] and b < u_ptr[i + 1]:
+            if s_idx[a] < u_idx[b]:
+                a += 1
+            elif s_idx[a] > u_idx[b]:
+                b += 1
+            else:
+                if s_val[a] > 0 and u_val[b] > 0:
+                    out[s_idx[a]] += s_val[a] + u_val[b]
+                a += 1
+                b += 1
+
+
+def _normalise_rows(m: sp.csr_matrix, initial_size: np.ndarray) -> None:
+    """scvelo ``normalize_per_cell`` with its defaults: divide by initial size / its median, in place."""
+    from sklearn.utils import sparsefuncs
+
+    counts_after = np.median(initial_size)
+    counts_after += counts_after == 0
+    counts = initial_size / counts_after
+    counts += counts == 0
+    sparsefuncs.inplace_row_scale(m, 1 / counts)
+
+
+def _highly_variable(x: sp.csr_matrix, n_top: int) -> np.ndarray:
+    """scanpy's ``highly_variable_genes(n_top_genes=n_top)`` (flavour 'seurat') on log data, as a mask."""
+    import anndata as ad
+    import scanpy as sc
+
+    table = sc.pp.highly_variable_genes(ad.AnnData(X=x), n_top_genes=n_top, inplace=False)
+    return table["highly_variable"].to_numpy(dtype=bool)
+
+
+def principal_axes(x, n_comps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [g], axes [g, n_comps]) of the rows of x (sparse or dense), largest variance first. The covariance
+    is summed over dense chunks of centred rows (float32 products, float64 sum of the chunks: centring first keeps
+    float32's rounding relative to the variances, not to the means); only the kept eigenpairs are computed."""
+    from scipy.linalg import eigh
+
+    n, g = x.shape
+    rows = max(1, _CHUNK_ELEMENTS // max(g, 1))
+    if sp.issparse(x):
+        mean = np.asarray(sp.csr_matrix(x, dtype=np.float64).sum(0)).ravel() / n
+    else:
+        mean = np.asarray(x).sum(0, dtype=np.float64) / n
+    mean32 = mean.astype(np.float32)
+    cov = np.zeros((g, g))
+    for start in range(0, n, rows):
+        part = x[start:start + rows]
+        chunk = part.toarray() if sp.issparse(part) else np.array(part, dtype=np.float32)
+        chunk -= mean32
+        cov += chunk.T @ chunk
+    cov /= max(n - 1, 1)
+    eigval, eigvec = eigh(cov, subset_by_index=[g - n_comps, g - 1])
+    axes = eigvec[:, np.argsort(eigval)[::-1]]
+    # scikit-learn's sign (svd_flip on the components): each axis's largest loading positive. Signs matter
+    # downstream: the velocity graph centres each cell's coordinates over the axes
+    axes *= np.sign(axes[np.abs(axes).argmax(0), np.arange(axes.shape[1])])
+    return mean, axes
+
+
+def principal_components(x, n_comps: int) -> np.ndarray:
+    """[n, n_comps] float32 scores of the centred rows of x on their top principal axes."""
+    mean, axes = principal_axes(x, n_comps)
+    return (np.asarray(x @ axes) - mean @ axes).astype(np.float32)
+
+
+def moments_graph(connectivities: sp.csr_matrix) -> sp.csr_matrix:
+    """scvelo ``get_connectivities``: the binarised graph with self-loops, rows divided by their degree."""
+    graph = (connectivities > 0).astype(np.float64).tolil()
+    graph.setdiag(1)
+    graph = graph.tocsr()
+    graph = graph.multiply(1.0 / graph.sum(1))
+    return sp.csr_matrix(graph).astype(np.float32)
+
+
+def neighbour_mean(graph: sp.csr_matrix, m: sp.csr_matrix) -> np.ndarray:
+    """graph @ m as a dense float32 array, one row per thread, adding in scipy's order."""
+    graph = sp.csr_matrix(graph, dtype=np.float32)
+    m = sp.csr_matrix(m, dtype=np.float32)
+    out = np.zeros((graph.shape[0], m.shape[1]), dtype=np.float32)
+    _spmm_rows(graph.indptr, graph.indices, graph.data, m.indptr, m.indices, m.data, out)
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _spmm_rows(a_ptr, a_idx, a_val, b_ptr, b_idx, b_val, out):  # pragma: no cover (compiled)
+    for i in numba.prange(out.shape[0]):
+        for e in range(a_ptr[i], a_ptr[i + 1]):
+            j, w = a_idx[e], a_val[e]
+            for f in range(b_ptr[j], b_ptr[j + 1]):
+                out[i, b_idx[f]] += w * b_val[f]
