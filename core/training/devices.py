@@ -30,6 +30,13 @@ def device_choice(accelerator: str) -> tuple[str, str]:
     return "cpu", "cpu"
 
 
+def pin_memory(accelerator: str) -> bool:
+    """Whether the training loaders pin their batches (page-locked host memory, so that Lightning's copy to the
+    GPU can be asynchronous): only when training.accelerator resolves to CUDA. Elsewhere pinning buys nothing,
+    and on a machine without CUDA torch warns about it at every epoch."""
+    return device_choice(accelerator)[1] == "cuda"
+
+
 def lightning_devices(devices: str, accelerator: str):
     """training.devices as Lightning takes it: "auto" (1 on a CPU), a count, or a list of GPU ids ("0,1")."""
     if devices == "auto":
