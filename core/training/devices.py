@@ -41,7 +41,12 @@ def lightning_devices(devices: str, accelerator: str):
     """training.devices as Lightning takes it: "auto" (1 on a CPU), a count, or a list of GPU ids ("0,1")."""
     if devices == "auto":
         return 1 if accelerator == "cpu" else "auto"
-    return int(devices) if devices.isdigit() else devices
+    if devices.isdigit():
+        return int(devices)
+    if accelerator == "cpu":
+        raise UserError(f"training.devices={devices} names GPUs, but this run trains on the CPU; give a number of "
+                        "processes instead (training.devices=2 with training.strategy=ddp)")
+    return devices
 
 
 def world_size(devices, strategy: str) -> int:

@@ -169,6 +169,8 @@ def _train_locked(cfg: Config, run_dir: Path, rank_zero: bool, callbacks: list |
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            # under DDP: the validation means are already summed over the ranks (STModule.on_validation_epoch_end)
+            warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epoch level.*")
             return _train(cfg, run_dir, writer, list(callbacks or []), progress if rank_zero else False)
     except Exception as err:
         message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"

@@ -11,7 +11,7 @@ import torch
 
 from core.config import load_config
 from core.data.mapping import ColumnMapping
-from core.errors import UserError
+from core.errors import ConfigError, UserError
 from core.infer import _device
 from core.training.data import SetDataModule, make_split
 from core.training.devices import default_precision, device_choice, lightning_devices, pin_memory, world_size
@@ -90,3 +90,16 @@ def test_a_cuda_runs_loaders_are_pinned_and_a_cpu_runs_are_not(monkeypatch):
     assert not train.pin_memory and not val.pin_memory
     batch = next(iter(train))  # the CPU run's loader does load: same sets as before, unpinned
     assert all(not t.is_pinned() for t in batch.values() if isinstance(t, torch.Tensor))
+
+
+def test_devices_are_checked_in_one_line_before_lightning_sees_them():
+    for ok in ("auto", "2", "-1", "0,1", "[0,1]"):
+        load_config(overrides=[f"training.devices={ok}"])
+    for bad in ("two", "0", "1.5", "0;1"):
+        with pytest.raises(ConfigError, match="training.devices must be auto, a number of devices") as err:
+            load_config(overrides=[f"training.devices={bad}"])
+        assert "\n" not in str(err.value)
+    # GPU ids on the CPU: Lightning would raise a TypeError deep inside; two CPU processes are a count
+    assert lightning_devices("2", "cpu") == 2
+    with pytest.raises(UserError, match="names GPUs, but this run trains on the CPU"):
+        lightning_devices("0,1", "cpu")
