@@ -1,9 +1,9 @@
 """``train(cfg)``: one complete run, from a config to a finished run folder (the layout in core/runs/__init__.py).
 
 The Trainer picks the device (CUDA, then Apple MPS, then CPU, unless training.accelerator says otherwise), uses
-bf16 mixed precision on CUDA, clips gradients, and passes devices/strategy through for multi-GPU DDP. Under DDP
-Lightning re-runs this command once per extra GPU; those processes find the run folder through
-``ST_SHARED_RUN_DIR`` and only rank 0 writes to it.
+bf16 mixed precision on CUDA, clips gradients, and passes devices/strategy through for DDP (several GPUs, or
+several CPU processes: tests/integration/test_ddp.py). Under DDP Lightning re-runs this command once per extra
+device; those processes find the run folder through ``ST_SHARED_RUN_DIR`` and only rank 0 writes to it.
 """
 
 from __future__ import annotations
