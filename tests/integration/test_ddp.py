@@ -27,8 +27,11 @@ _INHERITED = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "NODE_RANK", "
 
 
 def _clean_env() -> dict:
-    return {k: v for k, v in os.environ.items()
-            if k not in _INHERITED and not k.startswith(("SLURM_", "TORCHELASTIC_", "PL_"))}
+    env = {k: v for k, v in os.environ.items()
+           if k not in _INHERITED and not k.startswith(("SLURM_", "TORCHELASTIC_", "PL_"))}
+    if sys.platform == "linux":  # gloo on the loopback: a CI container's host name may not resolve to itself
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    return env
 
 
 def _train_in_two_processes(args: list[str]) -> tuple[int, subprocess.CompletedProcess]:
