@@ -401,6 +401,10 @@ def validate_config(cfg: Config) -> None:
     _check(t.mhc_snapshot_every >= 1, f"training.mhc_snapshot_every must be >= 1; got {t.mhc_snapshot_every}")
     _check(t.accelerator in ("auto", "cpu", "gpu", "cuda", "mps"),
            f"training.accelerator must be auto, cpu, gpu or mps; got {t.accelerator!r}")
+    _check(t.devices in ("auto", "-1") or t.devices.isdigit() and int(t.devices) >= 1
+           or "," in t.devices and all(part.strip().isdigit() for part in t.devices.split(",")),
+           f"training.devices must be auto, a number of devices (2: two processes under DDP, on the CPU too) or "
+           f"a list of GPU ids (0,1); got {t.devices!r}")
     _check(d.dataset in ("burn_sham", "atlas"), f"data.kwargs.dataset must be burn_sham or atlas; got {d.dataset!r}")
     _check(d.split in ("auto", "fraction", "batch", "cell_type"),
            f"data.kwargs.split must be auto, fraction, batch or cell_type; got {d.split!r}")

@@ -26,6 +26,7 @@ Shapes: N tokens (batch x sequence), n streams, C hidden size, m = 2n + (n^2 or 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 
@@ -75,6 +76,14 @@ def tilted_weights(n: int, index: int) -> torch.Tensor:
         weights[i] += TILT / n
         weights[j] -= TILT / n
     return weights
+
+
+def _without_autocast(device_type: str):
+    """Autocast switched off for the coefficients. A device with no autocast (``meta``, on which the placement
+    tests run the layer as a stand-in for CUDA) has nothing to switch off, and torch.autocast refuses it."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def permutation_matrices(n: int) -> torch.Tensor:
@@ -164,7 +173,7 @@ class mHCMappings(nn.Module):
         ``tokens`` is [N, n C], the flattened streams, or [N, C] with ``repeated``: one hidden state h standing for
         the streams expansion_i h (the first layer of a stack). Static mappings come back as [n], [n], [n, n].
         """
-        with torch.autocast(tokens.device.type, enabled=False):
+        with _without_autocast(tokens.device.type):
             mappings = self._dynamic(tokens.float(), repeated) if self.dynamic else self.static_mappings()
         if remember:  # references only: the means are taken when someone asks (current())
             self._last = tuple(t.detach() for t in mappings)

@@ -22,6 +22,7 @@ import torch
 from core.config import Config
 from core.data.mapping import ColumnMapping, guess_mapping
 from core.errors import ConfigError, DataError
+from core.training.devices import pin_memory
 
 log = logging.getLogger("core.training")
 
@@ -272,6 +273,7 @@ class SetDataModule(L.LightningDataModule):
         super().__init__()
         m, d, t = cfg.model.kwargs, cfg.data.kwargs, cfg.training
         self.batch_size, self.set_len, self.seed, self.match_by = t.batch_size, m.cell_set_len, t.seed, d.match_by
+        self.accelerator = t.accelerator  # the loaders pin memory when it resolves to CUDA (devices.pin_memory)
         if cell_types is not None:
             split = np.where(adata.obs[mapping.cell_type_key].astype(str).isin(cell_types), split, "unused")
         # cells without a condition or cell type take no part: astype(str) would turn NaN into a label "nan"
@@ -315,11 +317,15 @@ class SetDataModule(L.LightningDataModule):
     def train_dataloader(self):
         from core.training.resume_state import ResumableLoader
 
+        pin = pin_memory(self.accelerator)
         if self.trainer is not None and self.trainer.world_size > 1:  # DDP swaps in its own sampler
-            return torch.utils.data.DataLoader(self.train_sets, batch_size=self.batch_size, shuffle=False)
+            return torch.utils.data.DataLoader(self.train_sets, batch_size=self.batch_size, shuffle=False,
+                                               pin_memory=pin)
         # resumable in mid-epoch: Lightning saves how many batches of the epoch were processed (resume_state.py)
         return ResumableLoader(self.train_sets, self.batch_size,
-                               lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+                               lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+                               pin_memory=pin)
 
     def val_dataloader(self):
-        return torch.utils.data.DataLoader(self.val_sets, batch_size=self.batch_size, shuffle=False)
+        return torch.utils.data.DataLoader(self.val_sets, batch_size=self.batch_size, shuffle=False,
+                                           pin_memory=pin_memory(self.accelerator))

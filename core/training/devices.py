@@ -30,11 +30,23 @@ def device_choice(accelerator: str) -> tuple[str, str]:
     return "cpu", "cpu"
 
 
+def pin_memory(accelerator: str) -> bool:
+    """Whether the training loaders pin their batches (page-locked host memory, so that Lightning's copy to the
+    GPU can be asynchronous): only when training.accelerator resolves to CUDA. Elsewhere pinning buys nothing,
+    and on a machine without CUDA torch warns about it at every epoch."""
+    return device_choice(accelerator)[1] == "cuda"
+
+
 def lightning_devices(devices: str, accelerator: str):
     """training.devices as Lightning takes it: "auto" (1 on a CPU), a count, or a list of GPU ids ("0,1")."""
     if devices == "auto":
         return 1 if accelerator == "cpu" else "auto"
-    return int(devices) if devices.isdigit() else devices
+    if devices.isdigit():
+        return int(devices)
+    if accelerator == "cpu":
+        raise UserError(f"training.devices={devices} names GPUs, but this run trains on the CPU; give a number of "
+                        "processes instead (training.devices=2 with training.strategy=ddp)")
+    return devices
 
 
 def world_size(devices, strategy: str) -> int:

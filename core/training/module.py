@@ -135,7 +135,9 @@ class STModule(L.LightningModule):
         for name, value in sorted(zip(names, values), key=lambda pair: pair[0] == "loss"):
             if value != value or abs(value) == float("inf"):
                 raise NonFiniteLossError(step, "training loss" if name == "loss" else name.replace("_", " "))
-        cells = int(batch["z_control"].shape[0] * batch["z_control"].shape[1])
+        # cells this step trained on, over all DDP ranks: each rank's batch has the same size (DistributedSampler
+        # gives every rank the same number of sets)
+        cells = int(batch["z_control"].shape[0] * batch["z_control"].shape[1]) * self.trainer.world_size
         # This step's metrics row, written by the run-folder callback once the step is done (with its grad_norm
         # and step_time). Not self.log: Lightning's per-call bookkeeping of ~15 values cost 6-13% of a demo-sized
         # step (bench/README.md), and these values need no reduction across steps or devices.

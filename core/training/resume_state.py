@@ -49,10 +49,10 @@ class _OffsetSampler(torch.utils.data.Sampler):
 
 
 class ResumableLoader(torch.utils.data.DataLoader):
-    def __init__(self, dataset, batch_size: int, batches_done):
+    def __init__(self, dataset, batch_size: int, batches_done, pin_memory: bool = False):
         """``batches_done()``: batches of the current epoch the training loop has processed."""
         self._offsets = _OffsetSampler(dataset)
-        super().__init__(dataset, batch_size=batch_size, sampler=self._offsets)
+        super().__init__(dataset, batch_size=batch_size, sampler=self._offsets, pin_memory=pin_memory)
         self._batches_done, self._skip = batches_done, 0
 
     def state_dict(self) -> dict:

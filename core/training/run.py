@@ -1,9 +1,9 @@
 """``train(cfg)``: one complete run, from a config to a finished run folder (the layout in core/runs/__init__.py).
 
 The Trainer picks the device (CUDA, then Apple MPS, then CPU, unless training.accelerator says otherwise), uses
-bf16 mixed precision on CUDA, clips gradients, and passes devices/strategy through for multi-GPU DDP. Under DDP
-Lightning re-runs this command once per extra GPU; those processes find the run folder through
-``ST_SHARED_RUN_DIR`` and only rank 0 writes to it.
+bf16 mixed precision on CUDA, clips gradients, and passes devices/strategy through for DDP (several GPUs, or
+several CPU processes: tests/integration/test_ddp.py). Under DDP Lightning re-runs this command once per extra
+device; those processes find the run folder through ``ST_SHARED_RUN_DIR`` and only rank 0 writes to it.
 """
 
 from __future__ import annotations
@@ -169,6 +169,8 @@ def _train_locked(cfg: Config, run_dir: Path, rank_zero: bool, callbacks: list |
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            # under DDP: the validation means are already summed over the ranks (STModule.on_validation_epoch_end)
+            warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epoch level.*")
             return _train(cfg, run_dir, writer, list(callbacks or []), progress if rank_zero else False)
     except Exception as err:
         message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
