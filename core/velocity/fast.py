@@ -50,7 +50,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def stochastic_velocity(Ms, Mu, spliced, unspliced, connectivities, highly_variable=None, min_r2: float = 0.01,
-                        min_ratio: float = 0.01):
+                        min_ratio: float = 0.01, order: np.ndarray | None = None):
     """scvelo ``tl.velocity(mode="stochastic")`` with its defaults (no offsets, perc=[5, 95]).
 
     1. Steady-state ratio per gene on the extreme quantiles: gamma_0 = sum(w s u) / sum(w s^2).
@@ -59,7 +59,8 @@ def stochastic_velocity(Ms, Mu, spliced, unspliced, connectivities, highly_varia
        first moments (u on s, extreme quantiles) and the second moments (2<su> + u on 2<ss> - s, all cells),
        each block scaled by the standard deviation of its own residual. The second moments are
        connectivities @ (s * s) and connectivities @ (s * u) of the normalised counts, for those genes only.
-    Returns velocity [n, g] = Mu - gamma Ms, velocity_genes [g] and gamma [g].
+    Returns velocity [n, g] = Mu - gamma Ms, velocity_genes [g] and gamma [g]. ``order``: see
+    ``preprocess.neighbour_mean`` (speed only).
     """
     Ms, Mu = np.asarray(Ms, dtype=np.float32), np.asarray(Mu, dtype=np.float32)
     w = _extreme_quantile_weights(Ms, Mu)
@@ -75,8 +76,8 @@ def stochastic_velocity(Ms, Mu, spliced, unspliced, connectivities, highly_varia
     idx = np.flatnonzero(genes) if genes.any() else np.arange(len(genes))
     s, u = Ms[:, idx], Mu[:, idx]
     s_counts, u_counts = sp.csr_matrix(spliced)[:, idx], sp.csr_matrix(unspliced)[:, idx]
-    var_ss = 2 * neighbour_mean(connectivities, s_counts.multiply(s_counts)) - s
-    cov_us = 2 * neighbour_mean(connectivities, s_counts.multiply(u_counts)) + u
+    var_ss = 2 * neighbour_mean(connectivities, s_counts.multiply(s_counts), order) - s
+    cov_us = 2 * neighbour_mean(connectivities, s_counts.multiply(u_counts), order) + u
     gamma2 = _ratio(_colsum(var_ss * cov_us), _colsum(var_ss * var_ss))
     res_std = residual[:, idx].std(0, dtype=np.float64)
     res2_std = (cov_us - gamma2.astype(np.float32) * var_ss).std(0, dtype=np.float64)
@@ -218,22 +219,24 @@ def transition_projection(T, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unit.astype(np.float32), latent.astype(np.float32)
 
 
-def velocity_confidence(velocity: np.ndarray, knn: np.ndarray) -> np.ndarray:
+def velocity_confidence(velocity: np.ndarray, knn: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
     """scvelo ``tl.velocity_confidence``: the mean cosine between a cell's (row-centred) velocity and its
     k neighbours' velocities, clipped at 0. NaN where a velocity is zero, as in scvelo (a zero neighbour
-    counts as 0)."""
+    counts as 0). ``order``: cells grouped so that consecutive ones share neighbours (speed only)."""
     v = np.asarray(velocity, dtype=np.float32)
     v = v - v.mean(1, keepdims=True, dtype=np.float64).astype(np.float32)
     norm = np.linalg.norm(v, axis=1).astype(np.float64)
     out = np.empty(len(v), dtype=np.float64)
-    _confidence_kernel(v, norm, np.ascontiguousarray(knn, dtype=np.int64), out)
+    order = np.arange(len(v)) if order is None else np.asarray(order, dtype=np.int64)
+    _confidence_kernel(order, v, norm, np.ascontiguousarray(knn, dtype=np.int64), out)
     return np.clip(out, 0, None)
 
 
 @numba.njit(parallel=True, cache=True)
-def _confidence_kernel(v, norm, knn, out):  # pragma: no cover (compiled)
-    n, k = knn.shape
-    for i in numba.prange(n):
+def _confidence_kernel(order, v, norm, knn, out):  # pragma: no cover (compiled)
+    k = knn.shape[1]
+    for r in numba.prange(len(order)):
+        i = order[r]
         if norm[i] == 0.0:
             out[i] = np.nan
             continue

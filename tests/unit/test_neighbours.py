@@ -25,7 +25,8 @@ def _trajectories(n, dim=30, seed=0):
 @pytest.mark.parametrize("n,k", [(3000, 29), (1000, 5), (40, 39)])
 def test_same_neighbours_and_distances_as_brute_force(n, k):
     x = _trajectories(n)
-    dist, idx = exact_knn(x, k)
+    dist, idx, order = exact_knn(x, k)
+    assert np.array_equal(np.sort(order), np.arange(n))
     ref_dist, ref_idx = _brute(x, k)
     assert idx.shape == (n, k) and dist.dtype == np.float32
     assert np.array_equal(idx, ref_idx)
@@ -36,7 +37,7 @@ def test_same_neighbours_and_distances_as_brute_force(n, k):
 def test_duplicated_cells_are_neighbours_of_each_other_but_never_of_themselves():
     x = _trajectories(500)
     x = np.concatenate([x, x[:50]])  # 50 exact duplicates
-    dist, idx = exact_knn(x, 10)
+    dist, idx, _ = exact_knn(x, 10)
     ref_dist, _ = _brute(x, 10)
     assert not (idx == np.arange(len(x))[:, None]).any()
     # a duplicated cell's nearest neighbour is its twin, at distance 0
@@ -46,13 +47,13 @@ def test_duplicated_cells_are_neighbours_of_each_other_but_never_of_themselves()
 
 def test_uniform_noise_with_no_structure_is_still_exact():
     x = np.random.default_rng(3).uniform(size=(2000, 12)).astype(np.float32)
-    _, idx = exact_knn(x, 15)
+    _, idx, _ = exact_knn(x, 15)
     assert np.array_equal(idx, _brute(x, 15)[1])
 
 
 def test_knn_graph_is_scanpys_support():
     x = _trajectories(800)
-    distances, connectivities, knn = knn_graph(x, 16)
+    distances, connectivities, knn, _ = knn_graph(x, 16)
     _, ref_idx = _brute(x, 15)
     assert np.array_equal(knn, ref_idx)
     assert (distances.getnnz(1) == 15).all()

@@ -73,3 +73,5 @@ def test_neighbour_mean_is_scipys_product():
     graph = sp.random(300, 300, density=0.05, random_state=2, dtype=np.float32, format="csr")
     m = sp.random(300, 40, density=0.4, random_state=3, dtype=np.float32, format="csr")
     assert np.array_equal(neighbour_mean(graph, m), (graph @ m).toarray())
+    order = np.random.default_rng(4).permutation(300)  # the order rows are summed in changes nothing
+    assert np.array_equal(neighbour_mean(graph, m, order), (graph @ m).toarray())
