@@ -25,6 +25,18 @@ experiment).
 
 The latent space: X = log1p(spliced counts per 10k); z = (X - var["pca_mean"]) @ varm["PCs"], 50 components,
 the same map for the burn/sham data and the atlas, so a base model pretrained on the atlas works on burn/sham.
+
+Memory: every cells x genes quantity (expected abundances, Poisson rates, log counts) is computed for a chunk of
+cells at a time (CHUNK_ELEMENTS values; the default demo is one chunk, 100,008 x 2,000 is 17) and recomputed
+in each pass that needs it rather than stored; only the counts (int32 CSR) and X (float32) are kept whole, so
+100,008 x 2,000 peaks at 3.7 GB where one pass over dense float64 arrays needed more than 19 GB. The values are
+those of one pass: numpy's Generator draws an array element by element in C order, so drawing row chunks in
+sequence gives the same numbers as one draw, provided the passes keep the order of the draws (all spliced
+counts, then all unspliced; in the truth, the burnt states' spliced then unspliced counts, then the sham
+states'). Whole-data quantities come first, summed over chunks: the depth scale (mean expected spliced total),
+the PCA mean, then the covariance (sum of centred chunk.T @ chunk). With one chunk every number is what one
+pass gives; with several, the counts and X are identical and the floats differ by the order of those sums
+(at 40,008 x 2,000, 18 of the 2 M values of obsm["X_pca"] differ, by one float32 rounding step).
 """
 
 from __future__ import annotations
