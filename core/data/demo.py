@@ -461,7 +461,9 @@ def generate(seed: int = SEED, cells_per_group: int = CELLS_PER_GROUP, n_genes: 
 
     ``cells_per_group`` is per cell type and condition (6 types x 2 conditions), ``atlas_cells_per_group``
     per cell type and perturbation (6 x 13); the defaults make the cached demo (12,000 x 1,000 and 9,360 x
-    1,000). Other sizes are for benchmarks (bench/bench_velocity.py) and quick tests.
+    1,000). Other sizes are for benchmarks (bench/bench_velocity.py, bench/bench_scale.py) and quick tests.
+    ``chunk_elements`` bounds the cells x genes values computed at once (memory); it leaves the counts and X as
+    they are and the other floats to the order of sums (module docstring).
     """
     rng = np.random.default_rng(seed)
     world = _World(rng, n_genes)
