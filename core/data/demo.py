@@ -25,6 +25,18 @@ experiment).
 
 The latent space: X = log1p(spliced counts per 10k); z = (X - var["pca_mean"]) @ varm["PCs"], 50 components,
 the same map for the burn/sham data and the atlas, so a base model pretrained on the atlas works on burn/sham.
+
+Memory: every cells x genes quantity (expected abundances, Poisson rates, log counts) is computed for a chunk of
+cells at a time (CHUNK_ELEMENTS values; the default demo is one chunk, 100,008 x 2,000 is 17) and recomputed
+in each pass that needs it rather than stored; only the counts (int32 CSR) and X (float32) are kept whole, so
+100,008 x 2,000 peaks at 3.7 GB where one pass over dense float64 arrays needed more than 19 GB. The values are
+those of one pass: numpy's Generator draws an array element by element in C order, so drawing row chunks in
+sequence gives the same numbers as one draw, provided the passes keep the order of the draws (all spliced
+counts, then all unspliced; in the truth, the burnt states' spliced then unspliced counts, then the sham
+states'). Whole-data quantities come first, summed over chunks: the depth scale (mean expected spliced total),
+the PCA mean, then the covariance (sum of centred chunk.T @ chunk). With one chunk every number is what one
+pass gives; with several, the counts and X are identical and the floats differ by the order of those sums
+(at 40,008 x 2,000, 18 of the 2 M values of obsm["X_pca"] differ, by one float32 rounding step).
 """
 
 from __future__ import annotations
@@ -58,6 +70,9 @@ ATLAS_CELLS_PER_GROUP = 120
 ATLAS_BATCHES = 3
 CACHE_VERSION = "v4"
 NAMES = ("burn_sham", "atlas")
+# cells x genes values per chunk of cells: the default demo (12,000 x 1,000) is one chunk, 100,000 x 2,000 is 17
+CHUNK_ELEMENTS = 12_000_000
+BLOCK_ELEMENTS = 500_000  # values per block of the kinetics within a chunk (see _in_blocks)
 
 
 def demo_path(name: str = "burn_sham") -> Path:
@@ -98,33 +113,69 @@ class _World:
         return u + u_base, s + s_base
 
 
+def _chunks(n: int, g: int, chunk_elements: int) -> list[slice]:
+    """Consecutive slices of at most chunk_elements // g rows (at least one row) covering range(n)."""
+    step = max(1, chunk_elements // g)
+    return [slice(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+
+class _LastChunk:
+    """fn(k) for chunk k, keeping the last result: with a single chunk every pass over it computes it once."""
+
+    def __init__(self, fn):
+        self.fn, self.key, self.value = fn, None, None
+
+    def __call__(self, k: int):
+        if k != self.key:
+            self.key = self.value = None  # free the previous chunk before computing the next
+            self.value, self.key = self.fn(k), k
+        return self.value
+
+
+def _in_blocks(n: int, g: int, expected) -> tuple[np.ndarray, np.ndarray]:
+    """(u, s) [n, g] from ``expected(block)`` over blocks of BLOCK_ELEMENTS values: the same numbers as one call
+    (the kinetics are elementwise), but its dozens of temporaries stay small enough for malloc to reuse, where
+    full-size ones would be fresh pages, faulted in and zeroed, every time (half the build time at 100k cells)."""
+    u, s = np.empty((n, g)), np.empty((n, g))
+    for block in _chunks(n, g, BLOCK_ELEMENTS):
+        u[block], s[block] = expected(block)
+    return u, s
+
+
 def _log_normalise(s: np.ndarray) -> np.ndarray:
     """log1p of counts per 10k, the usual scanpy normalisation (normalize_total(1e4) + log1p)."""
     return np.log1p(s * (1e4 / np.maximum(s.sum(1), 1.0))[:, None])
 
 
-def _depth_scale(s: np.ndarray) -> float:
+def _log_counts(counts) -> np.ndarray:
+    """_log_normalise of integer counts (dense or a CSR block of rows), in float64."""
+    dense = counts.toarray() if sp.issparse(counts) else counts
+    return _log_normalise(dense.astype(np.float64))
+
+
+def _depth_scale(s_row_sums: np.ndarray) -> float:
     """Molecules per unit of expected abundance, so that cells average TARGET_DEPTH spliced counts."""
-    return TARGET_DEPTH / s.sum(1).mean()
+    return TARGET_DEPTH / s_row_sums.mean()
 
 
-def _sample_counts(rng, u, s, depth_factor, scale: float):
-    lam_s, lam_u = s * scale * depth_factor[:, None], u * scale * depth_factor[:, None]
-    return rng.poisson(lam_s).astype(np.int32), rng.poisson(lam_u).astype(np.int32)
+def _poisson(rng, expected: np.ndarray, scale: float, depth_factor: np.ndarray) -> np.ndarray:
+    return rng.poisson(expected * scale * depth_factor[:, None]).astype(np.int32)
 
 
-def _pca(x: np.ndarray, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean [g], loadings [g, c], explained variance ratio [c]) by eigendecomposition of the g x g
-    covariance: exact like a full SVD of the cells x genes matrix but about 20x faster for g << n. Signs are
-    fixed (largest loading positive) so that a seed always gives the same axes."""
-    mean = x.mean(0)
-    centred = x - mean
-    cov = centred.T @ centred / (len(x) - 1)
+def _stack(blocks: list) -> sp.csr_matrix:
+    return blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr")
+
+
+def _principal_axes(cov: np.ndarray, n_comps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(loadings [g, c], explained variance ratio [c]) by eigendecomposition of the g x g covariance: exact
+    like a full SVD of the cells x genes matrix but about 20x faster for g << n, and it needs only the
+    covariance, which is summed over chunks of cells. Signs are fixed (largest loading positive) so that a
+    seed always gives the same axes."""
     eigval, eigvec = np.linalg.eigh(cov)
     order = np.argsort(eigval)[::-1][:n_comps]
     pcs = eigvec[:, order]
     pcs *= np.sign(pcs[np.abs(pcs).argmax(0), np.arange(n_comps)])
-    return mean, pcs, eigval[order] / eigval.sum()
+    return pcs, eigval[order] / eigval.sum()
 
 
 def _cells(rng, cells_per_group: int) -> pd.DataFrame:
@@ -160,33 +211,78 @@ def _burnt_state(world: _World, response: np.ndarray):
     return response * BURN_TIME_SHIFT, 1.0 + (world.wound_fold - 1.0) * response[:, None]
 
 
-def _burn_sham(world: _World, rng: np.random.Generator, cells_per_group: int, seed: int) -> ad.AnnData:
+class _Population:
+    """The burn/sham cells' own draws (type, sham latent time, response, mouse, sequencing depth). Their
+    expected abundances, burnt or sham, are n x g and recomputed for each chunk of rows that needs them
+    rather than stored."""
+
+    def __init__(self, world: _World, type_idx, t_sham, response, mouse_fold, mouse_code, depth_factor):
+        self.world, self.type_idx, self.t_sham, self.response = world, type_idx, t_sham, response
+        self.mouse_fold, self.mouse_code, self.depth_factor = mouse_fold, mouse_code, depth_factor
+
+    def expected(self, rows, burnt) -> tuple[np.ndarray, np.ndarray]:
+        """Expected (u, s) [rows, g] in the burnt state where ``burnt`` (bool, per row or one for all), the
+        sham state elsewhere."""
+        rows = np.arange(len(self.t_sham))[rows]
+        burnt = np.broadcast_to(burnt, rows.shape)
+        return _in_blocks(len(rows), self.world.n_genes, lambda b: self._expected(rows[b], burnt[b]))
+
+    def _expected(self, rows, burnt):
+        time_shift, wound_factor = _burnt_state(self.world, self.response[rows])
+        t = self.t_sham[rows] + burnt * time_shift
+        fold = self.mouse_fold[self.mouse_code[rows]] * np.where(burnt[:, None], wound_factor, 1.0)
+        return self.world.expected(self.type_idx[rows], t, fold)
+
+
+def _burn_sham(world: _World, rng: np.random.Generator, cells_per_group: int, seed: int,
+               chunk_elements: int) -> ad.AnnData:
     cells = _cells(rng, cells_per_group)
     n, g = len(cells), world.n_genes
     type_idx = cells["type_idx"].to_numpy()
     burn = (cells["condition"] == "burn").to_numpy()
     response = burn_response(type_idx, cells["t_sham"].to_numpy(), seed)
-    time_shift, wound_factor = _burnt_state(world, response)
     mouse_ids = np.where(burn, "burn_", "sham_") + cells["mouse"].astype(str).to_numpy()
     mouse_levels = sorted(set(mouse_ids))
     mouse_fold = {m: rng.lognormal(0, 0.12, g) for m in mouse_levels}
     mouse_depth = {m: rng.lognormal(0, 0.15) for m in mouse_levels}
-    base_fold = np.stack([mouse_fold[m] for m in mouse_ids])
-    t = cells["t_sham"].to_numpy() + burn * time_shift
-    u, s = world.expected(type_idx, t, base_fold * np.where(burn[:, None], wound_factor, 1.0))
     depth_factor = rng.lognormal(0, 0.25, n) * np.array([mouse_depth[m] for m in mouse_ids])
-    scale = _depth_scale(s)
-    spliced, unspliced = _sample_counts(rng, u, s, depth_factor, scale)
+    population = _Population(world, type_idx, cells["t_sham"].to_numpy(), response,
+                             np.stack([mouse_fold[m] for m in mouse_levels]),
+                             np.searchsorted(mouse_levels, mouse_ids), depth_factor)
+    t = cells["t_sham"].to_numpy() + burn * (response * BURN_TIME_SHIFT)  # _burnt_state's shift
+    chunks = _chunks(n, g, chunk_elements)
+    observed = _LastChunk(lambda k: population.expected(chunks[k], burn[chunks[k]]))
+    scale = _depth_scale(np.concatenate([observed(k)[1].sum(1) for k in range(len(chunks))]))
 
-    x = _log_normalise(spliced.astype(np.float64))
-    mean, pcs, variance_ratio = _pca(x, N_COMPS)
-    z = (x - mean) @ pcs
+    # all spliced counts, then all unspliced: chunk after chunk, the same draws as one call over all cells
+    x = np.empty((n, g), np.float32)
+    spliced, x_sum = [], 0.0
+    for k, rows in enumerate(chunks):
+        counts = _poisson(rng, observed(k)[1], scale, depth_factor[rows])
+        spliced.append(sp.csr_matrix(counts))
+        x_rows = _log_counts(counts)
+        x[rows] = x_rows
+        x_sum = x_sum + x_rows.sum(0)
+    spliced = _stack(spliced)
+    mean = x_sum / n
+    unspliced, cov = [], 0.0
+    for k, rows in enumerate(chunks):
+        unspliced.append(sp.csr_matrix(_poisson(rng, observed(k)[0], scale, depth_factor[rows])))
+        centred = _log_counts(spliced[rows]) - mean
+        cov = cov + centred.T @ centred
+    unspliced = _stack(unspliced)
+    pcs, variance_ratio = _principal_axes(cov / (n - 1), N_COMPS)
 
     # truth in latent units: z = (log1p(kappa s) - mean) W, so dz/dt = (kappa ds/dt / (1 + kappa s)) W,
     # with kappa the cell's expected normalisation (depth changes along time are second order and ignored)
-    kappa = 1e4 / s.sum(1)
-    ds_dt = spliced_velocity(u, s, world.beta, world.gamma)
-    v_z = (kappa[:, None] * ds_dt / (1 + kappa[:, None] * s)) @ pcs
+    z, v_z = np.empty((n, N_COMPS)), np.empty((n, N_COMPS))
+    for k, rows in enumerate(chunks):
+        z[rows] = (_log_counts(spliced[rows]) - mean) @ pcs
+        u, s = observed(k)
+        kappa = 1e4 / s.sum(1)
+        ds_dt = spliced_velocity(u, s, world.beta, world.gamma)
+        v_z[rows] = (kappa[:, None] * ds_dt / (1 + kappa[:, None] * s)) @ pcs
+    del observed
 
     obs = pd.DataFrame({
         "condition": pd.Categorical(cells["condition"], categories=["sham", "burn"]),
@@ -198,16 +294,15 @@ def _burn_sham(world: _World, rng: np.random.Generator, cells_per_group: int, se
     }, index=[f"cell_{i:05d}" for i in range(n)])
     var = pd.DataFrame({"pca_mean": mean.astype(np.float32), "wound_response": world.wound_fold > 1},
                        index=[f"gene_{j:04d}" for j in range(g)])
-    adata = ad.AnnData(X=x.astype(np.float32), obs=obs, var=var)
-    adata.layers["spliced"] = sp.csr_matrix(spliced)
-    adata.layers["unspliced"] = sp.csr_matrix(unspliced)
+    adata = ad.AnnData(X=x, obs=obs, var=var)
+    adata.layers["spliced"] = spliced
+    adata.layers["unspliced"] = unspliced
     adata.obsm["X_pca"] = z.astype(np.float32)
     adata.varm["PCs"] = pcs.astype(np.float32)
     adata.uns["pca"] = _pca_uns(variance_ratio)
     adata.obsm["true_velocity_pca"] = v_z.astype(np.float32)
     truth_rng = np.random.default_rng([seed, 1])  # a separate stream: the truth does not change the data
-    effect, cell_effect, meta = _burn_truth(world, cells, burn, response, base_fold, depth_factor, scale, pcs,
-                                            mean, v_z, truth_rng)
+    effect, cell_effect, meta = _burn_truth(population, burn, scale, pcs, mean, v_z, truth_rng, chunk_elements)
     adata.uns["true_burn_effect"] = effect
     adata.obsm["true_burn_effect_pca"] = cell_effect.astype(np.float32)
     onset, direction = _response_model(seed)
@@ -227,7 +322,7 @@ def _pca_uns(variance_ratio) -> dict:
             "loadings_key": "varm['PCs']"}
 
 
-def _burn_truth(world, cells, burn, response, base_fold, depth_factor, scale, pcs, mean, v_z, rng):
+def _burn_truth(population: _Population, burn, scale, pcs, mean, v_z, rng, chunk_elements):
     """The true burn effect, per cell and per cell type, and how much of it velocity can explain.
 
     Every cell i has a sham state (its type, sham latent time, mouse factor, sequencing depth) and a burnt
@@ -242,30 +337,40 @@ def _burn_truth(world, cells, burn, response, base_fold, depth_factor, scale, pc
     |e_i.v_i| / mean |r_i| (the part the velocity loss can use over the part it cannot) and
     ``burn_cell_alignment`` = mean cosine(e_i, v_i); ``burn_alignment`` is the cosine between the type's mean
     effect and its mean sham velocity. ``response_mean`` is the type's mean response over its burn cells.
+
+    Chunks of cells as in ``_burn_sham``; the draws keep their order (burnt spliced, burnt unspliced, sham
+    spliced, for all burn cells each).
     """
-    type_all = cells["type_idx"].to_numpy()
-    t_all = cells["t_sham"].to_numpy()
-    time_shift, wound_factor = _burnt_state(world, response)
+    world, type_all, response = population.world, population.type_idx, population.response
+    n, g = len(type_all), world.n_genes
 
-    def states(rows, t, fold, sample):
-        u, s = world.expected(type_all[rows], t, fold)
-        kappa = (1e4 / s.sum(1))[:, None]
-        z_expected = (np.log1p(s * kappa) - mean) @ pcs
-        v = (kappa * spliced_velocity(u, s, world.beta, world.gamma) / (1 + kappa * s)) @ pcs
-        if not sample:
-            return z_expected, None, v
-        counts, _ = _sample_counts(rng, u, s, depth_factor[rows], scale)
-        return z_expected, (_log_normalise(counts.astype(np.float64)) - mean) @ pcs, v
+    def z_expected(s):
+        return (np.log1p(s * (1e4 / s.sum(1))[:, None]) - mean) @ pcs
 
-    every = np.arange(len(cells))
-    z_burnt_all, _, _ = states(every, t_all + time_shift, base_fold * wound_factor, sample=False)
-    z_sham_all, _, _ = states(every, t_all, base_fold, sample=False)
-    cell_effect = z_burnt_all - z_sham_all
+    def z_sampled(s, rows):
+        return (_log_counts(_poisson(rng, s, scale, population.depth_factor[rows])) - mean) @ pcs
+
+    cell_effect = np.empty((n, pcs.shape[1]))
+    for rows in _chunks(n, g, chunk_elements):
+        cell_effect[rows] = (z_expected(population.expected(rows, True)[1])
+                             - z_expected(population.expected(rows, False)[1]))
 
     idx = np.flatnonzero(burn)
+    parts = [idx[c] for c in _chunks(len(idx), g, chunk_elements)]
+    burnt = _LastChunk(lambda k: population.expected(parts[k], True))
+    z_burn_sampled = np.concatenate([z_sampled(burnt(k)[1], rows) for k, rows in enumerate(parts)])
+    for k, rows in enumerate(parts):  # drawn and dropped, so that the sham draws below come where they did
+        _poisson(rng, burnt(k)[0], scale, population.depth_factor[rows])
+    del burnt
+    z_sham_sampled, v_sham = [], []
+    for rows in parts:  # the sham states' unspliced counts would be this stream's last draws: not drawn
+        u, s = population.expected(rows, False)
+        z_sham_sampled.append(z_sampled(s, rows))
+        kappa = (1e4 / s.sum(1))[:, None]
+        v_sham.append((kappa * spliced_velocity(u, s, world.beta, world.gamma) / (1 + kappa * s)) @ pcs)
+    z_sham_sampled, v_sham = np.concatenate(z_sham_sampled), np.concatenate(v_sham)
+
     type_idx = type_all[idx]
-    _, z_burn_sampled, _ = states(idx, t_all[idx] + time_shift[idx], base_fold[idx] * wound_factor[idx], True)
-    _, z_sham_sampled, v_sham = states(idx, t_all[idx], base_fold[idx], True)
     effect_cells = cell_effect[idx]
     effect_sampled = z_burn_sampled - z_sham_sampled
     v_unit = v_sham / np.linalg.norm(v_sham, axis=1, keepdims=True)
@@ -290,7 +395,7 @@ def _burn_truth(world, cells, burn, response, base_fold, depth_factor, scale, pc
 
 
 def _atlas(world: _World, rng: np.random.Generator, pcs: np.ndarray, mean: np.ndarray, seed: int,
-           cells_per_group: int) -> ad.AnnData:
+           cells_per_group: int, chunk_elements: int) -> ad.AnnData:
     g = world.n_genes
     perts = ["control"] + [f"pert_{p:02d}" for p in range(1, ATLAS_PERTURBATIONS + 1)]
     time_shift = np.concatenate([[0.0], rng.uniform(-1.0, 2.0, ATLAS_PERTURBATIONS)])
@@ -300,26 +405,39 @@ def _atlas(world: _World, rng: np.random.Generator, pcs: np.ndarray, mean: np.nd
         genes = rng.choice(g, 40, replace=False)
         f[genes] = rng.choice([0.3, 3.0], 40) * rng.uniform(0.7, 1.3, 40)
         folds.append(f)
+    folds = np.stack(folds)
     rows = []
     for k in range(len(CELL_TYPES)):
         for p in range(len(perts)):
             rows.append(pd.DataFrame({"type_idx": k, "pert_idx": p,
                                       "batch": rng.integers(1, ATLAS_BATCHES + 1, cells_per_group)}))
     cells = pd.concat(rows, ignore_index=True)
+    n = len(cells)
     type_idx, pert_idx = cells["type_idx"].to_numpy(), cells["pert_idx"].to_numpy()
-    t = np.clip(rng.uniform(0, T_MAX - 2.0, len(cells)) + time_shift[pert_idx], 0, T_MAX)
-    u, s = world.expected(type_idx, t, np.stack(folds)[pert_idx])
-    spliced, _ = _sample_counts(rng, u, s, rng.lognormal(0, 0.25, len(cells)), _depth_scale(s))
-    x = _log_normalise(spliced.astype(np.float64))
+    t = np.clip(rng.uniform(0, T_MAX - 2.0, n) + time_shift[pert_idx], 0, T_MAX)
+    depth_factor = rng.lognormal(0, 0.25, n)
+    chunks = _chunks(n, g, chunk_elements)
+    def spliced_expected_of(k):
+        rows = np.arange(n)[chunks[k]]
+        return _in_blocks(len(rows), g, lambda b: world.expected(type_idx[rows[b]], t[rows[b]],
+                                                                 folds[pert_idx[rows[b]]]))[1]
+
+    spliced_expected = _LastChunk(spliced_expected_of)
+    scale = _depth_scale(np.concatenate([spliced_expected(k).sum(1) for k in range(len(chunks))]))
+    # spliced counts only: unspliced ones would be the last draws of the generator's stream, and unused
+    x, z = np.empty((n, g), np.float32), np.empty((n, pcs.shape[1]), np.float32)
+    for k, rows in enumerate(chunks):
+        x_rows = _log_counts(_poisson(rng, spliced_expected(k), scale, depth_factor[rows]))
+        x[rows] = x_rows
+        z[rows] = (x_rows - mean) @ pcs
     obs = pd.DataFrame({
         "perturbation": pd.Categorical(np.array(perts)[pert_idx], categories=perts),
         "cell_types_simple_short": pd.Categorical(np.array(CELL_TYPES)[type_idx], categories=CELL_TYPES),
         "batch": pd.Categorical("plate_" + cells["batch"].astype(str)),
-    }, index=[f"atlas_{i:05d}" for i in range(len(cells))])
-    adata = ad.AnnData(X=x.astype(np.float32), obs=obs,
-                       var=pd.DataFrame({"pca_mean": mean.astype(np.float32)},
-                                        index=[f"gene_{j:04d}" for j in range(g)]))
-    adata.obsm["X_pca"] = ((x - mean) @ pcs).astype(np.float32)
+    }, index=[f"atlas_{i:05d}" for i in range(n)])
+    adata = ad.AnnData(X=x, obs=obs, var=pd.DataFrame({"pca_mean": mean.astype(np.float32)},
+                                                      index=[f"gene_{j:04d}" for j in range(g)]))
+    adata.obsm["X_pca"] = z
     adata.varm["PCs"] = pcs.astype(np.float32)
     adata.uns["demo"] = {"seed": seed, "time_shift": dict(zip(perts, time_shift.tolist())),
                          "genes_per_perturbation": 40, "version": CACHE_VERSION}
@@ -337,18 +455,22 @@ def _add_umap(adata: ad.AnnData, seed: int) -> None:
 
 
 def generate(seed: int = SEED, cells_per_group: int = CELLS_PER_GROUP, n_genes: int = N_GENES,
-             atlas_cells_per_group: int = ATLAS_CELLS_PER_GROUP, umap: bool = True) -> tuple[ad.AnnData, ad.AnnData]:
+             atlas_cells_per_group: int = ATLAS_CELLS_PER_GROUP, umap: bool = True,
+             chunk_elements: int = CHUNK_ELEMENTS) -> tuple[ad.AnnData, ad.AnnData]:
     """Build (burn_sham, atlas) from ``seed``; the same arguments give the same data.
 
     ``cells_per_group`` is per cell type and condition (6 types x 2 conditions), ``atlas_cells_per_group``
     per cell type and perturbation (6 x 13); the defaults make the cached demo (12,000 x 1,000 and 9,360 x
-    1,000). Other sizes are for benchmarks (bench/bench_velocity.py) and quick tests.
+    1,000). Other sizes are for benchmarks (bench/bench_velocity.py, bench/bench_scale.py) and quick tests.
+    ``chunk_elements`` bounds the cells x genes values computed at once (memory); it leaves the counts and X as
+    they are and the other floats to the order of sums (module docstring).
     """
     rng = np.random.default_rng(seed)
     world = _World(rng, n_genes)
-    burn_sham = _burn_sham(world, rng, cells_per_group, seed)
+    burn_sham = _burn_sham(world, rng, cells_per_group, seed, chunk_elements)
     atlas = _atlas(world, rng, burn_sham.varm["PCs"].astype(np.float64),
-                   burn_sham.var["pca_mean"].to_numpy().astype(np.float64), seed, atlas_cells_per_group)
+                   burn_sham.var["pca_mean"].to_numpy().astype(np.float64), seed, atlas_cells_per_group,
+                   chunk_elements)
     atlas.uns["pca"] = burn_sham.uns["pca"]
     if umap:
         _add_umap(burn_sham, seed)

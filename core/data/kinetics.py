@@ -28,8 +28,8 @@ def unspliced_spliced(t, alpha_on, beta, gamma, t_switch):
     t_on = np.minimum(t, t_switch)
     u, s = _evolve(0.0, 0.0, alpha_on, beta, gamma, t_on)
     t_off = np.maximum(t - t_switch, 0.0)
-    u_sw, s_sw = _evolve(0.0, 0.0, alpha_on, beta, gamma, t_switch)
-    u_rep, s_rep = _evolve(u_sw, s_sw, 0.0, beta, gamma, t_off)
+    # where repressed, t_on is t_switch, so (u, s) is already the state at the switch
+    u_rep, s_rep = _evolve(u, s, 0.0, beta, gamma, t_off)
     repressed = t > t_switch
     return np.where(repressed, u_rep, u), np.where(repressed, s_rep, s)
 
