@@ -232,7 +232,7 @@ def velocity_confidence(velocity: np.ndarray, knn: np.ndarray, order: np.ndarray
     return np.clip(out, 0, None)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})  # reassociation lets the dot vectorise
 def _confidence_kernel(order, v, norm, knn, out):  # pragma: no cover (compiled)
     k = knn.shape[1]
     for r in numba.prange(len(order)):

@@ -75,3 +75,19 @@ def test_neighbour_mean_is_scipys_product():
     assert np.array_equal(neighbour_mean(graph, m), (graph @ m).toarray())
     order = np.random.default_rng(4).permutation(300)  # the order rows are summed in changes nothing
     assert np.array_equal(neighbour_mean(graph, m, order), (graph @ m).toarray())
+
+
+def test_the_callers_layers_are_left_as_they_were():
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(5)
+    counts = sp.random(200, 60, density=0.5, random_state=6, format="csr", dtype=np.float32)
+    counts.data = np.ceil(counts.data * 20)
+    spliced, unspliced = counts.copy(), counts.copy()
+    # a non-canonical layer too: unsorted column indices within rows
+    order = np.concatenate([rng.permutation(np.arange(a, b)) for a, b in zip(unspliced.indptr, unspliced.indptr[1:])])
+    unspliced = sp.csr_matrix((unspliced.data[order], unspliced.indices[order], unspliced.indptr), shape=(200, 60))
+    before = [(m.data.copy(), m.indices.copy(), m.indptr.copy()) for m in (spliced, unspliced)]
+    prepare(spliced, unspliced, raw=True, n_top_genes=2000, n_neighbors=10)
+    for m, (data, indices, indptr) in zip((spliced, unspliced), before):
+        assert np.array_equal(m.data, data) and np.array_equal(m.indices, indices) and np.array_equal(m.indptr, indptr)
