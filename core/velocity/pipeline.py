@@ -288,7 +288,8 @@ def _pipeline(adata, embedding: np.ndarray, params: dict, report) -> tuple[dict,
         "v_latent": np.nan_to_num(v_latent),
         "v_scvelo": np.nan_to_num(v_unit),
         "confidence": np.clip(confidence, 0, 1),
-        "velocity": np.nan_to_num(_as_dense_f32(work.layers["velocity"]), copy=False),
+        # in place: work is private, and a copy would be 0.8 GB more at 100,000 cells
+        "velocity": np.nan_to_num(np.asarray(work.layers["velocity"], dtype=np.float32), copy=False),
         "gene_index": work.var["gene_index"].to_numpy(),
         "velocity_genes": work.var["velocity_genes"].to_numpy(dtype=bool),
     }
@@ -329,6 +330,11 @@ def velocity_graph(adata, params: dict, step=lambda name: None):
         work.var["velocity_genes"] = genes
         work.var["velocity_gamma"] = gamma
         work.uns["velocity_params"] = {"mode": "stochastic"}
+        # the steps left need only Ms and the velocity: 2.6 GB fewer at the peak at 100,000 cells
+        for key in ("Mu", "spliced", "unspliced"):
+            del work.layers[key]
+        work.X = None
+        prepared = prepared.without_counts()
     else:
         scv.tl.velocity(work, mode="stochastic")
     step("velocity")

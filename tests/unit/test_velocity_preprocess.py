@@ -91,3 +91,15 @@ def test_the_callers_layers_are_left_as_they_were():
     prepare(spliced, unspliced, raw=True, n_top_genes=2000, n_neighbors=10)
     for m, (data, indices, indptr) in zip((spliced, unspliced), before):
         assert np.array_equal(m.data, data) and np.array_equal(m.indices, indices) and np.array_equal(m.indptr, indptr)
+
+
+def test_neighbour_product_mean_is_the_product_of_scipys_elementwise_product():
+    from core.velocity.preprocess import neighbour_product_mean
+
+    graph = sp.random(300, 300, density=0.05, random_state=7, dtype=np.float32, format="csr")
+    a = sp.random(300, 40, density=0.5, random_state=8, dtype=np.float32, format="csr")
+    b = sp.random(300, 40, density=0.3, random_state=9, dtype=np.float32, format="csr")
+    columns = np.array([3, 0, 17, 39, 8])
+    for x, y in ((a, a), (a, b)):
+        expected = (graph @ x.multiply(y).tocsr()).toarray()[:, columns]
+        assert np.array_equal(neighbour_product_mean(graph, x, y, columns), expected)
