@@ -22,7 +22,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from core.velocity.preprocess import neighbour_product_mean
+from core.velocity.preprocess import neighbour_columns_mean
 
 _PERCENTILE = 95  # scvelo's perc=[5, 95] without offsets uses only the upper quantile
 
@@ -56,13 +56,6 @@ def _gene_blocks(genes: np.ndarray, *cells_by_genes: np.ndarray):
     for start in range(0, len(genes), _GENE_BLOCK):
         block = genes[start:start + _GENE_BLOCK]
         yield block, [np.ascontiguousarray(m[:, block].T, dtype=np.float32) for m in cells_by_genes]
-
-
-def _sorted_csr(m) -> sp.csr_matrix:
-    m = sp.csr_matrix(m, dtype=np.float32)
-    if not m.has_sorted_indices:
-        m = m.sorted_indices()
-    return m
 
 
 def stochastic_velocity(Ms, Mu, spliced, unspliced, connectivities, highly_variable=None, min_r2: float = 0.01,
@@ -101,9 +94,11 @@ def stochastic_velocity(Ms, Mu, spliced, unspliced, connectivities, highly_varia
         genes = r2 > np.percentile(r2, 80)
 
     idx = np.flatnonzero(genes) if genes.any() else np.arange(len(genes))
-    s_counts, u_counts = _sorted_csr(spliced), _sorted_csr(unspliced)
-    ss = neighbour_product_mean(connectivities, s_counts, s_counts, idx, order)  # [n, len(idx)]
-    su = neighbour_product_mean(connectivities, s_counts, u_counts, idx, order)
+    s_counts = sp.csr_matrix(spliced, dtype=np.float32)
+    ss = neighbour_columns_mean(connectivities, s_counts, idx, square=True, order=order)  # [n, len(idx)]
+    product = s_counts.multiply(sp.csr_matrix(unspliced, dtype=np.float32)).tocsr()  # cells with both only
+    su = neighbour_columns_mean(connectivities, product, idx, order=order)
+    del product
     for start in range(0, len(idx), _GENE_BLOCK):
         block = idx[start:start + _GENE_BLOCK]
         s, u = (np.ascontiguousarray(m[:, block].T, dtype=np.float32) for m in (Ms, Mu))

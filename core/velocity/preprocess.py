@@ -256,41 +256,30 @@ def _spmm_rows(order, a_ptr, a_idx, a_val, b_ptr, b_idx, b_val, out):  # pragma:
                 out[i, b_idx[f]] += w * b_val[f]
 
 
-def neighbour_product_mean(graph: sp.csr_matrix, a: sp.csr_matrix, b: sp.csr_matrix, columns: np.ndarray,
+def neighbour_columns_mean(graph: sp.csr_matrix, m: sp.csr_matrix, columns: np.ndarray, square: bool = False,
                            order: np.ndarray | None = None) -> np.ndarray:
-    """graph @ (a * b)[:, columns] as a dense float32 array (a * b elementwise), without forming a * b: at
-    100,000 cells that product is another 1 GB. Same summation order as ``neighbour_mean`` of the product."""
+    """graph @ m[:, columns] (or of m * m with ``square``) as a dense float32 array, without forming the column
+    subset or the square (at 100,000 cells each is another 1 GB). Same summation order as ``neighbour_mean``."""
     graph = sp.csr_matrix(graph, dtype=np.float32)
-    a, b = sp.csr_matrix(a, dtype=np.float32), sp.csr_matrix(b, dtype=np.float32)
-    for m in (a, b):
-        if not m.has_sorted_indices:
-            raise ValueError("neighbour_product_mean needs sorted column indices")
-    position = np.full(a.shape[1], -1, dtype=np.int64)
+    m = sp.csr_matrix(m, dtype=np.float32)
+    position = np.full(m.shape[1], -1, dtype=np.int64)
     position[columns] = np.arange(len(columns))
     order = np.arange(graph.shape[0]) if order is None else np.asarray(order, dtype=np.int64)
     out = np.zeros((graph.shape[0], len(columns)), dtype=np.float32)
-    _product_rows(order, graph.indptr, graph.indices, graph.data, a.indptr, a.indices, a.data, b.indptr, b.indices,
-                  b.data, position, out)
+    _columns_rows(order, graph.indptr, graph.indices, graph.data, m.indptr, m.indices, m.data, position, square,
+                  out)
     return out
 
 
 @numba.njit(parallel=True, cache=True)
-def _product_rows(order, g_ptr, g_idx, g_val, a_ptr, a_idx, a_val, b_ptr, b_idx, b_val, position,
+def _columns_rows(order, g_ptr, g_idx, g_val, m_ptr, m_idx, m_val, position, square,
                   out):  # pragma: no cover (compiled)
     for r in numba.prange(len(order)):
         i = order[r]
         for e in range(g_ptr[i], g_ptr[i + 1]):
             j, w = g_idx[e], g_val[e]
-            p, q = a_ptr[j], b_ptr[j]
-            while p < a_ptr[j + 1] and q < b_ptr[j + 1]:
-                if a_idx[p] < b_idx[q]:
-                    p += 1
-                elif a_idx[p] > b_idx[q]:
-                    q += 1
-                else:
-                    c = position[a_idx[p]]
-                    if c >= 0:
-                        out[i, c] += w * (a_val[p] * b_val[q])
-                    p += 1
-                    q += 1
-
+            for f in range(m_ptr[j], m_ptr[j + 1]):
+                c = position[m_idx[f]]
+                if c >= 0:
+                    value = m_val[f] * m_val[f] if square else m_val[f]
+                    out[i, c] += w * value
