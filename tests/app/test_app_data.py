@@ -192,3 +192,33 @@ def test_computed_velocity_is_shown_and_saved_into_a_copy_for_training(app, demo
     assert sidebar_select(app, "Velocity confidence").value == "velocity_confidence"
     saved = ad.read_h5ad(copy_path)
     np.testing.assert_allclose(saved.obsm["velocity_pca"], demo_with_velocity.obsm["velocity_pca"], rtol=1e-6)
+
+
+def test_a_server_file_opens_with_its_counts_on_disk_and_velocity_computes_from_them(app, demo_with_velocity,
+                                                                                      tmp_path):
+    # the demo's counts written as a user's file: the sidebar reads it backed, its layers left on disk
+    from anndata.abc import CSRDataset
+
+    from app.cache import path_adata
+    from core.data.demo import load_demo
+
+    base = load_demo("burn_sham")
+    path = tmp_path / "runs" / "counts.h5ad"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base.write_h5ad(path)
+    app.sidebar.radio(key="data_source").set_value("A .h5ad path on the server").run()
+    app.sidebar.text_input(key="server_path").set_value(str(path)).run()
+    assert not app.exception and not app.error
+    assert any(t.value == f"File: counts.h5ad: {base.n_obs:,} cells × {base.n_vars:,} genes." for t in app.text)
+    opened = path_adata(str(path), path.stat().st_mtime)
+    assert isinstance(opened.layers["spliced"], CSRDataset) and isinstance(opened.layers["unspliced"], CSRDataset)
+    scatter = next(s for title, s in charts(app).items() if title.startswith("UMAP coloured by"))
+    assert sum(len(trace["x"]) for trace in scatter["data"]) == base.n_obs  # every cell, in WebGL
+    assert {trace["type"] for trace in scatter["data"]} == {"scattergl"}
+    # no velocity in the file: nothing is computed until asked
+    assert any("No velocity key is chosen" in i.value for i in app.info)
+    app.radio(key="velocity_source").set_value("Compute from spliced/unspliced counts").run()
+    next(b for b in app.button if b.label == "Compute velocity").click().run()
+    assert not app.exception and not app.error
+    title = next(t for t in charts(app) if t.startswith("Velocity confidence"))
+    assert title == f"Velocity confidence, median {np.median(demo_with_velocity.obs['velocity_confidence']):.2f}"

@@ -55,3 +55,23 @@ def test_scale_rows_run_quick(tmp_path, monkeypatch):
     assert velocity.met in (True, False) and velocity.extra["peak_mb"] > 0
     assert rows[2].extra["steps"] > 0 and rows[2].extra["train_cells_per_s"] > 0
     assert rows[4].baseline is rows[3].timing or rows[4].baseline == rows[3].timing
+
+
+def test_app_large_file_rows_use_the_cached_file_or_quick_builds_a_small_one(tmp_path, monkeypatch):
+    import anndata as ad
+
+    from bench.bench_app import large_file
+    from bench.bench_scale import FULL, cache_name
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("ST_DATA_CACHE", str(cache))
+    small = large_file(quick=True, scratch=tmp_path)  # no large file built: the 2,400 x 200 one, in scratch
+    assert small.parent == tmp_path and small.name == cache_name(bench_scale.QUICK)
+    assert ad.read_h5ad(small, backed="r").shape == (2400, 200)
+    full = cache / cache_name(FULL)
+    assert full.name.startswith("bench_burn_sham_100008x2000_")
+    full.write_bytes(b"")  # the cached file and the record of its build: taken as they are, never rebuilt
+    full.with_suffix(".build.json").write_text('{"seconds": 1}')
+    assert large_file(quick=True, scratch=tmp_path) == full
+    assert large_file(quick=False, scratch=tmp_path) == full
