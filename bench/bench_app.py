@@ -182,7 +182,7 @@ def wait_for_file_drawn(page, path: Path, n_cells: int) -> None:
 
 def large_file_rows(browser, env: dict, path: Path, repeats: int) -> list[Row]:
     """Choosing ``path`` in the sidebar to its Data page drawn (a fresh server each time: the file is read,
-    not taken from the cache), then page switches Data -> Train -> Inspect -> Data with it loaded."""
+    not taken from the cache), then page switches Data -> Inspect -> Train -> Data with it loaded."""
     from core.data.io import read_h5ad
 
     with_counts = read_h5ad(path, backed=True, lazy_layers=True)
@@ -197,34 +197,42 @@ def large_file_rows(browser, env: dict, path: Path, repeats: int) -> list[Row]:
             if i:
                 samples.append(time.perf_counter() - start)
             if i == repeats:
-                switch = _switches_with_file(page, repeats)
+                switch = _switches_with_file(page, path, n_cells, repeats)
             page.close()
     timing = Timing.of(samples)
     rows = [Row("app", f"load a {label} file from the sidebar (server path) to the Data page drawn (browser)",
                 timing, target=f"<= {LARGE_LOAD_TARGET_S:g} s", met=timing.median_s <= LARGE_LOAD_TARGET_S,
                 extra={"file_mb": round(path.stat().st_size / 2**20)})]
-    for name, per_page in switch.items():
-        timing = Timing.of(per_page)
-        rows.append(Row("app", f"page switch to {name} with the {label} file loaded (browser)", timing,
+    for name, samples in switch.items():
+        timing = Timing.of(samples)
+        rows.append(Row("app", f"page switch {name} with the {label} file loaded (browser)", timing,
                         target=f"<= {PAGE_SWITCH_TARGET_S:g} s", met=timing.median_s <= PAGE_SWITCH_TARGET_S))
     return rows
 
 
-def _switches_with_file(page, repeats: int) -> dict[str, list[float]]:
+def _switches_with_file(page, path: Path, n_cells: int, repeats: int) -> dict[str, list[float]]:
     from app import serve
 
-    order = ["Train", "Inspect", "Data"]
+    def drawn(name):
+        if name == "Data":  # the sidebar's own "Data" heading is always there: wait for the page's line on the file
+            wait_for_file_drawn(page, path, n_cells)
+        else:
+            serve.wait_for_page(page, HEADINGS[name], charts=MIN_CHARTS[name])
+
+    # a cycle from the Data page: Data -> Inspect -> Train -> Data (what a switch costs depends on the page left
+    # too: the browser takes the old page's figures down)
+    order = ["Inspect", "Train", "Data"]
     for name in order:  # warm-up: first visits import their modules and fill the caches
         serve.open_page(page, name)
-        serve.wait_for_page(page, HEADINGS[name], charts=1 if name == "Data" else 0)
-    per_page: dict[str, list[float]] = {name: [] for name in order}
+        drawn(name)
+    per_switch: dict[str, list[float]] = {}
     for _ in range(repeats):
-        for name in order:
+        for before, name in zip(["Data", *order[:-1]], order):
             start = time.perf_counter()
             serve.open_page(page, name)
-            serve.wait_for_page(page, HEADINGS[name], charts=1 if name == "Data" else 0)
-            per_page[name].append(time.perf_counter() - start)
-    return per_page
+            drawn(name)
+            per_switch.setdefault(f"{before} -> {name}", []).append(time.perf_counter() - start)
+    return per_switch
 
 
 def _velocity_tab_row(page, repeats: int) -> Row:

@@ -24,7 +24,10 @@ from core.figures.style import (
     subsample_index,
 )
 
-MAX_SCATTER_POINTS = 30_000
+# Cells drawn in one scatter (a fixed sample above it, named in the title). The browser's time grows with them:
+# switching to the Data page of a 100,008-cell file took 1.2 s at 30,000 (headless chromium, load ~3), 1.0 s
+# at 20,000, 0.74 s at 10,000; the 12,000-cell demo is drawn whole.
+MAX_SCATTER_POINTS = 15_000
 # WebGL pays off only for many points: each WebGL figure opens its own context (slow where the browser renders in
 # software), while SVG draws a few thousand markers quickly. Two small WebGL scatters made the Inspect page's
 # velocity tab take ~1.4 s in headless chromium; as SVG, ~0.5 s.
