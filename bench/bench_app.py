@@ -172,17 +172,19 @@ def choose_server_file(page, path: Path) -> None:
     box.press("Enter")
 
 
-def wait_for_file_drawn(page, path: Path, n_cells: int) -> None:
+def wait_for_file_drawn(page, path: Path, n_cells: int, charts: int = MIN_CHARTS["Data"]) -> None:
     """The Data page names the file with its cell count (the first line after the heading) and draws it."""
     from app import serve
 
     page.get_by_text(f"{path.name}: {n_cells:,} cells", exact=False).first.wait_for(timeout=120_000)
-    serve.wait_until_idle(page, timeout_ms=120_000, charts=MIN_CHARTS["Data"])
+    serve.wait_until_idle(page, timeout_ms=120_000, charts=charts)
 
 
-def large_file_rows(browser, env: dict, path: Path, repeats: int) -> list[Row]:
+def large_file_rows(browser, env: dict, path: Path, repeats: int, charts: dict | None = None) -> list[Row]:
     """Choosing ``path`` in the sidebar to its Data page drawn (a fresh server each time: the file is read,
-    not taken from the cache), then page switches Data -> Inspect -> Train -> Data with it loaded."""
+    not taken from the cache), then page switches Data -> Inspect -> Train -> Data with it loaded, each
+    waiting for ``charts`` figures (default MIN_CHARTS: the runs folder holds the evaluated run)."""
+    charts = charts or MIN_CHARTS
     from core.data.io import read_h5ad
 
     with_counts = read_h5ad(path, backed=True, lazy_layers=True)
@@ -193,11 +195,11 @@ def large_file_rows(browser, env: dict, path: Path, repeats: int) -> list[Row]:
         with _data_page(browser, env) as page:
             choose_server_file(page, path)
             start = time.perf_counter()
-            wait_for_file_drawn(page, path, n_cells)
+            wait_for_file_drawn(page, path, n_cells, charts["Data"])
             if i:
                 samples.append(time.perf_counter() - start)
             if i == repeats:
-                switch = _switches_with_file(page, path, n_cells, repeats)
+                switch = _switches_with_file(page, path, n_cells, repeats, charts)
             page.close()
     timing = Timing.of(samples)
     rows = [Row("app", f"load a {label} file from the sidebar (server path) to the Data page drawn (browser)",
@@ -210,14 +212,14 @@ def large_file_rows(browser, env: dict, path: Path, repeats: int) -> list[Row]:
     return rows
 
 
-def _switches_with_file(page, path: Path, n_cells: int, repeats: int) -> dict[str, list[float]]:
+def _switches_with_file(page, path: Path, n_cells: int, repeats: int, charts: dict) -> dict[str, list[float]]:
     from app import serve
 
     def drawn(name):
         if name == "Data":  # the sidebar's own "Data" heading is always there: wait for the page's line on the file
-            wait_for_file_drawn(page, path, n_cells)
+            wait_for_file_drawn(page, path, n_cells, charts["Data"])
         else:
-            serve.wait_for_page(page, HEADINGS[name], charts=MIN_CHARTS[name])
+            serve.wait_for_page(page, HEADINGS[name], charts=charts[name])
 
     # a cycle from the Data page: Data -> Inspect -> Train -> Data (what a switch costs depends on the page left
     # too: the browser takes the old page's figures down)

@@ -1,5 +1,6 @@
 """The benchmark rows of issue 15 run (``--quick``) and say what they measured; no timing is checked here."""
 
+import shutil
 import subprocess
 import sys
 
@@ -75,3 +76,27 @@ def test_app_large_file_rows_use_the_cached_file_or_quick_builds_a_small_one(tmp
     full.with_suffix(".build.json").write_text('{"seconds": 1}')
     assert large_file(quick=True, scratch=tmp_path) == full
     assert large_file(quick=False, scratch=tmp_path) == full
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium")
+def test_app_large_file_rows_run_in_the_browser_on_the_quick_file(tmp_path, monkeypatch):
+    from playwright.sync_api import sync_playwright
+
+    from app import serve
+    from bench.bench_app import large_file, large_file_rows
+
+    monkeypatch.setenv("ST_DATA_CACHE", str(tmp_path / "cache"))
+    path = large_file(quick=True, scratch=tmp_path)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=serve.chromium_path(), args=serve.CHROMIUM_ARGS)
+        try:  # an empty runs folder: Train and Inspect draw no run figures
+            rows = large_file_rows(browser, {"ST_RUNS_DIR": str(tmp_path)}, path, repeats=1,
+                                   charts={"Data": 1, "Train": 0, "Inspect": 0})
+        finally:
+            browser.close()
+    assert [r.name.split(" with ")[0] for r in rows] == [
+        "load a 2,400 x 200 file from the sidebar (server path) to the Data page drawn (browser)",
+        "page switch Data -> Inspect", "page switch Inspect -> Train", "page switch Train -> Data"]
+    assert all(r.timing.repeats == 1 and r.timing.median_s > 0 and r.met in (True, False) for r in rows)
+    assert rows[0].extra["file_mb"] >= 0
