@@ -41,14 +41,19 @@ def _once(seconds: float) -> Timing:
     return Timing(seconds, seconds, seconds, 1)
 
 
+def cache_name(size: dict) -> str:
+    """The file name of a synthetic file of ``size`` (FULL or QUICK): the size and the generator's version."""
+    from core.data.demo import CACHE_VERSION
+
+    return f"bench_burn_sham_{size['cells_per_group'] * 12}x{size['genes']}_{CACHE_VERSION}.h5ad"
+
+
 def _data_file(quick: bool, scratch: Path) -> tuple[Path, dict]:
     """(path, build record): built now, or read from the cache with the record of the run that built it."""
-    from core.data.demo import CACHE_VERSION
     from core.paths import cache_dir
 
     size = QUICK if quick else FULL
-    name = f"bench_burn_sham_{size['cells_per_group'] * 12}x{size['genes']}_{CACHE_VERSION}.h5ad"
-    path = (scratch if quick else cache_dir()) / name
+    path = (scratch if quick else cache_dir()) / cache_name(size)
     record = path.with_suffix(".build.json")
     if path.exists() and record.exists():
         return path, {**json.loads(record.read_text()), "cached": True}

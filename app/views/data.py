@@ -1,5 +1,6 @@
 """Data page: is the data set usable, what is in it, and where is it heading (RNA velocity)."""
 
+import numpy as np
 import streamlit as st
 
 from app import cache, state
@@ -105,14 +106,20 @@ with right:
             source_kind = "computed"
     if vectors_key is not None and embed_key:
         with shown_errors("drawing velocity arrows"):
-            arrows = cache.projected_arrows(ref, embed_key, vectors_key, basis_key, source_kind)
+            rows, arrows = cache.projected_arrows(ref, embed_key, vectors_key, basis_key, source_kind)
+            if len(rows) < adata.n_obs:
+                st.caption(f"Arrows and streamlines from {len(rows):,} of {adata.n_obs:,} cells (a fixed random "
+                           "sample), so that they are drawn in seconds.")
+            arrow_coords = coords[rows]
+            arrow_colours = (colour_values.iloc[rows].reset_index(drop=True) if hasattr(colour_values, "iloc")
+                             else np.asarray(colour_values)[rows])
             mode = state.VELOCITY_ARROW_MODE.get()
             grid = state.VELOCITY_GRID.get()
             per_grid = mode.startswith("grid")
             how = f"grid-averaged, {grid}×{grid}" if per_grid else "per cell, subsample"
-            fig = arrows_figure(coords, {"velocity": arrows}, mode="grid" if per_grid else "cells",
+            fig = arrows_figure(arrow_coords, {"velocity": arrows}, mode="grid" if per_grid else "cells",
                                 grid_size=grid, basis=basis_label, title=f"Velocity on the {basis_label} ({how})",
-                                colour_values=colour_values, colour_name=colour_name)
+                                colour_values=arrow_colours, colour_name=colour_name, categories=colour_values)
             show_figure(fig, f"velocity_arrows_{basis_label.lower()}")
             a1, a2 = st.columns(2)
             a1.radio("Arrows", ["grid-averaged", "per cell (subsample)"], key=state.VELOCITY_ARROW_MODE.name,
@@ -128,12 +135,12 @@ if arrows is not None:
                f"{basis_label} (grid {state.VELOCITY_GRID.get()}×{state.VELOCITY_GRID.get()}, one grid for "
                "every panel); cells coloured as above. Line spacing and length are for reading, not magnitudes.")
     with shown_errors("drawing the velocity streamlines"):
-        conditions = adata.obs[mapping["pert_col"]].astype(str).reset_index(drop=True)
+        conditions = adata.obs[mapping["pert_col"]].astype(str).iloc[rows].reset_index(drop=True)
         control = str(mapping["control_pert"])
         order = [control, *sorted(set(conditions) - {control})][:MAX_STREAM_PANELS]
         if len(set(conditions)) > MAX_STREAM_PANELS:
             st.caption(f"Showing {MAX_STREAM_PANELS} of {len(set(conditions))} conditions: the control and the "
                        "first others by name.")
-        show_figure(stream_figure(coords, arrows, conditions, colour_values, colour_name, order=order,
+        show_figure(stream_figure(arrow_coords, arrows, conditions, arrow_colours, colour_name, order=order,
                                   grid_size=state.VELOCITY_GRID.get(), basis=basis_label),
                     f"velocity_stream_{basis_label.lower()}")

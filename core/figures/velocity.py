@@ -24,7 +24,10 @@ from core.figures.style import (
     subsample_index,
 )
 
-MAX_SCATTER_POINTS = 30_000
+# Cells drawn in one scatter (a fixed sample above it, named in the title). The browser's time grows with them:
+# switching to the Data page of a 100,008-cell file took 1.2 s at 30,000 (headless chromium, load ~3), 1.0 s
+# at 20,000, 0.74 s at 10,000; the 12,000-cell demo is drawn whole.
+MAX_SCATTER_POINTS = 15_000
 # WebGL pays off only for many points: each WebGL figure opens its own context (slow where the browser renders in
 # software), while SVG draws a few thousand markers quickly. Two small WebGL scatters made the Inspect page's
 # velocity tab take ~1.4 s in headless chromium; as SVG, ~0.5 s.
@@ -85,12 +88,13 @@ def cell_traces(xy: np.ndarray, values, colour_name: str, categories=None, limit
 
 
 def _background(fig: go.Figure, coords: np.ndarray, max_points: int, seed: int = 0, colour_values=None,
-                colour_name: str = "") -> None:
+                colour_name: str = "", categories=None) -> None:
     """The cells under the arrows: grey, or coloured like the embedding beside them (``colour_values`` [N])."""
     keep = subsample_index(len(coords), max_points, seed)
     if colour_values is not None:
         values = pd.Series(np.asarray(colour_values))
-        for trace in cell_traces(coords[keep], values.iloc[keep], colour_name, categories=values, opacity=0.35):
+        order = values if categories is None else categories
+        for trace in cell_traces(coords[keep], values.iloc[keep], colour_name, categories=order, opacity=0.35):
             fig.add_trace(trace.update(hoverinfo="skip"))
         return
     scatter = points_trace(len(keep))
@@ -144,9 +148,10 @@ def _display_scale(coords: np.ndarray, arrow_fields: dict, n_arrows: int) -> flo
 
 def arrows_figure(coords: np.ndarray, arrow_fields: dict[str, np.ndarray], mode: str = "grid",
                   grid_size: int = 25, n_cells: int = 600, basis: str = "UMAP", title: str | None = None,
-                  seed: int = 0, colour_values=None, colour_name: str = "") -> go.Figure:
+                  seed: int = 0, colour_values=None, colour_name: str = "", categories=None) -> go.Figure:
     """Arrows of one or more projected fields (e.g. {"Δz": ..., "v_z": ...}) over the cells, grey or coloured
-    by ``colour_values`` [N] (as the embedding beside it is).
+    by ``colour_values`` [N] (as the embedding beside it is; ``categories``: the values whose order gives the
+    colours, when ``coords`` are a sample of the embedding's cells).
 
     ``mode="grid"`` averages arrows on a grid (readable at any cell count, the default); ``"cells"``
     draws one arrow per cell for a random subsample of ``n_cells``.
@@ -155,7 +160,7 @@ def arrows_figure(coords: np.ndarray, arrow_fields: dict[str, np.ndarray], mode:
     if not arrow_fields:
         return message_figure("No vectors to draw.", title=title)
     fig = go.Figure()
-    _background(fig, coords, MAX_SCATTER_POINTS, seed, colour_values, colour_name)
+    _background(fig, coords, MAX_SCATTER_POINTS, seed, colour_values, colour_name, categories)
     fig.update_layout(legend=dict(itemsizing="constant"))  # a category's marker as big as an arrow's line
     spare = iter(["#009E73", "#CC79A7", "#E69F00", "#56B4E9"])
     roles = {"Δz": ROLE_COLOURS["delta_z"], "v_z": ROLE_COLOURS["v_z"], "velocity": ROLE_COLOURS["v_z"]}

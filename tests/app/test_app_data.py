@@ -192,3 +192,76 @@ def test_computed_velocity_is_shown_and_saved_into_a_copy_for_training(app, demo
     assert sidebar_select(app, "Velocity confidence").value == "velocity_confidence"
     saved = ad.read_h5ad(copy_path)
     np.testing.assert_allclose(saved.obsm["velocity_pca"], demo_with_velocity.obsm["velocity_pca"], rtol=1e-6)
+
+
+def test_a_server_file_opens_with_its_counts_on_disk_and_velocity_computes_from_them(app, demo_with_velocity,
+                                                                                      tmp_path):
+    # the demo's counts written as a user's file: the sidebar reads it backed, its layers left on disk
+    from anndata.abc import CSRDataset
+
+    from app.cache import path_adata
+    from core.data.demo import load_demo
+
+    base = load_demo("burn_sham")
+    path = tmp_path / "runs" / "counts.h5ad"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base.write_h5ad(path)
+    app.sidebar.radio(key="data_source").set_value("A .h5ad path on the server").run()
+    app.sidebar.text_input(key="server_path").set_value(str(path)).run()
+    assert not app.exception and not app.error
+    assert any(t.value == f"File: counts.h5ad: {base.n_obs:,} cells × {base.n_vars:,} genes." for t in app.text)
+    opened = path_adata(str(path), path.stat().st_mtime)
+    assert isinstance(opened.layers["spliced"], CSRDataset) and isinstance(opened.layers["unspliced"], CSRDataset)
+    scatter = next(s for title, s in charts(app).items() if title.startswith("UMAP coloured by"))
+    assert sum(len(trace["x"]) for trace in scatter["data"]) == base.n_obs  # every cell, in WebGL
+    assert {trace["type"] for trace in scatter["data"]} == {"scattergl"}
+    # no velocity in the file: nothing is computed until asked
+    assert any("No velocity key is chosen" in i.value for i in app.info)
+    app.radio(key="velocity_source").set_value("Compute from spliced/unspliced counts").run()
+    next(b for b in app.button if b.label == "Compute velocity").click().run()
+    assert not app.exception and not app.error
+    title = next(t for t in charts(app) if t.startswith("Velocity confidence"))
+    assert title == f"Velocity confidence, median {np.median(demo_with_velocity.obs['velocity_confidence']):.2f}"
+
+
+def test_arrows_of_a_large_file_come_from_a_fixed_sample_and_say_so(app, demo_with_velocity, tmp_path,
+                                                                     monkeypatch):
+    # The kNN graph under the arrows is what costs on 100,000 cells; above MAX_ARROW_CELLS the Data page projects
+    # a fixed sample's velocities. 5,000 here stands in for 20,000, on the 12,000-cell demo written as a file.
+    from app import cache
+    from core.figures.arrows import project_to_2d
+    from core.figures.style import subsample_index
+    from core.figures.velocity import arrows_figure
+
+    monkeypatch.setattr(cache, "MAX_ARROW_CELLS", 5_000)
+    path = tmp_path / "runs" / "with_velocity.h5ad"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    demo_with_velocity.write_h5ad(path)
+    app.sidebar.radio(key="data_source").set_value("A .h5ad path on the server").run()
+    app.sidebar.text_input(key="server_path").set_value(str(path)).run()
+    sidebar_select(app, "Velocity (obsm").set_value("velocity_pca").run()
+    assert not app.exception and not app.error
+    n = demo_with_velocity.n_obs
+    assert any(c.value.startswith(f"Arrows and streamlines from 5,000 of {n:,} cells") for c in app.caption)
+    shown = charts(app)
+    drawn = shown["Velocity on the UMAP (grid-averaged, 25×25)"]
+    # the same arrows as projecting the sample's own velocities with neighbours among the sample
+    from sklearn.neighbors import NearestNeighbors
+
+    rows = subsample_index(n, 5_000, seed=0)
+    latent = np.asarray(demo_with_velocity.obsm["X_pca"], dtype=np.float32)[rows]
+    neighbours = NearestNeighbors(n_neighbors=31).fit(latent).kneighbors(latent, return_distance=False)[:, 1:]
+    expected_arrows = project_to_2d(latent, demo_with_velocity.obsm["velocity_pca"][rows],
+                                    demo_with_velocity.obsm["X_umap"][rows], neighbours=neighbours)
+    expected = arrows_figure(demo_with_velocity.obsm["X_umap"][rows], {"velocity": expected_arrows},
+                             colour_values=demo_with_velocity.obs["cell_types_simple_short"].iloc[rows])
+    ours = next(t for t in drawn["data"] if t.get("name") == "velocity")
+    theirs = next(t for t in expected.data if t.name == "velocity")
+    np.testing.assert_allclose(np.asarray(ours["x"], dtype=float), np.asarray(theirs.x, dtype=float), rtol=1e-5,
+                               equal_nan=True)
+    # the sampled cells underneath, each cell type in the colour the full embedding beside it gives it
+    cells = [t for t in drawn["data"] if t.get("mode") == "markers"]
+    assert sum(len(t["x"]) for t in cells) == 5_000
+    beside = next(s for title, s in shown.items() if title.startswith("UMAP coloured by"))
+    colour_of = {t["name"]: t["marker"]["color"] for t in beside["data"]}
+    assert {t["name"]: t["marker"]["color"] for t in cells} == colour_of

@@ -1,5 +1,6 @@
 """The benchmark rows of issue 15 run (``--quick``) and say what they measured; no timing is checked here."""
 
+import shutil
 import subprocess
 import sys
 
@@ -55,3 +56,47 @@ def test_scale_rows_run_quick(tmp_path, monkeypatch):
     assert velocity.met in (True, False) and velocity.extra["peak_mb"] > 0
     assert rows[2].extra["steps"] > 0 and rows[2].extra["train_cells_per_s"] > 0
     assert rows[4].baseline is rows[3].timing or rows[4].baseline == rows[3].timing
+
+
+def test_app_large_file_rows_use_the_cached_file_or_quick_builds_a_small_one(tmp_path, monkeypatch):
+    import anndata as ad
+
+    from bench.bench_app import large_file
+    from bench.bench_scale import FULL, cache_name
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("ST_DATA_CACHE", str(cache))
+    small = large_file(quick=True, scratch=tmp_path)  # no large file built: the 2,400 x 200 one, in scratch
+    assert small.parent == tmp_path and small.name == cache_name(bench_scale.QUICK)
+    assert ad.read_h5ad(small, backed="r").shape == (2400, 200)
+    full = cache / cache_name(FULL)
+    assert full.name.startswith("bench_burn_sham_100008x2000_")
+    full.write_bytes(b"")  # the cached file and the record of its build: taken as they are, never rebuilt
+    full.with_suffix(".build.json").write_text('{"seconds": 1}')
+    assert large_file(quick=True, scratch=tmp_path) == full
+    assert large_file(quick=False, scratch=tmp_path) == full
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium")
+def test_app_large_file_rows_run_in_the_browser_on_the_quick_file(tmp_path, monkeypatch):
+    from playwright.sync_api import sync_playwright
+
+    from app import serve
+    from bench.bench_app import large_file, large_file_rows
+
+    monkeypatch.setenv("ST_DATA_CACHE", str(tmp_path / "cache"))
+    path = large_file(quick=True, scratch=tmp_path)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=serve.chromium_path(), args=serve.CHROMIUM_ARGS)
+        try:  # an empty runs folder: Train and Inspect draw no run figures
+            rows = large_file_rows(browser, {"ST_RUNS_DIR": str(tmp_path)}, path, repeats=1,
+                                   charts={"Data": 1, "Train": 0, "Inspect": 0})
+        finally:
+            browser.close()
+    assert [r.name.split(" with ")[0] for r in rows] == [
+        "load a 2,400 x 200 file from the sidebar (server path) to the Data page drawn (browser)",
+        "page switch Data -> Inspect", "page switch Inspect -> Train", "page switch Train -> Data"]
+    assert all(r.timing.repeats == 1 and r.timing.median_s > 0 and r.met in (True, False) for r in rows)
+    assert rows[0].extra["file_mb"] >= 0

@@ -338,3 +338,25 @@ def test_small_scatters_are_svg_and_large_ones_webgl():
     for count, kind in ((n - 1, "scatter"), (n, "scattergl")):
         fig = embedding_scatter(rng.normal(size=(count, 2)), pd.Series(["x"] * count), "label")
         assert [t.type for t in fig.data] == [kind]
+
+
+def test_embedding_scatter_draws_a_fixed_sample_above_its_cap_and_says_so():
+    from core.figures.velocity import MAX_SCATTER_POINTS, embedding_scatter
+
+    rng = np.random.default_rng(4)
+    n = MAX_SCATTER_POINTS + 5_000
+    coords = rng.normal(size=(n, 2))
+    kinds = pd.Series(rng.choice(["a", "b", "c"], n))
+    fig = embedding_scatter(coords, kinds, "kind")
+    assert fig.layout.title.text == f"UMAP coloured by kind ({MAX_SCATTER_POINTS:,} of {n:,} cells shown)"
+    drawn = np.concatenate([np.column_stack([t.x, t.y]) for t in fig.data])
+    assert len(drawn) == MAX_SCATTER_POINTS and {t.type for t in fig.data} == {"scattergl"}
+    # each drawn marker is one of the cells, at its own place and under its own category
+    where = {tuple(xy): k for xy, k in zip(coords, kinds)}
+    assert all(where[(x, y)] == t.name for t in fig.data for x, y in zip(t.x, t.y))
+    assert len({tuple(xy) for xy in drawn}) == MAX_SCATTER_POINTS
+    again = embedding_scatter(coords, kinds, "kind")
+    np.testing.assert_array_equal(again.data[0].x, fig.data[0].x)  # the same sample every time
+    # the 12,000-cell demo size is drawn whole
+    whole = embedding_scatter(coords[:12_000], kinds[:12_000], "kind")
+    assert whole.layout.title.text == "UMAP coloured by kind" and sum(len(t.x) for t in whole.data) == 12_000
