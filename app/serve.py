@@ -92,8 +92,10 @@ def wait_until_idle(page, timeout_ms: float = 60_000, charts: int = 0) -> None:
 
 def wait_for_page(page, title: str, timeout_ms: float = 60_000, charts: int = 0) -> None:
     """Wait until the page's heading is ``title`` (so the new page's run has started), its script has
-    finished, and ``charts`` figures are drawn."""
-    page.get_by_role("heading", name=title, exact=False).first.wait_for(timeout=timeout_ms)
+    finished, and ``charts`` figures are drawn. The heading is looked for in the main area only: the sidebar
+    has a "Data" subheader on every page, which matched at once."""
+    main = page.locator('[data-testid="stMain"]')
+    main.get_by_role("heading", name=title, exact=False).first.wait_for(timeout=timeout_ms)
     wait_until_idle(page, timeout_ms, charts)
 
 
