@@ -22,7 +22,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from core.velocity.preprocess import neighbour_columns_mean
+from core.velocity.preprocess import neighbour_moments
 
 _PERCENTILE = 95  # scvelo's perc=[5, 95] without offsets uses only the upper quantile
 
@@ -94,11 +94,7 @@ def stochastic_velocity(Ms, Mu, spliced, unspliced, connectivities, highly_varia
         genes = r2 > np.percentile(r2, 80)
 
     idx = np.flatnonzero(genes) if genes.any() else np.arange(len(genes))
-    s_counts = sp.csr_matrix(spliced, dtype=np.float32)
-    ss = neighbour_columns_mean(connectivities, s_counts, idx, square=True, order=order)  # [n, len(idx)]
-    product = s_counts.multiply(sp.csr_matrix(unspliced, dtype=np.float32)).tocsr()  # cells with both only
-    su = neighbour_columns_mean(connectivities, product, idx, order=order)
-    del product
+    ss, su = neighbour_moments(connectivities, spliced, unspliced, idx, order)  # [n, len(idx)] each
     for start in range(0, len(idx), _GENE_BLOCK):
         block = idx[start:start + _GENE_BLOCK]
         s, u = (np.ascontiguousarray(m[:, block].T, dtype=np.float32) for m in (Ms, Mu))
@@ -245,13 +241,16 @@ def transition_projection(T, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unit.astype(np.float32), latent.astype(np.float32)
 
 
-def velocity_confidence(velocity: np.ndarray, knn: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+def velocity_confidence(velocity: np.ndarray, knn: np.ndarray, order: np.ndarray | None = None,
+                        genes: np.ndarray | None = None) -> np.ndarray:
     """scvelo ``tl.velocity_confidence``: the mean cosine between a cell's (row-centred) velocity and its
     k neighbours' velocities, clipped at 0. NaN where a velocity is zero, as in scvelo (a zero neighbour
-    counts as 0). ``order``: cells grouped so that consecutive ones share neighbours (speed only)."""
-    v = np.asarray(velocity, dtype=np.float32)
-    v = v - v.mean(1, keepdims=True, dtype=np.float64).astype(np.float32)
-    norm = np.linalg.norm(v, axis=1).astype(np.float64)
+    counts as 0). ``order``: cells grouped so that consecutive ones share neighbours (speed only); ``genes``: a
+    mask of the genes to use (default all)."""
+    # one copy (of the genes used), centred in place: no second cells x genes temporary
+    v = np.array(velocity, dtype=np.float32) if genes is None else velocity[:, genes].astype(np.float32, copy=False)
+    v -= v.mean(1, keepdims=True, dtype=np.float64).astype(np.float32)
+    norm = np.sqrt(np.einsum("ij,ij->i", v, v, dtype=np.float64))
     out = np.empty(len(v), dtype=np.float64)
     order = np.arange(len(v)) if order is None else np.asarray(order, dtype=np.int64)
     _confidence_kernel(order, v, norm, np.ascontiguousarray(knn, dtype=np.int64), out)

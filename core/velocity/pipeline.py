@@ -175,7 +175,8 @@ def compute_velocity(adata, basis: str = "pca", embed_key: str | None = None, mo
     if mode == "dynamical":
         params["dynamical_genes"] = int(dynamical_genes)
     report = progress or (lambda step, fraction: None)
-    cache_file = _cache_root() / f"{_cache_key(adata, embedding, params)}.npz"
+    # the key hashes every count (about 3 s at 100,000 cells): only worth it when the cache is used
+    cache_file = _cache_root() / f"{_cache_key(adata, embedding, params)}.npz" if use_cache else None
     if use_cache and cache_file.exists():
         with np.load(cache_file, allow_pickle=False) as cached:
             result = {k: cached[k] for k in cached.files}
@@ -277,7 +278,7 @@ def _pipeline(adata, embedding: np.ndarray, params: dict, report) -> tuple[dict,
     step("projection")
 
     if use_fast:
-        confidence = fast.velocity_confidence(vel[:, keep], knn, order)
+        confidence = fast.velocity_confidence(vel, knn, order, genes=keep)
     else:
         scv.tl.velocity_confidence(work)
         confidence = work.obs["velocity_confidence"].to_numpy()

@@ -93,12 +93,14 @@ def test_the_callers_layers_are_left_as_they_were():
         assert np.array_equal(m.data, data) and np.array_equal(m.indices, indices) and np.array_equal(m.indptr, indptr)
 
 
-def test_neighbour_columns_mean_is_scipys_product_of_the_columns():
-    from core.velocity.preprocess import neighbour_columns_mean
+def test_neighbour_moments_are_scipys_products_of_the_elementwise_products(monkeypatch):
+    import core.velocity.preprocess as preprocess
 
+    monkeypatch.setattr(preprocess, "_MOMENT_COLUMNS", 2)  # several blocks, an uneven last one
     graph = sp.random(300, 300, density=0.05, random_state=7, dtype=np.float32, format="csr")
-    m = sp.random(300, 40, density=0.5, random_state=8, dtype=np.float32, format="csr")
+    s = sp.random(300, 40, density=0.5, random_state=8, dtype=np.float32, format="csr")
+    u = sp.random(300, 40, density=0.3, random_state=9, dtype=np.float32, format="csr")
     columns = np.array([3, 0, 17, 39, 8])
-    assert np.array_equal(neighbour_columns_mean(graph, m, columns), (graph @ m).toarray()[:, columns])
-    squared = (graph @ m.multiply(m).tocsr()).toarray()[:, columns]
-    assert np.array_equal(neighbour_columns_mean(graph, m, columns, square=True), squared)
+    ss, su = preprocess.neighbour_moments(graph, s, u, columns)
+    assert np.array_equal(ss, (graph @ s.multiply(s).tocsr()).toarray()[:, columns])
+    assert np.array_equal(su, (graph @ s.multiply(u).tocsr()).toarray()[:, columns])
