@@ -106,10 +106,12 @@ def summary(ref: DatasetRef, mapping_fields: tuple):
 
 
 @st.cache_resource(max_entries=8)
-def latent_neighbours(ref: DatasetRef, embed_key: str):
+def latent_neighbours(ref: DatasetRef, embed_key: str, sampled: bool = False):
+    """Each cell's nearest cells in the embedding; with ``sampled``, among the cells ``arrow_rows`` picks."""
     from core.figures.arrows import latent_neighbours as neighbours
 
-    return neighbours(load_dataset(ref).obsm[embed_key])
+    latent = load_dataset(ref).obsm[embed_key]
+    return neighbours(np.asarray(latent)[arrow_rows(len(latent))] if sampled else latent)
 
 
 # The Data page's velocity arrows and streamlines come from at most this many cells. Their kNN graph is what
@@ -123,14 +125,6 @@ def arrow_rows(n_cells: int):
     from core.figures.style import subsample_index
 
     return subsample_index(n_cells, MAX_ARROW_CELLS, seed=0)
-
-
-@st.cache_resource(max_entries=8)
-def _sample_neighbours(ref: DatasetRef, embed_key: str):
-    from core.figures.arrows import latent_neighbours as neighbours
-
-    latent = load_dataset(ref).obsm[embed_key]
-    return neighbours(np.asarray(latent)[arrow_rows(len(latent))])
 
 
 @st.cache_resource(max_entries=16)
@@ -148,7 +142,7 @@ def projected_arrows(ref: DatasetRef, embed_key: str, vector_key: str, basis_key
     rows = arrow_rows(adata.n_obs)
     latent = np.asarray(adata.obsm[embed_key])[rows]
     arrows = project_to_2d(latent, np.asarray(vectors)[rows], np.asarray(adata.obsm[basis_key])[rows, :2],
-                           neighbours=_sample_neighbours(ref, embed_key))
+                           neighbours=latent_neighbours(ref, embed_key, sampled=True))
     return rows, arrows
 
 

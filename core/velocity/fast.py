@@ -25,8 +25,6 @@ import scipy.sparse as sp
 from core.velocity.preprocess import neighbour_moments
 
 _PERCENTILE = 95  # scvelo's perc=[5, 95] without offsets uses only the upper quantile
-
-
 _GENE_BLOCK = 64  # genes handled at once: their columns, cells contiguous, stay in cache
 
 
@@ -52,10 +50,11 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def _gene_blocks(genes: np.ndarray, *cells_by_genes: np.ndarray):
-    """(block of gene columns, each array's block as genes-by-cells contiguous float32)."""
+    """(positions in ``genes``, block of gene columns, each array's block as genes-by-cells contiguous float32)."""
     for start in range(0, len(genes), _GENE_BLOCK):
         block = genes[start:start + _GENE_BLOCK]
-        yield block, [np.ascontiguousarray(m[:, block].T, dtype=np.float32) for m in cells_by_genes]
+        yield (slice(start, start + len(block)), block,
+               [np.ascontiguousarray(m[:, block].T, dtype=np.float32) for m in cells_by_genes])
 
 
 def stochastic_velocity(Ms, Mu, spliced, unspliced, connectivities, highly_variable=None, min_r2: float = 0.01,
@@ -74,11 +73,11 @@ def stochastic_velocity(Ms, Mu, spliced, unspliced, connectivities, highly_varia
     Returns velocity [n, g] = Mu - gamma Ms, velocity_genes [g] and gamma [g]. ``order``: see
     ``preprocess.neighbour_mean`` (speed only).
     """
-    n, g = Ms.shape
+    g = Ms.shape[1]
     gamma, r2, res_std = np.zeros(g), np.zeros(g), np.zeros(g)
     expressed = np.zeros(g, dtype=bool)
     mu_mean = np.asarray(Mu, dtype=np.float32).mean(0)  # float32 over axis 0, as scvelo's R^2 takes it
-    for block, (s, u) in _gene_blocks(np.arange(g), Ms, Mu):
+    for _, block, (s, u) in _gene_blocks(np.arange(g), Ms, Mu):
         w = _extreme_quantile_weights(s, u)
         gamma[block] = _ratio(_cellsum(s * u, w), _cellsum(s * s, w))
         residual = u - gamma[block].astype(np.float32)[:, None] * s
@@ -95,11 +94,9 @@ def stochastic_velocity(Ms, Mu, spliced, unspliced, connectivities, highly_varia
 
     idx = np.flatnonzero(genes) if genes.any() else np.arange(len(genes))
     ss, su = neighbour_moments(connectivities, spliced, unspliced, idx, order)  # [n, len(idx)] each
-    for start in range(0, len(idx), _GENE_BLOCK):
-        block = idx[start:start + _GENE_BLOCK]
-        s, u = (np.ascontiguousarray(m[:, block].T, dtype=np.float32) for m in (Ms, Mu))
-        var_ss = 2 * np.ascontiguousarray(ss[:, start:start + _GENE_BLOCK].T) - s
-        cov_us = 2 * np.ascontiguousarray(su[:, start:start + _GENE_BLOCK].T) + u
+    for at, block, (s, u) in _gene_blocks(idx, Ms, Mu):  # ss and su have a column per entry of idx: at
+        var_ss = 2 * np.ascontiguousarray(ss[:, at].T) - s
+        cov_us = 2 * np.ascontiguousarray(su[:, at].T) + u
         gamma2 = _ratio(_cellsum(var_ss * cov_us), _cellsum(var_ss * var_ss))
         res2_std = (cov_us - gamma2.astype(np.float32)[:, None] * var_ss).std(1, dtype=np.float64)
         w = _extreme_quantile_weights(s, u) | _extreme_quantile_weights(s)

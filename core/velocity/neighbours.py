@@ -7,8 +7,9 @@ sqrt(n) clusters (a few rounds of k-means); for a cluster A of query cells and a
 centre c_B and radius r_B (its farthest member), the triangle inequality gives |q - p| >= |q - c_B| - r_B for
 every q in A and p in B. Each query's distance to its k-th nearest cell inside its own cluster (or the nearest
 clusters, if its own is small) bounds its true k-th distance from above, so B can hold a neighbour of q only if
-|q - c_B| - r_B <= that bound. Distances are then computed exactly (float64) to the members of the clusters
-that survive, typically a sixth of all pairs on the demo, and the k smallest are kept. The result is the same
+|q - c_B| - r_B <= that bound. Distances to the members of the clusters that survive (typically a sixth of all
+pairs on the demo) give a float32 shortlist of k + 8 per query, ranked again exactly in float64, and the k
+smallest are kept. The result is the same
 neighbour set as brute force (up to ties), which ``tests/unit/test_neighbours.py`` checks against
 scikit-learn's brute force.
 """
@@ -25,9 +26,8 @@ _KMEANS_ROUNDS = 5
 _MARGIN = 8  # float32 shortlist beyond k, re-ranked in float64
 
 
-def _squared_distances(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor | None = None) -> torch.Tensor:
-    b_sq = (b * b).sum(1) if b_sq is None else b_sq
-    return torch.addmm(b_sq[None, :], a, b.T, alpha=-2).add_((a * a).sum(1, keepdim=True)).clamp_min_(0)
+def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.addmm((b * b).sum(1)[None, :], a, b.T, alpha=-2).add_((a * a).sum(1, keepdim=True)).clamp_min_(0)
 
 
 def _clusters(x: torch.Tensor, n_clusters: int) -> torch.Tensor:
@@ -104,7 +104,8 @@ def _exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
         parts = [members[a]] + [members[b][:np.searchsorted(-shell[b], -reach[j], side="right")]
                                 for j, b in enumerate(needed) if j > 0]
         candidates = np.concatenate(parts)
-        # float32 products about A's centre: the offsets are small, so the rounding of |q|^2 + |p|^2 - 2 q.p is
+        # float32 products about A's centre: the offsets are small, so the rounding of |q|^2 + |p|^2 - 2 q.p
+        # stays small against the distances that decide the shortlist
         origin = centres[a]
         d2 = _without_self(_squared_distances((q64 - origin).float(), (x64[candidates] - origin).float()),
                            len(queries))

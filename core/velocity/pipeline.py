@@ -197,13 +197,13 @@ def _write_keys(adata, result: dict, params: dict, basis: str, embed_key: str) -
     adata.obsm[f"velocity_{basis}"] = result["v_latent"]
     adata.obsm[f"velocity_{basis}_scvelo"] = result["v_scvelo"]
     adata.obs["velocity_confidence"] = result["confidence"]
-    genes = result["gene_index"]
-    if len(genes) == adata.n_vars and (genes == np.arange(adata.n_vars)).all():
+    columns = result["gene_index"]
+    if len(columns) == adata.n_vars and (columns == np.arange(adata.n_vars)).all():
         velocity = np.asarray(result["velocity"], dtype=np.float32)
     else:
         velocity = np.zeros(adata.shape, dtype=np.float32)
         for start in range(0, adata.n_obs, 4096):  # in row blocks: a column scatter over all rows is ~10x slower
-            velocity[start:start + 4096, genes] = result["velocity"][start:start + 4096]
+            velocity[start:start + 4096, columns] = result["velocity"][start:start + 4096]
     adata.layers["velocity"] = velocity
     genes = np.zeros(adata.n_vars, dtype=bool)
     genes[result["gene_index"]] = result["velocity_genes"]

@@ -13,9 +13,9 @@ runs on the CSR matrices directly:
   than ``n_top_genes``;
 - 30 principal components of X from the gene-by-gene covariance (accumulated over chunks of centred cells,
   then an eigendecomposition): the subspace scanpy's ARPACK solver converges to, directly;
-- exact neighbours (``core/velocity/neighbours.py``) and the moments as one CSR-by-CSR product per layer
-  (``_neighbour_mean``, row-parallel, summing in the same order as scipy's product, so Ms and Mu are scvelo's to
-  the last bit).
+- exact neighbours (``core/velocity/neighbours.py``) and the moments as the neighbour graph times a dense copy
+  of each layer (``neighbour_mean``, row-parallel, summing in the same order as scipy's product, so Ms and Mu
+  are scvelo's to the last bit).
 
 ``tests/integration/test_velocity_engines.py`` holds the two engines to the same per-gene velocities, latent
 velocity and confidence.
@@ -24,7 +24,7 @@ velocity and confidence.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numba
 import numpy as np
@@ -41,8 +41,8 @@ _MOMENT_COLUMNS = 512  # genes per dense block of the second moments: 0.2 GB at 
 class Prepared:
     """What the fast engine's velocity steps need, all rows in the input's order."""
 
-    spliced: sp.csr_matrix  # [n, g] normalised (float32), genes after filtering
-    unspliced: sp.csr_matrix
+    spliced: sp.csr_matrix | None  # [n, g] normalised (float32), genes after filtering; None: without_counts
+    unspliced: sp.csr_matrix | None
     gene_index: np.ndarray  # [g] column of each kept gene in the input
     highly_variable: np.ndarray | None  # [g] when highly variable genes were chosen (all True after the subset)
     distances: sp.csr_matrix  # [n, n] the k - 1 nearest other cells per row
@@ -51,14 +51,12 @@ class Prepared:
     knn: np.ndarray  # [n, k - 1]
     order: np.ndarray  # [n] cells grouped by cluster: neighbour sums in this order read rows from cache
     Ms: np.ndarray  # [n, g] float32
-    Mu: np.ndarray
+    Mu: np.ndarray | None
     n_pcs: int
     n_neighbors: int
 
     def without_counts(self) -> Prepared:
         """The same without the normalised layers and Mu, which nothing needs after the stochastic velocity."""
-        from dataclasses import replace
-
         return replace(self, spliced=None, unspliced=None, Mu=None)
 
     def as_anndata(self):
@@ -87,7 +85,6 @@ def prepare(spliced, unspliced, raw: bool, n_top_genes: int, n_neighbors: int,
     layers). ``step(name)`` is called after 'normalise', 'neighbours' and 'moments'."""
     s, u = _float32_copy(spliced), _float32_copy(unspliced)
     genes = np.arange(s.shape[1])
-    x = None
     if raw:
         s_size, u_size = _row_sums(s), _row_sums(u)
         genes = np.flatnonzero(_shared_counts(s, u) >= 20)
