@@ -216,7 +216,7 @@ def _switches_with_file(page, path: Path, n_cells: int, repeats: int, charts: di
     from app import serve
 
     def drawn(name):
-        if name == "Data":  # the sidebar's own "Data" heading is always there: wait for the page's line on the file
+        if name == "Data":  # the page's line on the file: this file's Data page, not just a page headed Data
             wait_for_file_drawn(page, path, n_cells, charts["Data"])
         else:
             serve.wait_for_page(page, HEADINGS[name], charts=charts[name])

@@ -142,6 +142,14 @@ def _in_blocks(n: int, g: int, expected) -> tuple[np.ndarray, np.ndarray]:
     return u, s
 
 
+def _latent_velocity(world: _World, u: np.ndarray, s: np.ndarray, pcs: np.ndarray) -> np.ndarray:
+    """The true velocity in latent units of cells with expected (u, s): z = (log1p(kappa s) - mean) W, so
+    dz/dt = (kappa ds/dt / (1 + kappa s)) W, with kappa the cell's expected normalisation (depth changes along
+    time are second order and ignored)."""
+    kappa = (1e4 / s.sum(1))[:, None]
+    return (kappa * spliced_velocity(u, s, world.beta, world.gamma) / (1 + kappa * s)) @ pcs
+
+
 def _log_normalise(s: np.ndarray) -> np.ndarray:
     """log1p of counts per 10k, the usual scanpy normalisation (normalize_total(1e4) + log1p)."""
     return np.log1p(s * (1e4 / np.maximum(s.sum(1), 1.0))[:, None])
@@ -273,15 +281,10 @@ def _burn_sham(world: _World, rng: np.random.Generator, cells_per_group: int, se
     unspliced = _stack(unspliced)
     pcs, variance_ratio = _principal_axes(cov / (n - 1), N_COMPS)
 
-    # truth in latent units: z = (log1p(kappa s) - mean) W, so dz/dt = (kappa ds/dt / (1 + kappa s)) W,
-    # with kappa the cell's expected normalisation (depth changes along time are second order and ignored)
     z, v_z = np.empty((n, N_COMPS)), np.empty((n, N_COMPS))
     for k, rows in enumerate(chunks):
         z[rows] = (_log_counts(spliced[rows]) - mean) @ pcs
-        u, s = observed(k)
-        kappa = 1e4 / s.sum(1)
-        ds_dt = spliced_velocity(u, s, world.beta, world.gamma)
-        v_z[rows] = (kappa[:, None] * ds_dt / (1 + kappa[:, None] * s)) @ pcs
+        v_z[rows] = _latent_velocity(world, *observed(k), pcs)
     del observed
 
     obs = pd.DataFrame({
@@ -366,8 +369,7 @@ def _burn_truth(population: _Population, burn, scale, pcs, mean, v_z, rng, chunk
     for rows in parts:  # the sham states' unspliced counts would be this stream's last draws: not drawn
         u, s = population.expected(rows, False)
         z_sham_sampled.append(z_sampled(s, rows))
-        kappa = (1e4 / s.sum(1))[:, None]
-        v_sham.append((kappa * spliced_velocity(u, s, world.beta, world.gamma) / (1 + kappa * s)) @ pcs)
+        v_sham.append(_latent_velocity(world, u, s, pcs))
     z_sham_sampled, v_sham = np.concatenate(z_sham_sampled), np.concatenate(v_sham)
 
     type_idx = type_all[idx]
