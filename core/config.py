@@ -355,6 +355,20 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_strategy(strategy: str) -> None:
+    """A misspelt strategy would otherwise end in Lightning's own multi-line error after the data has loaded."""
+    if strategy == "auto":
+        return  # the default: no Lightning import just to validate it
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    known = sorted(StrategyRegistry.available_strategies())
+    if strategy in known:
+        return
+    close = difflib.get_close_matches(strategy, known, n=2)
+    hint = f"; did you mean {' or '.join(close)}?" if close else " (ddp, ddp_spawn, fsdp, deepspeed, ...)"
+    raise ConfigError(f"training.strategy must be auto or one of Lightning's strategies; got {strategy!r}{hint}")
+
+
 def validate_config(cfg: Config) -> None:
     check_bounds(cfg)  # first: upper bounds, finite numbers, bounded text (core/config_limits.py)
     m, t, d = cfg.model.kwargs, cfg.training, cfg.data.kwargs
@@ -405,6 +419,7 @@ def validate_config(cfg: Config) -> None:
            or "," in t.devices and all(part.strip().isdigit() for part in t.devices.split(",")),
            f"training.devices must be auto, a number of devices (2: two processes under DDP, on the CPU too) or "
            f"a list of GPU ids (0,1); got {t.devices!r}")
+    _check_strategy(t.strategy)
     _check(d.dataset in ("burn_sham", "atlas"), f"data.kwargs.dataset must be burn_sham or atlas; got {d.dataset!r}")
     _check(d.split in ("auto", "fraction", "batch", "cell_type"),
            f"data.kwargs.split must be auto, fraction, batch or cell_type; got {d.split!r}")

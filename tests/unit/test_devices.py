@@ -103,3 +103,13 @@ def test_devices_are_checked_in_one_line_before_lightning_sees_them():
     assert lightning_devices("2", "cpu") == 2
     with pytest.raises(UserError, match="names GPUs, but this run trains on the CPU"):
         lightning_devices("0,1", "cpu")
+
+
+def test_strategy_is_checked_in_one_line_against_lightnings_registry():
+    for ok in ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"):
+        assert load_config(overrides=[f"training.strategy={ok}"]).training.strategy == ok
+    with pytest.raises(ConfigError, match=r"training.strategy must be .* got 'dpp'; did you mean ddp") as err:
+        load_config(overrides=["training.strategy=dpp"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"got 'zzzz' \(ddp, ddp_spawn, fsdp"):
+        load_config(overrides=["training.strategy=zzzz"])
