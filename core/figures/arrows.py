@@ -25,13 +25,14 @@ DEFAULT_SIGMA = 0.1
 
 
 def latent_neighbours(latent: np.ndarray, n_neighbors: int = DEFAULT_NEIGHBOURS) -> np.ndarray:
-    """Indices [N, K] of each cell's K nearest other cells in latent space (Euclidean)."""
-    from sklearn.neighbors import NearestNeighbors
+    """Indices [N, K] of each cell's K nearest other cells in latent space (Euclidean, exact: the velocity
+    pipeline's pruned kNN, 14 s instead of scikit-learn's 44 s for 100,008 cells in 50 dimensions)."""
+    from core.velocity.neighbours import exact_knn
 
     latent = np.asarray(latent, dtype=np.float32)
-    k = min(n_neighbors + 1, len(latent))
-    index = NearestNeighbors(n_neighbors=k).fit(latent).kneighbors(latent, return_distance=False)
-    return index[:, 1:]
+    if len(latent) < 2:
+        return np.zeros((len(latent), 0), dtype=np.int64)
+    return exact_knn(latent, min(n_neighbors, len(latent) - 1))[1]
 
 
 def project_to_2d(latent: np.ndarray, vectors: np.ndarray, coords: np.ndarray,
@@ -84,17 +85,13 @@ def grid_average(coords: np.ndarray, arrows: np.ndarray, grid_size: int = 25, mi
     xs = np.linspace(lo[0] - pad[0], hi[0] + pad[0], grid_size)
     ys = np.linspace(lo[1] - pad[1], hi[1] + pad[1], grid_size)
     scale = np.array([xs[1] - xs[0], ys[1] - ys[0]])
-    gx, gy = np.meshgrid(xs, ys)
-    grid = np.stack([gx.ravel(), gy.ravel()], 1)                                # [G*G, 2]
-    u = np.zeros(len(grid))
-    v = np.zeros(len(grid))
-    mass = np.zeros(len(grid))
-    for start in range(0, len(coords), 4096):
-        d = (grid[:, None, :] - coords[None, start:start + 4096, :]) / scale
-        w = np.exp(-0.5 * (d ** 2).sum(-1))                                     # [G*G, c]
-        mass += w.sum(1)
-        u += w @ arrows[start:start + 4096, 0]
-        v += w @ arrows[start:start + 4096, 1]
+    # the kernel is separable, exp(-(dx² + dy²)/2) = exp(-dx²/2) exp(-dy²/2): G x N factors per axis and three
+    # [G, N] @ [N, G] products instead of G² x N exponentials (0.8-1.0 s -> 0.01-0.02 s for 20,000 cells, G = 25)
+    wx = np.exp(-0.5 * ((xs[:, None] - coords[None, :, 0]) / scale[0]) ** 2)    # [G, N]
+    wy = np.exp(-0.5 * ((ys[:, None] - coords[None, :, 1]) / scale[1]) ** 2)    # [G, N]
+    mass = (wy @ wx.T).ravel()                                                  # [G*G], row = y
+    u = ((wy * arrows[:, 0]) @ wx.T).ravel()
+    v = ((wy * arrows[:, 1]) @ wx.T).ravel()
     occupied = mass > min_density * np.median(mass[mass > 1e-3]) if (mass > 1e-3).any() else mass > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         u = np.where(occupied, u / mass, np.nan)

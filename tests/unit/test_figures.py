@@ -187,6 +187,34 @@ def test_zero_vectors_get_zero_arrows_and_rows_select_cells():
     np.testing.assert_allclose(part, full[rows], rtol=1e-5, atol=1e-6)
 
 
+def test_latent_neighbours_are_scikit_learns_brute_force_without_the_cell_itself():
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(3)
+    latent = rng.normal(size=(700, 6)).astype(np.float32)
+    latent[1] = latent[0]  # a duplicated cell: its twin is its nearest neighbour, never itself
+    got = arrows.latent_neighbours(latent, n_neighbors=12)
+    assert got.shape == (700, 12)
+    assert not (got == np.arange(700)[:, None]).any()
+    assert got[0, 0] == 1 and got[1, 0] == 0
+    expected = NearestNeighbors(n_neighbors=12, algorithm="brute").fit(latent).kneighbors(return_distance=False)
+    overlap = np.mean([len(set(a) & set(b)) for a, b in zip(got, expected)]) / 12
+    assert overlap > 0.999  # the same sets up to float32 ties
+    assert arrows.latent_neighbours(latent[:5]).shape == (5, 4)  # fewer cells than neighbours: all the others
+    assert arrows.latent_neighbours(latent[:1]).shape == (1, 0)
+
+
+def test_grid_average_is_the_gaussian_kernel_mean_at_every_grid_point():
+    rng = np.random.default_rng(4)
+    coords, field = rng.normal(size=(60, 2)), rng.normal(size=(60, 2))
+    xs, ys, u, v = arrows.grid_average(coords, field, grid_size=7, min_density=0.0)
+    step = np.array([xs[1] - xs[0], ys[1] - ys[0]])
+    for row, y in enumerate(ys):
+        for col, x in enumerate(xs):
+            w = np.exp(-0.5 * (((np.array([x, y]) - coords) / step) ** 2).sum(1))  # the 2-D kernel, unfactored
+            np.testing.assert_allclose([u[row, col], v[row, col]], w @ field / w.sum(), rtol=1e-10)
+
+
 def test_grid_average_of_a_constant_field_is_that_constant():
     rng = np.random.default_rng(2)
     coords = rng.uniform(0, 10, size=(3000, 2))
