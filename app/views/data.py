@@ -9,8 +9,7 @@ from app.guard import shown_errors
 from app.plain import plain
 from app.readiness import readiness
 from app.sidebar import describe_fields
-from core.figures.stream import stream_figure
-from core.figures.velocity import arrows_figure, confidence_histogram, embedding_scatter
+from core.figures.velocity import confidence_histogram, embedding_scatter
 
 NO_GENE = "(none: the column)"
 MAX_STREAM_PANELS = 4  # side by side, each still readable
@@ -117,9 +116,10 @@ with right:
             grid = state.VELOCITY_GRID.get()
             per_grid = mode.startswith("grid")
             how = f"grid-averaged, {grid}×{grid}" if per_grid else "per cell, subsample"
-            fig = arrows_figure(arrow_coords, {"velocity": arrows}, mode="grid" if per_grid else "cells",
-                                grid_size=grid, basis=basis_label, title=f"Velocity on the {basis_label} ({how})",
-                                colour_values=arrow_colours, colour_name=colour_name, categories=colour_values)
+            fig = cache.velocity_arrows_figure(
+                arrow_coords, {"velocity": arrows}, mode="grid" if per_grid else "cells", grid_size=grid,
+                basis=basis_label, title=f"Velocity on the {basis_label} ({how})", colour_values=arrow_colours,
+                colour_name=colour_name, categories=colour_values)
             show_figure(fig, f"velocity_arrows_{basis_label.lower()}")
             a1, a2 = st.columns(2)
             a1.radio("Arrows", ["grid-averaged", "per cell (subsample)"], key=state.VELOCITY_ARROW_MODE.name,
@@ -141,6 +141,7 @@ if arrows is not None:
         if len(set(conditions)) > MAX_STREAM_PANELS:
             st.caption(f"Showing {MAX_STREAM_PANELS} of {len(set(conditions))} conditions: the control and the "
                        "first others by name.")
-        show_figure(stream_figure(arrow_coords, arrows, conditions, arrow_colours, colour_name, order=order,
-                                  grid_size=state.VELOCITY_GRID.get(), basis=basis_label),
+        show_figure(cache.velocity_stream_figure(arrow_coords, arrows, conditions, arrow_colours, colour_name,
+                                                 order=order, grid_size=state.VELOCITY_GRID.get(),
+                                                 basis=basis_label),
                     f"velocity_stream_{basis_label.lower()}")

@@ -91,6 +91,32 @@ def test_velocity_streams_show_sham_and_burn_side_by_side_coloured_by_a_gene(app
     assert {(t["marker"]["cmin"], t["marker"]["cmax"]) for t in markers} == {(expression.min(), expression.max())}
 
 
+def test_velocity_figures_are_built_once_per_input_not_on_every_rerun(app, monkeypatch):
+    import core.figures.stream
+    import core.figures.velocity
+    from app import cache
+
+    builds = []
+
+    def counting(name, build):
+        def counted(*args, **kwargs):
+            builds.append(name)
+            return build(*args, **kwargs)
+        return counted
+
+    for module, name in ((core.figures.velocity, "arrows_figure"), (core.figures.stream, "stream_figure")):
+        monkeypatch.setattr(module, name, counting(name, getattr(module, name)))
+    cache.velocity_arrows_figure.clear()
+    cache.velocity_stream_figure.clear()
+    sidebar_select(app, "Velocity (obsm").set_value("true_velocity_pca").run()
+    assert sorted(builds) == ["arrows_figure", "stream_figure"]
+    app.run()  # a rerun with the same inputs (another widget, a page switch back): nothing rebuilt
+    assert not app.exception and sorted(builds) == ["arrows_figure", "stream_figure"]
+    app.slider(key="velocity_grid").set_value(30).run()  # a new input: both rebuilt, the figures follow it
+    assert sorted(builds) == ["arrows_figure"] * 2 + ["stream_figure"] * 2
+    assert "Velocity on the UMAP (grid-averaged, 30×30)" in charts(app)
+
+
 def test_a_wrong_mapping_is_reported_as_errors_not_a_crash(app):
     # condition as the cell type: each "cell type" then holds one condition only, so nothing can train
     sidebar_select(app, "Cell-type column").set_value("condition").run()
