@@ -59,6 +59,10 @@ def main() -> None:
 
         ours, _, _ = load_arc(folder)
     ours.train()
+    if "--compile" in sys.argv:  # training.compile=true: the same in-place compile a run does
+        from core.training.compile import compile_model
+
+        compile_model(ours, "cpu")
     loss_fn = distributional_loss("energy", 0.05)
     control = torch.randn(n_sets, set_len, dim)
     target = torch.randn(n_sets, set_len, dim)
@@ -84,6 +88,9 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")  # Arc's self.log outside a Trainer warns on every step
+    start = time.perf_counter()
+    our_step()  # with --compile: the compile
+    compile_s = time.perf_counter() - start if "--compile" in sys.argv else None
     for fn in (arc_step, our_step) * 3:
         fn()
     samples = {"arc": [], "ours": []}
@@ -95,7 +102,8 @@ def main() -> None:
             samples[name].append((time.perf_counter() - start) / 3)
     print(json.dumps({name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "repeats": len(v)}
                       for name, v in samples.items()} | {"size": dict(hidden=hidden, layers=layers, dim=dim,
-                                                                      set_len=set_len, sets=n_sets)}))
+                                                                      set_len=set_len, sets=n_sets),
+                                                          "compile_s": compile_s}))
 
 
 if __name__ == "__main__":

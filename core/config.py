@@ -134,6 +134,9 @@ class TrainingConfig:
     # CPU threads for torch. None: half of torch's default when training on a CPU (1 on a 2-core machine): on a
     # busy 2-core CPU a demo fine-tune took 5 s on 1 thread and 57-70 s on 2; on an idle one both took 4-5 s.
     num_threads: int | None = None
+    # torch.compile the model's forward (core/training/compile.py): faster steps after a compile of seconds to
+    # minutes in the first steps; for long runs and GPUs, not for a demo fine-tune of a few seconds
+    compile: bool = False
     resume: bool = False
 
 

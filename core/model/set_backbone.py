@@ -31,8 +31,11 @@ def run_set_backbone(backbone: nn.Module, h: torch.Tensor) -> torch.Tensor:
     """h [b, s, h] -> the backbone's last hidden state [b, s, h], every cell attending to every cell."""
     if isinstance(backbone, LlamaModel):
         cfg = backbone.config
-        rotary = _identity_rotary(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
-                                  h.dtype, h.device)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        # a compiled forward (training.compile) makes the constants inside its graph; dynamo would trace through
+        # the cache anyway, with a warning on every compile
+        tables = _identity_rotary.__wrapped__ if torch.compiler.is_compiling() else _identity_rotary
+        rotary = tables(head_dim, h.dtype, h.device)
         for block in backbone.layers[: cfg.num_hidden_layers]:
             h = block(h, attention_mask=None, position_embeddings=rotary, is_causal=False)
         return backbone.norm(h)

@@ -8,6 +8,7 @@ device; those processes find the run folder through ``ST_SHARED_RUN_DIR`` and on
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
@@ -219,9 +220,17 @@ def _train(cfg: Config, run_dir: Path, writer, extra_callbacks: list, progress: 
     log.info("training on %s (%s): %d sets of %d cells per epoch, batch %d, %s steps", device, fit.precision,
              len(data.train_sets), cfg.model.kwargs.cell_set_len, cfg.training.batch_size, fit.total)
     started = time.time()
-    with fit.bar:
+    with fit.bar, _compile_errors(cfg):
         fit.trainer.fit(module, datamodule=data, ckpt_path=fit.resume)
     return _finish(fit, module, data, run_dir, writer, device, time.time() - started)
+
+
+def _compile_errors(cfg: Config):
+    if not cfg.training.compile:
+        return contextlib.nullcontext()
+    from core.training.compile import eager_on_compile_errors
+
+    return eager_on_compile_errors()
 
 
 def _build_module(cfg: Config, run_dir: Path, writer, data, mapping, data_notes: list[str], device: str):
@@ -248,6 +257,10 @@ def _build_module(cfg: Config, run_dir: Path, writer, data, mapping, data_notes:
         data.use_genes()
         notes.append(f"gene decoder trained with Arc's decoder loss (weight {cfg.model.kwargs.decoder_weight}) against "
                      f"obsm['X_hvg'] ({data.gene_dim} genes)")
+    if cfg.training.compile:
+        from core.training.compile import compile_model
+
+        notes.append(compile_model(model, device))
     for note in notes:
         log.info("model: %s", note)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
