@@ -244,8 +244,10 @@ def velocity_confidence(velocity: np.ndarray, knn: np.ndarray, order: np.ndarray
     k neighbours' velocities, clipped at 0. NaN where a velocity is zero, as in scvelo (a zero neighbour
     counts as 0). ``order``: cells grouped so that consecutive ones share neighbours (speed only); ``genes``: a
     mask of the genes to use (default all)."""
-    # one copy (of the genes used), centred in place: no second cells x genes temporary
-    v = np.array(velocity, dtype=np.float32) if genes is None else velocity[:, genes].astype(np.float32, copy=False)
+    # one copy (of the genes used), centred in place: no second cells x genes temporary. Rows contiguous: the
+    # pipeline's velocity is genes-major (Fortran order, from its gene blocks), and a kernel walking a cell's
+    # row through that layout took 12 s instead of 0.6 s at 100,000 cells (a cache miss per value)
+    v = np.array(velocity if genes is None else velocity[:, genes], dtype=np.float32, order="C")
     v -= v.mean(1, keepdims=True, dtype=np.float64).astype(np.float32)
     norm = np.sqrt(np.einsum("ij,ij->i", v, v, dtype=np.float64))
     out = np.empty(len(v), dtype=np.float64)

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 from support import pancreas_with_pca
 
-from core.velocity.preprocess import neighbour_mean, prepare, principal_components
+from core.velocity.preprocess import neighbour_mean, prepare, principal_axes, principal_components
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,15 @@ def test_principal_components_span_scanpys_and_keep_its_distances():
     dist = np.linalg.norm(scores[:50, None] - scores[None, :50], axis=2)
     ref_dist = np.linalg.norm(ref[:50, None] - ref[None, :50], axis=2)
     assert np.allclose(dist, ref_dist, atol=1e-3)
+
+
+def test_the_mean_of_sparse_rows_is_scipys_float64_sum_bit_for_bit():
+    x = sp.random(3000, 50, density=0.4, random_state=2, dtype=np.float32, format="csr")
+    x.data = np.log1p(x.data * 1e3).astype(np.float32)
+    mean, _ = principal_axes(x, 5)
+    np.testing.assert_array_equal(mean, np.asarray(sp.csr_matrix(x, dtype=np.float64).sum(0)).ravel() / 3000)
+    dense_mean, _ = principal_axes(x.toarray(), 5)
+    np.testing.assert_allclose(dense_mean, mean, rtol=1e-12)
 
 
 def test_neighbour_mean_is_scipys_product():
