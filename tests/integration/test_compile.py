@@ -48,7 +48,8 @@ def test_without_a_compiler_the_run_trains_eagerly_and_says_so(small_demo, tmp_p
 
 @pytest.mark.slow
 def test_a_compiled_mhc_run_trains_the_eager_runs_numbers(small_demo, tmp_path):
-    assert missing_compiler("cpu") is None, "this test needs g++ (inductor's CPU backend)"
+    if missing_compiler("cpu"):
+        pytest.skip(f"inductor cannot compile here: {missing_compiler('cpu')}")
     runs = {}
     for name, flag in (("eager", "false"), ("compiled", "true")):
         runs[name] = train(load_config(overrides=_args(small_demo, tmp_path, f"training.compile={flag}",
