@@ -60,7 +60,16 @@ def main() -> None:
         ours, _, _ = load_arc(folder)
     ours.train()
     if "--compile" in sys.argv:  # training.compile=true: the same in-place compile a run does
+        import atexit
+        import os
+        import shutil
+
         from core.training.compile import compile_model
+
+        # a cold compile, as a user's first run has: inductor's on-disk caches would make it a few seconds
+        cache = tempfile.mkdtemp(prefix="bench-inductor-")
+        atexit.register(shutil.rmtree, cache, True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
 
         compile_model(ours, "cpu")
     loss_fn = distributional_loss("energy", 0.05)
