@@ -279,9 +279,29 @@ def neighbour_moments(graph: sp.csr_matrix, s: sp.csr_matrix, u: sp.csr_matrix, 
     s, u = sp.csr_matrix(s, dtype=np.float32), sp.csr_matrix(u, dtype=np.float32)
     for start in range(0, len(columns), _MOMENT_COLUMNS):
         block = columns[start:start + _MOMENT_COLUMNS]
-        s_block, u_block = s[:, block].toarray(), u[:, block].toarray()
+        s_block, u_block = _dense_columns(s, block), _dense_columns(u, block)
         u_block *= s_block
         su[:, start:start + len(block)] = neighbour_mean(graph, u_block, order)
         s_block *= s_block
         ss[:, start:start + len(block)] = neighbour_mean(graph, s_block, order)
     return ss, su
+
+
+def _dense_columns(m: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
+    """``m[:, columns].toarray()`` for distinct ``columns``, in one pass over the stored values, without the
+    intermediate sparse matrix (scipy's column selection took about 0.5 s per call on 127 M values); the same
+    values."""
+    position = np.full(m.shape[1], -1, dtype=np.int64)
+    position[columns] = np.arange(len(columns))
+    out = np.zeros((m.shape[0], len(columns)), dtype=np.float32)
+    _scatter_columns(m.indptr, m.indices, m.data, position, out)
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _scatter_columns(indptr, indices, values, position, out):  # pragma: no cover (compiled)
+    for i in numba.prange(len(indptr) - 1):
+        for e in range(indptr[i], indptr[i + 1]):
+            p = position[indices[e]]
+            if p >= 0:
+                out[i, p] += values[e]
