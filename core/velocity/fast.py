@@ -145,13 +145,14 @@ def _two_hop_support(knn: np.ndarray) -> sp.csr_matrix:
     return support.tocsr()
 
 
-@numba.njit(cache=True)
+# Rows in parallel: each cell's entries are its own, added in the same order as on one thread (the same bits).
+@numba.njit(parallel=True, cache=True)
 def _graph_kernel(indptr, indices, x, v, v_norm, active, sqrt_transform, vals):  # pragma: no cover (compiled)
     p = x.shape[1]
-    dx = np.empty(p, dtype=np.float64)
-    for i in range(len(indptr) - 1):
+    for i in numba.prange(len(indptr) - 1):
         if not active[i]:
             continue
+        dx = np.empty(p, dtype=np.float64)
         for e in range(indptr[i], indptr[i + 1]):
             j = indices[e]
             mean = 0.0
@@ -218,14 +219,14 @@ def graph_inputs(Ms: np.ndarray, velocity: np.ndarray, approx: bool, sqrt_transf
     return x, v
 
 
-@numba.njit(cache=True)
+@numba.njit(parallel=True, cache=True)  # rows in parallel, each its own sums in the same order
 def _projection_kernel(indptr, indices, probs, z, unit, latent):  # pragma: no cover (compiled)
     d = z.shape[1]
-    dz = np.empty(d, dtype=np.float64)
-    for i in range(len(indptr) - 1):
+    for i in numba.prange(len(indptr) - 1):
         lo, hi = indptr[i], indptr[i + 1]
         if hi == lo:
             continue
+        dz = np.empty(d, dtype=np.float64)
         p_bar = 0.0
         for e in range(lo, hi):
             p_bar += probs[e]

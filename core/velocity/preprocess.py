@@ -169,13 +169,20 @@ def _shared_kernel(s_ptr, s_idx, s_val, u_ptr, u_idx, u_val, out):  # pragma: no
 
 def _normalise_rows(m: sp.csr_matrix, initial_size: np.ndarray) -> None:
     """scvelo ``normalize_per_cell`` with its defaults: divide by initial size / its median, in place."""
-    from sklearn.utils import sparsefuncs
-
     counts_after = np.median(initial_size)
     counts_after += counts_after == 0
     counts = initial_size / counts_after
     counts += counts == 0
-    sparsefuncs.inplace_row_scale(m, 1 / counts)
+    _scale_rows(m.indptr, m.data, 1 / counts)
+
+
+@numba.njit(parallel=True, cache=True)
+def _scale_rows(indptr, values, scale):  # pragma: no cover (compiled)
+    # scikit-learn's inplace_row_scale (what scvelo calls), values *= np.repeat(scale, row lengths): the float64
+    # product rounded to the values' dtype, the same bits, without the repeated array (1.2 s at 100,000 cells)
+    for i in numba.prange(len(indptr) - 1):
+        for e in range(indptr[i], indptr[i + 1]):
+            values[e] = values[e] * scale[i]
 
 
 def _highly_variable(x: sp.csr_matrix, n_top: int) -> np.ndarray:
