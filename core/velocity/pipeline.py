@@ -24,7 +24,7 @@ Two engines. ``engine="scvelo"`` calls scvelo's and scanpy's functions for every
 ``engine="fast"`` (default) does the same arithmetic on plain arrays: ``core/velocity/preprocess.py`` up to
 the moments (exact neighbours without comparing all pairs: ``core/velocity/neighbours.py``), then
 ``core/velocity/fast.py``. It agrees with scvelo per cell (v_z within 1.3e-6 relative on 2,400 demo cells;
-tests/integration/test_velocity_engines.py) and takes 77 s and 7.2 GB at 100,008 x 2,000, where the
+tests/integration/test_velocity_engines.py) and takes about 51 s and 7.3 GB at 100,008 x 2,000 on 2 cores, where the
 AnnData-based steps took 207 s and 12.7 GB (bench/README.md, target 3).
 
 Projection into the latent space, chosen deliberately. Options measured on the demo (20k cells, stochastic
