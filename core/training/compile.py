@@ -1,8 +1,8 @@
 """``training.compile=true``: the model's forward compiled by ``torch.compile`` (inductor) for the run.
 
 A compiled step fuses the many small elementwise ops around the matrix products (norms, activations, residual
-adds, mHC's stream mixing): at the bench's ST size on a CPU it took a step to 0.71x arc-state's, against 0.87x
-eager (bench/README.md). The compile itself takes seconds to minutes and happens in the first steps (and again
+adds, mHC's stream mixing): at the bench's ST size on a CPU it took a step to 0.67x arc-state's, against 0.89x
+eager, after a cold compile of 25.5 s (README, Performance). The compile happens in the first steps (and again
 for the first validation set of another size), so it pays off in long runs and on GPUs, not in a demo
 fine-tune of a few seconds: off by default.
 

@@ -18,18 +18,15 @@ neighbours per cell (the kNN graph without the cell itself), d latent dimensions
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
 import scipy.sparse as sp
 
 from core.velocity.preprocess import neighbour_moments
+from core.velocity.threads import each_on_threads
 
 _PERCENTILE = 95  # scvelo's perc=[5, 95] without offsets uses only the upper quantile
 _GENE_BLOCK = 64  # genes handled at once: their columns, cells contiguous, stay in cache
-_WORKERS = max(1, min(os.cpu_count() or 1, 4))  # gene blocks in flight (each holds ~0.2 GB at 100,000 cells)
 
 
 def _extreme_norm(x: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
@@ -58,17 +55,14 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 def _each_gene_block(genes: np.ndarray, cells_by_genes: tuple, fn) -> None:
     """fn(positions in ``genes``, block of gene columns, each array's block as genes-by-cells contiguous float32)
-    for every block of ``_GENE_BLOCK`` genes, on ``_WORKERS`` threads. fn writes only its own genes' entries, and
-    numpy's copies, partitions, products and sums release the GIL, so the blocks run side by side with the same
-    arithmetic (and bits) as one after the other."""
+    for every block of ``_GENE_BLOCK`` genes, side by side (``core/velocity/threads.py``): fn writes only its own
+    genes' entries."""
     def run(start):
         block = genes[start:start + _GENE_BLOCK]
         fn(slice(start, start + len(block)), block,
            [np.ascontiguousarray(m[:, block].T, dtype=np.float32) for m in cells_by_genes])
 
-    with ThreadPoolExecutor(_WORKERS) as pool:
-        for _ in pool.map(run, range(0, len(genes), _GENE_BLOCK)):
-            pass  # re-raises a block's error
+    each_on_threads(run, range(0, len(genes), _GENE_BLOCK))
 
 
 def stochastic_velocity(Ms, Mu, spliced, unspliced, connectivities, highly_variable=None, min_r2: float = 0.01,
@@ -270,10 +264,13 @@ def velocity_confidence(velocity: np.ndarray, knn: np.ndarray, order: np.ndarray
     k neighbours' velocities, clipped at 0. NaN where a velocity is zero, as in scvelo (a zero neighbour
     counts as 0). ``order``: cells grouped so that consecutive ones share neighbours (speed only); ``genes``: a
     mask of the genes to use (default all)."""
-    # one copy (of the genes used), centred in place: no second cells x genes temporary. Rows contiguous:
-    # numpy returns a column selection (velocity[:, genes]) in Fortran order, and the kernel walking a cell's row
-    # through that layout took 12 s instead of 0.7 s at 100,000 cells (a cache miss per value)
-    v = np.array(velocity if genes is None else velocity[:, genes], dtype=np.float32, order="C")
+    # one copy (of the genes used), centred in place: no second cells x genes temporary. Rows contiguous: numpy
+    # returns velocity[:, genes] in Fortran order (compress does not), and the kernel walking a cell's row through
+    # that layout took 12 s instead of 0.7 s at 100,000 cells (a cache miss per value)
+    if genes is None:
+        v = np.array(velocity, dtype=np.float32, order="C")
+    else:
+        v = np.ascontiguousarray(np.asarray(velocity).compress(genes, axis=1), dtype=np.float32)
     v -= v.mean(1, keepdims=True, dtype=np.float64).astype(np.float32)
     norm = np.sqrt(np.einsum("ij,ij->i", v, v, dtype=np.float64))
     out = np.empty(len(v), dtype=np.float64)

@@ -16,17 +16,16 @@ scikit-learn's brute force.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from core.velocity.threads import each_on_threads
+
 _KMEANS_ROUNDS = 5
 _MARGIN = 8  # float32 shortlist beyond k, re-ranked in float64
-_WORKERS = max(1, min(os.cpu_count() or 1, 4))
 
 
 def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -120,11 +119,9 @@ def _exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
         out_d[queries] = best.sqrt().numpy()
         out_i[queries] = shortlist.gather(1, pos).numpy()
 
-    # clusters on a few threads: torch and numpy release the GIL, each cluster writes only its own queries' rows,
-    # and one intra-op thread per cluster keeps the hand-offs away that made two threads slower (see exact_knn)
-    with ThreadPoolExecutor(_WORKERS) as pool:
-        for _ in pool.map(cluster, range(m)):
-            pass  # re-raises a cluster's error
+    # clusters side by side (core/velocity/threads.py), each writing only its own queries' rows; one intra-op
+    # thread per cluster keeps away the hand-offs that made two torch threads slower (see exact_knn)
+    each_on_threads(cluster, range(m))
     return out_d, out_i, order
 
 
