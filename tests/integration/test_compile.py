@@ -4,16 +4,12 @@ writes checkpoints an eager model loads; without a compiler the run trains eager
 import numpy as np
 import pytest
 import torch
-from support import TINY_MODEL
+from support import SMALL_DEMO_KEYS, TINY_MODEL
 
 from core.config import load_config
 from core.runs import load_checkpoint, read_metrics
 from core.training.compile import compile_model, missing_compiler
 from core.training.run import train
-
-DEMO_KEYS = ["data.kwargs.pert_col=condition", "data.kwargs.control_pert=sham",
-             "data.kwargs.cell_type_key=cell_types_simple_short", "data.kwargs.embed_key=X_pca",
-             "data.kwargs.split=fraction"]
 
 
 @pytest.fixture
@@ -36,7 +32,7 @@ def _args(small_demo, tmp_path, *extra):
     data = tmp_path / "d.h5ad"
     if not data.exists():
         small_demo.write_h5ad(data)
-    return [*TINY_MODEL, f"data.kwargs.path={data}", *DEMO_KEYS, "training.max_steps=3", "training.val_freq=3",
+    return [*TINY_MODEL, f"data.kwargs.path={data}", *SMALL_DEMO_KEYS, "training.max_steps=3", "training.val_freq=3",
             "model.kwargs.lora.enable=false", f"run.root={tmp_path / 'runs'}", *extra]
 
 

@@ -11,15 +11,12 @@ import sys
 
 import numpy as np
 import pytest
-from support import REPO, TINY_MODEL
+from support import REPO, SMALL_DEMO_KEYS, TINY_MODEL
 
 from core.config import load_config
 from core.runs import load_checkpoint, read_metrics, read_status
 from core.training.run import train
 
-DEMO_KEYS = ["data.kwargs.pert_col=condition", "data.kwargs.control_pert=sham",
-             "data.kwargs.cell_type_key=cell_types_simple_short", "data.kwargs.embed_key=X_pca",
-             "data.kwargs.split=fraction"]
 # what a launcher or an outer DDP job would hand down; the test's two processes must agree on their own port
 # (Lightning picks a free one when MASTER_PORT is unset) and must not think they are ranks of another job
 _INHERITED = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GROUP_RANK",
@@ -51,7 +48,7 @@ def _train_in_two_processes(args: list[str]) -> tuple[int, subprocess.CompletedP
 def test_two_cpu_processes_train_one_run_with_the_sets_split_between_them(small_demo, tmp_path):
     data = tmp_path / "d.h5ad"
     small_demo.write_h5ad(data)
-    args = [*TINY_MODEL, f"data.kwargs.path={data}", *DEMO_KEYS, "training.max_epochs=1",
+    args = [*TINY_MODEL, f"data.kwargs.path={data}", *SMALL_DEMO_KEYS, "training.max_epochs=1",
             "model.kwargs.lora.enable=false"]
     single = train(load_config(overrides=[*args, f"run.root={tmp_path / 'one'}"]))
 
