@@ -46,6 +46,24 @@ class RMSProjection(torch.autograd.Function):
         return grad_x, grad_phi, None
 
 
+def stream_mix_backward(a: torch.Tensor, x: torch.Tensor, grad_u: torch.Tensor | None,
+                        grad_mixed: torch.Tensor | None, need_a: bool = True, need_x: bool = True):
+    """(grad_a, grad_x) of y = A x per token (A [N, 1 + r, n], x [N, n, c]) from the gradients of row 0 and rows
+    1..r (None: zero), each None when not needed. The two output gradients stay apart: joining them into one
+    tensor for one product would copy n c per token."""
+    if grad_u is None:
+        grad_u = torch.zeros_like(x[:, :1])
+    if grad_mixed is None:
+        grad_mixed = torch.zeros(x.shape[0], a.shape[1] - 1, x.shape[2], dtype=x.dtype, device=x.device)
+    grad_a = grad_x = None
+    if need_a:
+        x_t = x.transpose(1, 2)
+        grad_a = torch.cat([torch.bmm(grad_u, x_t), torch.bmm(grad_mixed, x_t)], 1)
+    if need_x:
+        grad_x = torch.bmm(a[:, 1:].transpose(1, 2), grad_mixed).baddbmm_(a[:, :1].transpose(1, 2), grad_u)
+    return grad_a, grad_x
+
+
 class StreamMix(torch.autograd.Function):
     """y = A x per token for A [N, 1 + r, n], x [N, n, c]; returns (row 0, rows 1..r): block input and mixed streams.
 
@@ -64,14 +82,4 @@ class StreamMix(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_u: torch.Tensor | None, grad_mixed: torch.Tensor | None):
         a, x = ctx.saved_tensors
-        if grad_u is None:
-            grad_u = torch.zeros_like(x[:, :1])
-        if grad_mixed is None:
-            grad_mixed = torch.zeros(x.shape[0], a.shape[1] - 1, x.shape[2], dtype=x.dtype, device=x.device)
-        grad_a = grad_x = None
-        if ctx.needs_input_grad[0]:
-            x_t = x.transpose(1, 2)
-            grad_a = torch.cat([torch.bmm(grad_u, x_t), torch.bmm(grad_mixed, x_t)], 1)
-        if ctx.needs_input_grad[1]:
-            grad_x = torch.bmm(a[:, 1:].transpose(1, 2), grad_mixed).baddbmm_(a[:, :1].transpose(1, 2), grad_u)
-        return grad_a, grad_x
+        return stream_mix_backward(a, x, grad_u, grad_mixed, *ctx.needs_input_grad)

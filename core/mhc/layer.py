@@ -29,7 +29,10 @@ Computation. With u = H_pre x, the update is x_next = (H_res - H_post H_pre^T) x
 own residual is folded into the mixing matrix, so one batched matrix product per token, with rows
 [H_pre; H_res - H_post H_pre^T], yields both the block input and the mixed streams, and one rank-1 update adds the
 block output. The last layer of a stack multiplies by the read-out first (one row instead of n); the first
-uses that its streams are E h, so A x = (A E) h. Every form is the same arithmetic as eq. 3.
+uses that its streams are E h, so A x = (A E) h. Every form is the same arithmetic as eq. 3. On the CPU the
+per-token coefficients come from one compiled pass (core/mhc/coefficients.py), and a dynamic layer inside a stack
+reads its streams (norm, projection, coefficients, mix) in one autograd node; other devices, mHC-lite and
+torch.compile take the torch path (``use_kernel = False`` forces it; the tests hold the two to each other).
 
 Hidden states: HF's ``output_hidden_states`` records each block's own input and output ([b, t, c]); at
 initialisation these equal the unwrapped model's.
@@ -46,8 +49,9 @@ from torch import nn
 
 from core.config import MhcConfig
 from core.errors import ConfigError
+from core.mhc.coefficients import fused_stream_mix, mixing_coefficients
 from core.mhc.kernels import StreamMix
-from core.mhc.mappings import mHCMappings, tilted_weights
+from core.mhc.mappings import RES_LOGIT_BOUND, RMS_EPS, mHCMappings, tilted_weights, without_autocast
 
 # Where each supported architecture keeps its list of blocks (GPT-2, LLaMA and relatives, BERT).
 _LAYER_LISTS = ("h", "layers", "encoder.layer")
@@ -71,6 +75,9 @@ class mHCTransformerLayer(nn.Module):
             # layer's H_res inert (the mean of H_res x is the mean of x when columns sum to 1); weights tilted
             # orthogonally to p (like H_pre) read the mean at init, yet give this H_res a gradient at step 1.
             self.head_logits = nn.Parameter(torch.log(tilted_weights(n_streams, layer_index + 1)))
+        # the per-token coefficients through the compiled CPU pass (core/mhc/coefficients.py); False: the torch
+        # path, the reference the tests hold it to
+        self.use_kernel = True
 
     def extra_repr(self) -> str:
         return f"layer_index={self.layer_index}, expand={self.expand}, collapse={self.collapse}"
@@ -101,7 +108,7 @@ class mHCTransformerLayer(nn.Module):
         last layer and the identity elsewhere. Batch-last in, per token out: A [N, 1 + r, n], post [N, r, 1]."""
         h_eff = h_res - h_post.unsqueeze(1) * h_pre.unsqueeze(0)  # [n, n, (N)]
         if self.collapse:
-            head = torch.softmax(self.head_logits.float(), -1)
+            head = self._read_out_weights()
             h_eff = torch.tensordot(head, h_eff, dims=1).unsqueeze(0)  # [1, n, (N)]
             h_post = torch.tensordot(head, h_post, dims=1).unsqueeze(0)  # [1, (N)]
         a = torch.cat([h_pre.unsqueeze(0), h_eff], 0)  # [1 + r, n, (N)]
@@ -109,12 +116,49 @@ class mHCTransformerLayer(nn.Module):
             return a.permute(2, 0, 1).contiguous(), h_post.t().unsqueeze(-1)
         return a, h_post.unsqueeze(-1)
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        n, c = self.n_streams, self.hidden_dim
-        lead, dtype = hidden_states.shape[:-1], hidden_states.dtype
-        tokens = hidden_states.reshape(-1, hidden_states.shape[-1])  # [N, c] (first layer of a stack) or [N, n c]
-        h_pre, h_post, h_res = self.hc.batch_last(tokens, repeated=self.expand)
-        a, post = self._mixing_rows(h_pre, h_post, h_res)
+    def _read_out_weights(self) -> torch.Tensor | None:
+        """The read-out's weights [n] (float32, summing to 1) in a stack's last layer; None elsewhere."""
+        return torch.softmax(self.head_logits.float(), -1) if self.collapse else None
+
+    def _remember(self, h_pre: torch.Tensor, h_post: torch.Tensor, h_res: torch.Tensor) -> None:
+        """The kernel's token-first mappings, kept batch-last as the torch path keeps them (views, no copies)."""
+        self.hc.remember(h_pre.t(), h_post.t(), h_res.permute(1, 2, 0))
+
+    def _kernel_mixing_rows(self, tokens: torch.Tensor):
+        """What ``batch_last`` then ``_mixing_rows`` give, through core/mhc/coefficients.py's compiled pass."""
+        logits = self.hc.logits(tokens, repeated=self.expand)
+        a, post, h_pre, h_post, h_res = mixing_coefficients(logits, self._read_out_weights(), self.n_streams,
+                                                            self.hc.sinkhorn_iters, RES_LOGIT_BOUND)
+        if not self.dynamic:
+            self.hc.remember(h_pre[0], h_post[0], h_res[0])
+            return a[0], post[0]
+        self._remember(h_pre, h_post, h_res)
+        return a, post
+
+    def _use_kernel(self, tokens: torch.Tensor) -> bool:
+        # the torch path on other devices, for mHC-lite, and inside torch.compile (which cannot trace numba)
+        return (self.use_kernel and tokens.device.type == "cpu" and self.hc.projection == "sinkhorn"
+                and not torch.compiler.is_compiling())
+
+    def _fused_read(self, tokens: torch.Tensor):
+        """Block input, mixed streams and write-out weights of a dynamic layer inside a stack (its input is the
+        streams themselves), through core/mhc/coefficients.FusedStreamMix."""
+        hc = self.hc
+        with without_autocast(tokens.device.type):
+            block_input, mixed, post, h_pre, h_post, h_res = fused_stream_mix(
+                tokens, hc.phi.float(), hc.gates(), hc.bias(), self._read_out_weights(), self.n_streams,
+                hc.sinkhorn_iters, RES_LOGIT_BOUND, RMS_EPS)
+        self._remember(h_pre, h_post, h_res)
+        return block_input, mixed, post
+
+    def _read(self, tokens: torch.Tensor, use_kernel: bool):
+        """Block input [N, 1, c], mixed streams [N, r, c] and write-out weights ([N, r, 1]; static: [r, 1]), from
+        the coefficient kernel or the torch path."""
+        n, c, dtype = self.n_streams, self.hidden_dim, tokens.dtype
+        if use_kernel:
+            a, post = self._kernel_mixing_rows(tokens)
+        else:
+            a, post = self._mixing_rows(*self.hc.batch_last(tokens, repeated=self.expand))
         a, post = a.to(dtype), post.to(dtype)
         if self.expand:  # the streams are E h, E the fixed expansion: A x = (A E) h
             a_sum = (a @ self.hc.expansion.to(dtype)).unsqueeze(-1)
@@ -125,6 +169,17 @@ class mHCTransformerLayer(nn.Module):
             if not self.dynamic:
                 a = a.expand(tokens.shape[0], *a.shape)
             block_input, mixed = StreamMix.apply(a, tokens.view(-1, n, c))
+        return block_input, mixed, post
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        c = self.hidden_dim
+        lead = hidden_states.shape[:-1]
+        tokens = hidden_states.reshape(-1, hidden_states.shape[-1])  # [N, c] (first layer of a stack) or [N, n c]
+        use_kernel = self._use_kernel(tokens)
+        if use_kernel and self.dynamic and not self.expand:
+            block_input, mixed, post = self._fused_read(tokens)
+        else:
+            block_input, mixed, post = self._read(tokens, use_kernel)
 
         output = self.block(block_input.reshape(*lead, c), *args, **kwargs)
         block_output, extras = (output[0], output[1:]) if isinstance(output, tuple) else (output, None)

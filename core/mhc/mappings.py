@@ -78,12 +78,12 @@ def tilted_weights(n: int, index: int) -> torch.Tensor:
     return weights
 
 
-def _without_autocast(device_type: str):
+def without_autocast(device_type: str):
     """Autocast switched off for the coefficients. A device with no autocast (``meta``, on which the placement
     tests run the layer as a stand-in for CUDA) has nothing to switch off, and torch.autocast refuses it."""
-    if torch.amp.is_autocast_available(device_type):
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
+    return contextlib.nullcontext()  # entering an autocast context costs more than the few products it guards
 
 
 def permutation_matrices(n: int) -> torch.Tensor:
@@ -173,13 +173,29 @@ class mHCMappings(nn.Module):
         ``tokens`` is [N, n C], the flattened streams, or [N, C] with ``repeated``: one hidden state h standing for
         the streams expansion_i h (the first layer of a stack). Static mappings come back as [n], [n], [n, n].
         """
-        with _without_autocast(tokens.device.type):
+        with without_autocast(tokens.device.type):
             mappings = self._dynamic(tokens.float(), repeated) if self.dynamic else self.static_mappings()
         if remember:  # references only: the means are taken when someone asks (current())
-            self._last = tuple(t.detach() for t in mappings)
+            self.remember(*mappings)
         return mappings
 
-    def _dynamic(self, x: torch.Tensor, repeated: bool):
+    def logits(self, tokens: torch.Tensor, repeated: bool = False) -> torch.Tensor:
+        """The m logits per token, [N, m] float32 (pre, post, then H_res row by row), autocast off; static
+        mappings: the biases as [1, m]. ``tokens`` as in :meth:`batch_last`."""
+        with without_autocast(tokens.device.type):
+            if not self.dynamic:
+                return self.bias().unsqueeze(0)
+            return self._dynamic_logits(tokens.float(), repeated)
+
+    def bias(self) -> torch.Tensor:
+        """[m] float32: the logits' biases, pre, post, then H_res row by row."""
+        return torch.cat([self.b_pre.float(), self.b_post.float(), self.b_res.float().flatten()])
+
+    def gates(self) -> torch.Tensor:
+        """[m] float32: the gate alpha that scales each dynamic logit."""
+        return self.alpha.float()[self.gate_index]
+
+    def _dynamic_logits(self, x: torch.Tensor, repeated: bool) -> torch.Tensor:
         n, m = self.n_streams, self.phi.shape[0]
         phi = self.phi.float()
         if repeated:
@@ -188,9 +204,15 @@ class mHCMappings(nn.Module):
             weights = self.expansion.float() * torch.rsqrt(self.expansion.float().square().mean())
             phi = torch.einsum("mnc,n->mc", phi.view(m, n, -1), weights)
         projected = RMSProjection.apply(x, phi, RMS_EPS)  # [N, m]
-        gates = self.alpha.float()[self.gate_index]
-        bias = torch.cat([self.b_pre.float(), self.b_post.float(), self.b_res.float().flatten()])
-        logits = torch.addcmul(bias, projected, gates).t().contiguous()  # [m, N]
+        return torch.addcmul(self.bias(), projected, self.gates())
+
+    def remember(self, h_pre: torch.Tensor, h_post: torch.Tensor, h_res: torch.Tensor) -> None:
+        """Keep (references to) the last batch's mappings, batch-last as :meth:`batch_last` returns them."""
+        self._last = (h_pre.detach(), h_post.detach(), h_res.detach())
+
+    def _dynamic(self, x: torch.Tensor, repeated: bool):
+        n = self.n_streams
+        logits = self._dynamic_logits(x, repeated).t().contiguous()  # [m, N]
         pre_post = torch.sigmoid(logits[: 2 * n])
         h_pre, h_post = pre_post[:n], pre_post[n:] * 2.0
         res_logits = logits[2 * n:]

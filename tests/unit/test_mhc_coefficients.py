@@ -1,0 +1,179 @@
+"""The compiled coefficient pass (core/mhc/coefficients.py) against an independent plain-autograd form of the same
+mathematics, and the wrapped layer's kernel path against its torch path."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaModel
+
+from core.mhc.coefficients import BLOCK, mixing_coefficients
+from core.mhc.layer import apply_mhc_to_transformer, find_mhc_layers
+from core.mhc.sinkhorn import _reference_sinkhorn
+
+N_STREAMS, ITERS, BOUND = 4, 20, 3.0
+
+
+def _reference(logits, head):
+    """eq. 8 and the layer's mixing rows written as plain autograd code, float64, token first."""
+    n = N_STREAMS
+    pre = torch.sigmoid(logits[:, :n])
+    post = 2 * torch.sigmoid(logits[:, n:2 * n])
+    res = logits[:, 2 * n:].view(-1, n, n)
+    res = (res - res.mean(1, keepdim=True)).clamp(-BOUND, BOUND)  # the column's mean over its rows
+    h_res = _reference_sinkhorn(res, ITERS, log_domain=False)
+    eff = h_res - post.unsqueeze(-1) * pre.unsqueeze(-2)  # [N, n, n]
+    written = post
+    if head is not None:
+        eff = torch.einsum("i,tij->tj", head, eff).unsqueeze(1)
+        written = (post @ head).unsqueeze(-1)
+    return torch.cat([pre.unsqueeze(1), eff], 1), written.unsqueeze(-1), (pre, post, h_res)
+
+
+def _logits(tokens, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(tokens, 2 * N_STREAMS + N_STREAMS ** 2, generator=g, dtype=torch.float64) * 2
+    logits[:, 2 * N_STREAMS:] *= 2  # some H_res logits beyond the bound after centring: the clamp's mask counts
+    return logits
+
+
+@pytest.mark.parametrize("with_head", [False, True])
+def test_kernel_equals_plain_autograd_forward_and_backward(with_head):
+    tokens = 2 * BLOCK + 7  # two whole blocks and a partial one
+    logits = _logits(tokens, 0).requires_grad_()
+    head = torch.softmax(torch.tensor([0.3, -0.2, 0.5, 0.1], dtype=torch.float64), 0).requires_grad_(with_head)
+    head_arg = head if with_head else None
+    a, post, h_pre, h_post, h_res = mixing_coefficients(logits, head_arg, N_STREAMS, ITERS, BOUND)
+    ref_a, ref_post, (ref_pre, ref_hpost, ref_res) = _reference(logits, head_arg)
+    assert a.shape == (tokens, 1 + (1 if with_head else N_STREAMS), N_STREAMS)
+    for got, want in ((a, ref_a), (post, ref_post), (h_pre, ref_pre), (h_post, ref_hpost), (h_res, ref_res)):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+    clamped = ((logits[:, 2 * N_STREAMS:].view(-1, 4, 4) - logits[:, 2 * N_STREAMS:].view(-1, 4, 4).mean(1, True))
+               .abs() > BOUND)
+    assert clamped.any() and not clamped.all()
+
+    g = torch.Generator().manual_seed(1)
+    ga, gp = torch.randn(a.shape, generator=g, dtype=a.dtype), torch.randn(post.shape, generator=g, dtype=a.dtype)
+    inputs = (logits, head) if with_head else (logits,)
+    got = torch.autograd.grad((a, post), inputs, (ga, gp))
+    want = torch.autograd.grad((ref_a, ref_post), inputs, (ga, gp))
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11)
+
+
+def test_kernel_passes_gradcheck_with_and_without_a_read_out():
+    logits = _logits(5, 2).requires_grad_()
+    head = torch.softmax(torch.randn(N_STREAMS, dtype=torch.float64), 0).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: mixing_coefficients(x, None, N_STREAMS, ITERS, BOUND)[:2], (logits,))
+    assert torch.autograd.gradcheck(lambda x, w: mixing_coefficients(x, w, N_STREAMS, ITERS, BOUND)[:2],
+                                    (logits, head))
+
+
+def test_kernel_rows_are_exactly_stochastic_and_float32_stays_float32():
+    logits = _logits(300, 3).float()
+    _, _, _, _, h_res = mixing_coefficients(logits, None, N_STREAMS, ITERS, BOUND)
+    assert h_res.dtype == torch.float32
+    torch.testing.assert_close(h_res.sum(-1), torch.ones(300, N_STREAMS), rtol=0, atol=1e-6)
+
+
+def _llama(dynamic):
+    torch.manual_seed(0)
+    model = LlamaModel(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                   num_key_value_heads=4, vocab_size=10))
+    apply_mhc_to_transformer(model, 32, dynamic=dynamic)
+    with torch.no_grad():  # away from the initial values, where several terms vanish
+        for layer in find_mhc_layers(model):
+            for p in layer.hc.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+            if layer.collapse:
+                layer.head_logits.add_(torch.randn_like(layer.head_logits))
+    return model
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_wrapped_model_gives_the_torch_paths_outputs_gradients_and_mappings(dynamic):
+    model = _llama(dynamic)
+    x = torch.randn(3, 7, 32)
+    results = []
+    for use_kernel in (True, False):
+        for layer in find_mhc_layers(model):
+            layer.use_kernel = use_kernel
+        model.zero_grad()
+        out = model(inputs_embeds=x).last_hidden_state
+        out.square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        maps = [layer.mappings() for layer in find_mhc_layers(model)]
+        results.append((out.detach(), grads, maps))
+    (out_k, grads_k, maps_k), (out_t, grads_t, maps_t) = results
+    torch.testing.assert_close(out_k, out_t, rtol=1e-5, atol=1e-6)
+    assert grads_k.keys() == grads_t.keys() and any(".hc." in n for n in grads_k)
+    for name in grads_t:
+        torch.testing.assert_close(grads_k[name], grads_t[name], rtol=1e-4, atol=1e-6, msg=name)
+    for got, want in zip(maps_k, maps_t):
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+
+
+def test_the_torch_path_serves_mhc_lite_and_other_devices():
+    model = LlamaModel(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=4, vocab_size=10))
+    apply_mhc_to_transformer(model, 32, projection="permutations")
+    layer = find_mhc_layers(model)[0]
+    assert not layer._use_kernel(torch.zeros(2, 32))
+    model = _llama(True)
+    layer = find_mhc_layers(model)[0]
+    assert layer._use_kernel(torch.zeros(2, 32)) and not layer._use_kernel(torch.zeros(2, 32, device="meta"))
+
+
+def _fused_inputs(tokens, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    m, width = 2 * N_STREAMS + N_STREAMS ** 2, N_STREAMS * 3
+    x = torch.randn(tokens, width, generator=g, dtype=dtype)
+    phi = torch.randn(m, width, generator=g, dtype=dtype) * 0.5
+    gates = torch.rand(m, generator=g, dtype=dtype) + 0.5
+    bias = torch.randn(m, generator=g, dtype=dtype)
+    head = torch.softmax(torch.randn(N_STREAMS, generator=g, dtype=dtype), 0)
+    return x, phi, gates, bias, head
+
+
+def _fused_reference(x, phi, gates, bias, head):
+    """RMS norm, projection, logits, coefficients and the per-token mix as plain autograd code."""
+    inv_rms = torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6)
+    logits = bias + gates * (x @ phi.t()) * inv_rms
+    a, post, _ = _reference(logits, head)
+    y = a @ x.view(x.shape[0], N_STREAMS, -1)
+    return y[:, :1], y[:, 1:], post
+
+
+@pytest.mark.parametrize("with_head", [False, True])
+def test_fused_read_equals_plain_autograd_and_passes_gradcheck(with_head):
+    from core.mhc.coefficients import fused_stream_mix
+
+    x, phi, gates, bias, head = (t.requires_grad_() for t in _fused_inputs(BLOCK + 3, 4))
+    head_arg = head if with_head else None
+    got = fused_stream_mix(x, phi, gates, bias, head_arg, N_STREAMS, ITERS, BOUND, 1e-6)[:3]
+    want = _fused_reference(x, phi, gates, bias, head_arg)
+    inputs = (x, phi, gates, bias, head) if with_head else (x, phi, gates, bias)
+    g = torch.Generator().manual_seed(5)
+    grads_out = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in want]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, inputs, grads_out), torch.autograd.grad(want, inputs, grads_out)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+    def fused(x, phi, gates, bias, head=None):
+        return fused_stream_mix(x, phi, gates, bias, head, N_STREAMS, ITERS, BOUND, 1e-6)[:3]
+
+    small = [x.detach()[:4].clone().requires_grad_(), *inputs[1:]]
+    assert torch.autograd.gradcheck(fused, small)
+
+
+def test_fused_read_takes_bfloat16_streams_and_gives_their_dtype_back():
+    from core.mhc.coefficients import fused_stream_mix
+
+    x, phi, gates, bias, _ = _fused_inputs(16, 6, torch.float32)
+    x16 = x.bfloat16().requires_grad_()
+    u, mixed, post, *_ = fused_stream_mix(x16, phi, gates, bias, None, N_STREAMS, ITERS, BOUND, 1e-6)
+    assert u.dtype == mixed.dtype == post.dtype == torch.bfloat16
+    ref_u, ref_mixed, _ = _fused_reference(x16.detach().float(), phi, gates, bias, None)
+    torch.testing.assert_close(mixed.float(), ref_mixed, rtol=2e-2, atol=2e-2)
+    (u.float().sum() + mixed.float().square().sum()).backward()
+    assert x16.grad.dtype == torch.bfloat16 and torch.isfinite(x16.grad.float()).all()
