@@ -1,13 +1,11 @@
 """training.compile=true: the run's model compiled by torch.compile trains the same numbers as an eager run and
 writes checkpoints an eager model loads; without a compiler the run trains eagerly and its log says why."""
 
-import numpy as np
 import pytest
 import torch
-from support import SMALL_DEMO_KEYS, TINY_MODEL
+from support import SMALL_DEMO_KEYS, TINY_MODEL, assert_compiled_run_matches_eager
 
 from core.config import load_config
-from core.runs import load_checkpoint, read_metrics
 from core.training.compile import compile_model, missing_compiler
 from core.training.run import train
 
@@ -50,11 +48,4 @@ def test_a_compiled_mhc_run_trains_the_eager_runs_numbers(small_demo, tmp_path):
     for name, flag in (("eager", "false"), ("compiled", "true")):
         runs[name] = train(load_config(overrides=_args(small_demo, tmp_path, f"training.compile={flag}",
                                                        "model.kwargs.use_mhc=true", f"run.name={name}")))
-    assert "compiled with torch.compile" in (runs["compiled"] / "log.txt").read_text()
-    losses = {name: read_metrics(run).query("split == 'train'")["loss"].to_numpy() for name, run in runs.items()}
-    assert len(losses["eager"]) == 3
-    np.testing.assert_allclose(losses["compiled"], losses["eager"], rtol=1e-4)  # fused ops round differently
-    eager, compiled = (load_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"] for run in runs.values())
-    assert compiled.keys() == eager.keys()  # compiled in place: no _orig_mod. prefix in the checkpoint
-    for key in eager:
-        np.testing.assert_allclose(compiled[key].numpy(), eager[key].numpy(), rtol=1e-3, atol=1e-5, err_msg=key)
+    assert_compiled_run_matches_eager(runs["eager"], runs["compiled"], steps=3)

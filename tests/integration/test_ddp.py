@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from support import REPO, SMALL_DEMO_KEYS, TINY_MODEL
+from support import REPO, SMALL_DEMO_KEYS, TINY_MODEL, assert_compiled_run_matches_eager
 
 from core.config import load_config
 from core.runs import load_checkpoint, read_metrics, read_status
@@ -93,3 +93,24 @@ def test_two_cpu_processes_train_one_run_with_the_sets_split_between_them(small_
     final = load_checkpoint(run_dir / "checkpoints" / "final.ckpt")
     assert final["global_step"] == summary["steps"] == len(train_two)
     assert final["state_dict"] and all(np.isfinite(w.float().numpy()).all() for w in final["state_dict"].values())
+
+
+@pytest.mark.slow
+def test_a_compiled_mhc_run_in_two_processes_trains_the_eager_two_process_runs_numbers(small_demo, tmp_path):
+    """training.compile under DDP: each rank compiles its model in place before Lightning wraps it, and the
+    gradients still meet in the all-reduce (the losses would part after the first step if they did not)."""
+    from core.training.compile import missing_compiler
+
+    if missing_compiler("cpu"):
+        pytest.skip(f"inductor cannot compile here: {missing_compiler('cpu')}")
+    data = tmp_path / "d.h5ad"
+    small_demo.write_h5ad(data)
+    args = [*TINY_MODEL, f"data.kwargs.path={data}", *SMALL_DEMO_KEYS, "training.max_steps=3", "training.val_freq=3",
+            "model.kwargs.lora.enable=false", "model.kwargs.use_mhc=true"]
+    runs = {}
+    for name, flag in (("eager", "false"), ("compiled", "true")):
+        root = tmp_path / name
+        _, proc = _train_in_two_processes([*args, f"training.compile={flag}", f"run.root={root}"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (runs[name],) = list(root.iterdir())
+    assert_compiled_run_matches_eager(runs["eager"], runs["compiled"], steps=3)

@@ -28,6 +28,22 @@ SMALL_DEMO_KEYS = ["data.kwargs.pert_col=condition", "data.kwargs.control_pert=s
                    "data.kwargs.split=fraction"]
 
 
+def assert_compiled_run_matches_eager(eager: Path, compiled: Path, steps: int) -> None:
+    """A training.compile=true run folder against the eager run of the same settings: its log says it compiled,
+    and it trained the same losses and weights (to the rounding of fused ops), under the same checkpoint keys."""
+    from core.runs import load_checkpoint, read_metrics
+
+    assert "compiled with torch.compile" in (compiled / "log.txt").read_text()
+    losses = [read_metrics(run).query("split == 'train'")["loss"].to_numpy() for run in (eager, compiled)]
+    assert len(losses[0]) == steps
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)  # fused ops round differently
+    weights = [load_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"] for run in (eager, compiled)]
+    assert weights[1].keys() == weights[0].keys()  # compiled in place: no _orig_mod. prefix in the checkpoint
+    for key in weights[0]:
+        np.testing.assert_allclose(weights[1][key].numpy(), weights[0][key].numpy(), rtol=1e-3, atol=1e-5,
+                                   err_msg=key)
+
+
 def unpack(node):
     """plotly 7 packs numeric arrays as {"dtype", "bdata" (base64), "shape"}; turn them back into numpy."""
     if isinstance(node, dict):
