@@ -74,10 +74,10 @@ def epoch(path: str, root: str) -> dict:
 
 
 def make_step(hidden: int, layers: int, heads: int, dim: int, set_len: int, sets: int, mhc: bool,
-              device: str = "cpu", autocast: bool = False):
+              device: str = "cpu", autocast: bool = False, dynamic: bool = True):
     """(one ST-LoRA(-mHC) training step on a fixed batch, cells per step, model): the trainer's losses, its
     clipping and its fused AdamW; under ``autocast`` the forward runs in bf16 on ``device``, as Lightning's
-    bf16-mixed does on CUDA."""
+    bf16-mixed does on CUDA; ``dynamic=False``: static mHC mappings (mhc.dynamic=false)."""
     import torch
 
     from core.config import load_config
@@ -88,7 +88,7 @@ def make_step(hidden: int, layers: int, heads: int, dim: int, set_len: int, sets
                  f"model.kwargs.n_heads={heads}", f"model.kwargs.cell_set_len={set_len}",
                  f"training.batch_size={sets}"]  # the config's memory check then sizes the batch we run
     if mhc:
-        overrides.append("model.kwargs.use_mhc=true")
+        overrides += ["model.kwargs.use_mhc=true", f"model.kwargs.mhc.dynamic={str(dynamic).lower()}"]
     cfg = load_config(overrides=overrides)
     torch.manual_seed(0)
     model = plain_model(cfg, dim, n_perts=2)

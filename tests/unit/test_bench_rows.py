@@ -33,11 +33,35 @@ def test_the_gpu_step_code_trains_on_the_cpu_under_bf16_autocast():
 
 
 def test_gpu_rows_run_on_the_cpu_with_the_same_code():
-    rows = gpu_rows(quick=True, device="cpu")
-    assert [r.name.split(",")[0] for r in rows] == ["demo LoRA step with dynamic mHC", "ST LoRA step",
-                                                    "ST-Tahoe-sized step", "ST-Tahoe-sized step"]
-    assert rows[0].ratio > 0 and rows[0].met in (True, False)
+    rows = gpu_rows(quick=True, device="cpu", compile=False)
+    assert [r.name.split(",")[0] for r in rows] == [
+        "demo LoRA step with dynamic mHC", "demo LoRA step with static mHC (mhc.dynamic=false)", "ST LoRA step",
+        "ST-Tahoe-sized step", "ST-Tahoe-sized step"]
+    assert all(r.ratio > 0 and r.met in (True, False) and r.baseline is rows[0].baseline for r in rows[:2])
     assert all(r.extra["cells_per_s"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_the_gpu_benchs_compiled_rows_compile_on_the_cpu(monkeypatch):
+    """The compiled rows' code (training.compile's in-place compile, timed against the same step eager) on the
+    CPU; CUDA needs Triton instead of a C++ compiler, and says so in the row when it is missing."""
+    from bench import gpu_rows as module
+    from core.training.compile import missing_compiler
+
+    if missing_compiler("cpu"):
+        pytest.skip(f"inductor cannot compile here: {missing_compiler('cpu')}")
+    from torch._dynamo.utils import counters
+
+    tiny = dict(hidden=32, layers=2, heads=4, dim=12, set_len=8, sets=2)
+    counters.clear()
+    rows = module._compiled_rows(tiny, repeats=2, device="cpu", sync=lambda: None)
+    assert counters["stats"]["unique_graphs"] >= 2  # each row's model was compiled, not run eagerly
+    assert [r.name.split(" step")[0] for r in rows] == ["demo LoRA", "demo LoRA + mHC"]
+    assert all(r.ratio > 0 and r.baseline_name == "the same step eager" for r in rows)
+    assert all(r.extra["compile_s"] > 10 * r.baseline.median_s for r in rows)  # the compile is in the first call
+    monkeypatch.setattr("core.training.compile.missing_compiler", lambda device: "Triton is not installed")
+    skipped = module._compiled_rows(tiny, repeats=2, device="cpu", sync=lambda: None)
+    assert [r.timing for r in skipped] == [None, None] and skipped[0].extra["skipped"] == "Triton is not installed"
 
 
 def test_arc_rows_are_skipped_without_peers(monkeypatch):
