@@ -1,10 +1,10 @@
 """``training.compile=true``: the model's forward compiled by ``torch.compile`` (inductor) for the run.
 
 A compiled step fuses the many small elementwise ops around the matrix products (norms, activations, residual
-adds, mHC's stream mixing): at the bench's ST size on a CPU it took a step to 0.67x arc-state's, against 0.89x
-eager, after a cold compile of 25.5 s (README, Performance). The compile happens in the first steps (and again
-for the first validation set of another size), so it pays off in long runs and on GPUs, not in a demo
-fine-tune of a few seconds: off by default.
+adds, mHC's stream mixing): at the bench's ST size on a CPU it takes a step to about 0.7x arc-state's, against
+about 0.9x eager, after a cold compile of about 25 s (the latest run's figures: README, Performance). The compile
+happens in the first steps (and again for the first validation set of another size), so it pays off in long runs
+and on GPUs, not in a demo fine-tune of a few seconds: off by default.
 
 The model is compiled in place (``nn.Module.compile``), so its ``state_dict`` keys, checkpoints and LoRA/mHC
 modules are those of an eager run. Inductor needs a C++ compiler on the CPU and Triton on CUDA; without one the
