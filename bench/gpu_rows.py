@@ -39,14 +39,15 @@ def _mhc_rows(demo: dict, repeats: int, device: str, sync) -> list[Row]:
     return rows
 
 
-def _compiled_rows(demo: dict, repeats: int, device: str, sync) -> list[Row]:
-    """training.compile's step (the model compiled in place, as a run does) against the same step eager."""
+def _compiled_rows(demo: dict, repeats: int, device: str, sync, variants=(False, True)) -> list[Row]:
+    """training.compile's step (the model compiled in place, as a run does) against the same step eager; one row
+    per entry of ``variants`` (with mHC or not)."""
     from bench.scale_worker import make_step
     from core.training.compile import compile_model, missing_compiler
 
     reason = missing_compiler(device)
     rows = []
-    for with_mhc in (False, True):
+    for with_mhc in variants:
         label = (f"demo LoRA{' + mHC' if with_mhc else ''} step compiled with training.compile, "
                  f"{demo['sets']}x{demo['set_len']} cells, bf16 autocast")
         if reason:
