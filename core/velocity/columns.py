@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from core.velocity.threads import WORKERS, each_on_threads
+from core.velocity.threads import each_on_threads, ranges
 
 _TILE = 128  # cells whose rows are read before the next tile's: 128 rows of 2,000 genes are 1 MB of float32
 
@@ -39,13 +39,12 @@ def gene_rows(m: np.ndarray, genes: np.ndarray) -> np.ndarray:
 
 def columns(m: np.ndarray, genes: np.ndarray) -> np.ndarray:
     """[n, len(genes)]: ``m[:, genes]`` (integer positions or a boolean mask) with its values and its layout
-    (Fortran order, as numpy returns a column selection), the cells split between ``WORKERS`` threads."""
+    (Fortran order, as numpy returns a column selection), the cells split between the threads."""
     genes = np.flatnonzero(genes) if np.asarray(genes).dtype == bool else np.asarray(genes, dtype=np.int64)
     if not _c_float32(m):
         return m[:, genes]
     out = np.empty((len(genes), m.shape[0]), dtype=np.float32)
-    bounds = np.linspace(0, m.shape[0], WORKERS + 1).astype(np.int64)
-    each_on_threads(lambda i: _gather(m, genes, out, bounds[i], bounds[i + 1]), range(WORKERS))
+    each_on_threads(lambda part: _gather(m, genes, out, *part), ranges(m.shape[0]))
     return out.T
 
 

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 
 from core.errors import DataError
 from core.velocity.neighbours import knn_graph
-from core.velocity.threads import WORKERS, each_on_threads
+from core.velocity.threads import each_on_threads, ranges
 
 _CHUNK_ELEMENTS = 20_000_000  # dense rows per covariance chunk: ~80 MB of float32
 _MOMENT_COLUMNS = 512  # genes per dense block of the second moments: 0.2 GB at 100,000 cells
@@ -164,10 +164,10 @@ def _shared_counts(s: sp.csr_matrix, u: sp.csr_matrix) -> np.ndarray:
     s, u = _sorted(s), _sorted(u)
     # cells split between threads, each summing into its own array: counts are integers, so the sums are exact
     # in float64 whatever their order (and the result only meets a threshold)
-    bounds = np.linspace(0, s.shape[0], WORKERS + 1).astype(np.int64)
-    parts = np.zeros((WORKERS, s.shape[1]), dtype=np.float64)
+    cells = ranges(s.shape[0])
+    parts = np.zeros((len(cells), s.shape[1]), dtype=np.float64)
     each_on_threads(lambda i: _shared_kernel(s.indptr, s.indices, s.data, u.indptr, u.indices, u.data,
-                                             bounds[i], bounds[i + 1], parts[i]), range(WORKERS))
+                                             *cells[i], parts[i]), range(len(cells)))
     return parts.sum(0)
 
 
@@ -293,7 +293,8 @@ def neighbour_mean(graph: sp.csr_matrix, m, order: np.ndarray | None = None) -> 
     the rows of its neighbours: in ``order`` (cells grouped so that consecutive ones share neighbours) those
     reads come from cache."""
     graph = sp.csr_matrix(graph, dtype=np.float32)
-    dense = _dense_block(sp.csr_matrix(m), 0, m.shape[0]) if sp.issparse(m) else np.ascontiguousarray(m, np.float32)
+    dense = np.ascontiguousarray(_dense_block(sp.csr_matrix(m), 0, m.shape[0]) if sp.issparse(m) else m,
+                                 dtype=np.float32)
     order = np.arange(graph.shape[0]) if order is None else np.asarray(order, dtype=np.int64)
     out = np.zeros((graph.shape[0], dense.shape[1]), dtype=np.float32)
     _dense_rows(order, graph.indptr, graph.indices, graph.data, dense, out)
@@ -342,9 +343,11 @@ def _dense_columns(m: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
 
 
 def _dense_block(m: sp.csr_matrix, start: int, stop: int) -> np.ndarray:
-    """Rows start:stop of m as dense float32: ``m[start:stop].toarray()`` with its values (duplicates added in
-    storage order), rows in parallel and without the sliced copy (scipy's slice and toarray of the 100,000-cell
-    file took 2.7 s in the PCA and 2.2 s in the moments, on one core)."""
+    """Rows start:stop of m dense: ``m[start:stop].toarray()``, its values and dtype (duplicates added in storage
+    order). float32, what the pipeline passes, takes rows in parallel and no sliced copy (scipy's slice and
+    toarray of the 100,000-cell file took 2.7 s in the PCA and 2.2 s in the moments, on one core)."""
+    if m.dtype != np.float32:  # the kernel adds in float32
+        return m[start:stop].toarray()
     stop = min(stop, m.shape[0])
     out = np.zeros((stop - start, m.shape[1]), dtype=np.float32)
     _scatter_columns(m.indptr[start:stop + 1], m.indices, m.data, np.arange(m.shape[1]), out)

@@ -44,6 +44,9 @@ def test_dense_blocks_of_rows_are_scipys_toarray():
     dup = sp.csr_matrix((np.array([1.5, 2.25, 4.0], np.float32), np.array([2, 2, 0]), np.array([0, 2, 3])),
                         shape=(2, 3))
     assert np.array_equal(preprocess._dense_block(dup, 0, 2), dup.toarray())
+    wide = m.astype(np.float64)  # another dtype is scipy's own toarray, in that dtype
+    got = preprocess._dense_block(wide, 100, 130)
+    assert got.dtype == np.float64 and np.array_equal(got, wide[100:130].toarray())
 
 
 def test_log1p_in_blocks_is_numpys():
