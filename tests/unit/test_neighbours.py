@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 from sklearn.neighbors import NearestNeighbors
 
-from core.velocity.neighbours import exact_knn, knn_graph
+from core.velocity.neighbours import _ranking_distances, _smallest, exact_knn, knn_graph
 
 
 def _brute(x, k):
@@ -65,3 +66,28 @@ def test_knn_graph_is_scanpys_support():
 def test_k_must_leave_room():
     with pytest.raises(ValueError, match="between 1 and 9"):
         exact_knn(np.zeros((10, 3), np.float32), 10)
+
+
+@pytest.mark.parametrize("rows,cols,keep", [(40, 3000, 37), (7, 130, 37), (5, 37, 37), (3, 1, 1)])
+def test_smallest_is_torch_topk(rows, cols, keep):
+    rng = np.random.default_rng(rows)
+    values = rng.normal(size=(rows, cols)).astype(np.float32)
+    values[:, :5] -= 3  # the first entries nearest, as a cluster's own cells come first
+    values[0, cols // 2] = -np.inf
+    values[-1, 0] = np.inf
+    ref = torch.topk(torch.from_numpy(values), keep, dim=1, largest=False)
+    assert np.array_equal(_smallest(values, keep), ref.indices.numpy())
+
+
+def test_smallest_keeps_the_first_of_equal_values():
+    values = np.array([[2, 1, 1, 0, 1, 3]], dtype=np.float32)
+    assert _smallest(values, 3).tolist() == [[3, 1, 2]]
+
+
+def test_ranking_distances_order_each_row_as_the_distances_do():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(20, 30)), rng.normal(size=(500, 30))
+    exact = ((a[:, None, :] - b[None, :, :]) ** 2).sum(2)
+    ranked = _ranking_distances(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    assert np.allclose(ranked + (a * a).sum(1)[:, None], exact, atol=1e-9)
+    assert np.array_equal(np.argsort(ranked, 1), np.argsort(exact, 1))
