@@ -52,18 +52,22 @@ def _smallest(values, keep):  # pragma: no cover (compiled)
     for i in range(rows):
         row, at = values[i], where[i]
         top[:] = np.inf
-        worst = top[keep - 1]
+        worst, filled = top[keep - 1], 0
         for start in range(0, cols, 128):
             stop = min(cols, start + 128)
-            below = 0
-            for j in range(start, stop):
-                below += row[j] < worst
-            if below == 0:
-                continue
+            if filled == keep:
+                below = 0
+                for j in range(start, stop):
+                    below += row[j] < worst
+                if below == 0:
+                    continue
             for j in range(start, stop):
                 v = row[j]
-                if v < worst:
-                    slot = keep - 1
+                # until the buffer is full every entry goes in, inf ones too (a row with fewer finite entries than
+                # keep, like torch, gives its inf positions last rather than leaving slots unset)
+                if filled < keep or v < worst:
+                    slot = filled if filled < keep else keep - 1
+                    filled = min(filled + 1, keep)
                     while slot > 0 and top[slot - 1] > v:
                         top[slot] = top[slot - 1]
                         at[slot] = at[slot - 1]

@@ -79,6 +79,12 @@ def test_smallest_is_torch_topk(rows, cols, keep):
     assert np.array_equal(_smallest(values, keep), ref.indices.numpy())
 
 
+def test_smallest_gives_inf_entries_last_when_a_row_has_too_few_finite_ones():
+    # a cluster with just keep candidates: the query's own column (inf) must still be in its row, as topk has it
+    values = np.array([[1, np.inf, 2, 0], [np.inf, 3, np.inf, 1]], dtype=np.float32)
+    assert _smallest(values, 4).tolist() == [[3, 0, 2, 1], [3, 1, 0, 2]]
+
+
 def test_smallest_keeps_the_first_of_equal_values():
     values = np.array([[2, 1, 1, 0, 1, 3]], dtype=np.float32)
     assert _smallest(values, 3).tolist() == [[3, 1, 2]]
