@@ -29,14 +29,14 @@ _KMEANS_ROUNDS = 5
 _MARGIN = 8  # float32 shortlist beyond k, re-ranked in float64
 
 
-def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.addmm((b * b).sum(1)[None, :], a, b.T, alpha=-2).add_((a * a).sum(1, keepdim=True)).clamp_min_(0)
-
-
 def _ranking_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """|b_j|^2 - 2 a_i.b_j: in each row the order of the squared distances (|a_i|^2 is the row's constant), in
     one pass over the product instead of the three that adding |a_i|^2 and clamping at 0 took."""
     return torch.addmm((b * b).sum(1)[None, :], a, b.T, alpha=-2)
+
+
+def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return _ranking_distances(a, b).add_((a * a).sum(1, keepdim=True)).clamp_min_(0)
 
 
 @numba.njit(cache=True, nogil=True)
