@@ -50,7 +50,9 @@ def upload_digest(data: bytes) -> str:
 # ----------------------------------------------------------------------------------------------- data sets
 
 
-@st.cache_resource(show_spinner="Loading the demo data set…", max_entries=3)
+# said in the main area (app/sidebar.py): the first start generates the demo, which takes minutes
+@st.cache_resource(show_spinner="Loading the demo data set… The first time it is generated, then cached "
+                                "(a few minutes).", max_entries=3)
 def demo_adata(name: str):
     """``burn_sham``, ``atlas``, or ``burn_sham:velocity`` (adds obsm["velocity_pca"] and
     obs["velocity_confidence"] from core.velocity, as training with velocity alignment does)."""

@@ -223,6 +223,17 @@ def render() -> None:
             url_state.remember(None, None, set(), {})
             st.info("Choose a data set above.")
             return
+    if ref.kind == "demo":
+        # In the main area: the demo's column mapping below starts closed, and a spinner inside it was never
+        # seen, so the first start (minutes, while the demo is generated) looked like an empty, hung page.
+        loaded = False
+        with shown_errors("loading the demo data set"):
+            load_dataset(ref)
+            loaded = True
+        if not loaded:
+            state.DATASET.set(None)  # the pages then ask for a data set instead of failing a second time
+            return
+    with st.sidebar:
         with st.expander("Column mapping", expanded=ref.kind != "demo"):
             with shown_errors("reading the data set's columns"):
                 mapping = _mapping_widgets(ref)

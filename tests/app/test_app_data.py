@@ -9,6 +9,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from support import charts, unescaped
 
+from core.errors import DataError
+
 APP = "../../app/main.py"
 
 
@@ -187,6 +189,31 @@ def test_upload_with_other_column_names_works_through_the_mapping(app, demo_adat
     next(b for b in app.sidebar.button if b.label == "Confirm the guessed fields").click().run()
     assert any("Ready to train" in s.value for s in app.success)
     assert any("has the genes of the base's obsm['X_pca'] but no loadings" in unescaped(w.value) for w in app.warning)
+
+
+def test_a_demo_that_cannot_load_says_why_in_the_main_area_once(tmp_path, monkeypatch):
+    """The demo is loaded in the main area, not inside the sidebar's closed mapping expander, so its spinner
+    (minutes on a first start) and any failure are where the user looks; the pages then ask for a data set
+    instead of failing a second time."""
+    import core.data.demo
+    from app import cache
+
+    def refused(*args, **kwargs):
+        raise DataError("the data cache folder /nowhere is not writable; set ST_DATA_CACHE to a folder you own")
+
+    monkeypatch.setenv("ST_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setattr(core.data.demo, "load_demo", refused)
+    cache.demo_adata.clear()
+    try:
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.run()
+    finally:
+        cache.demo_adata.clear()  # the other tests load the real demo
+    assert not at.exception
+    main_errors = [unescaped(e.value) for e in at.main.error]
+    assert main_errors == ["the data cache folder /nowhere is not writable; set ST_DATA_CACHE to a folder you own"]
+    assert not at.sidebar.error
+    assert any("Choose a data set in the sidebar." in i.value for i in at.main.info)
 
 
 def test_server_path_that_does_not_exist_says_so(app, tmp_path):
