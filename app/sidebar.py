@@ -15,7 +15,7 @@ import streamlit as st
 
 from app import state, url_state
 from app.cache import DEMO_DATASETS, DatasetRef, guessed_mapping, load_dataset, path_adata, upload_digest
-from app.guard import shown_errors
+from app.guard import show_error, shown_errors
 from core.errors import DataError
 
 SOURCES = ("Demo data", "Upload a .h5ad file", "A .h5ad path on the server")
@@ -226,11 +226,10 @@ def render() -> None:
     if ref.kind == "demo":
         # In the main area: the demo's column mapping below starts closed, and a spinner inside it was never
         # seen, so the first start (minutes, while the demo is generated) looked like an empty, hung page.
-        loaded = False
-        with shown_errors("loading the demo data set"):
+        try:
             load_dataset(ref)
-            loaded = True
-        if not loaded:
+        except Exception as err:
+            show_error(err, "loading the demo data set")
             state.DATASET.set(None)  # the pages then ask for a data set instead of failing a second time
             return
     with st.sidebar:
