@@ -24,17 +24,27 @@ backward pass is written out by hand (three operations per half-step instead of 
 them). It is the exact gradient of the unrolled 20 iterations (checked by gradcheck and against autograd
 through the plain loop, ``fused=False``). To save memory it keeps only each half-step's sums (n x batch)
 and rebuilds each intermediate matrix backwards from the output, as the paper's kernel recomputes them (§4.4).
+With 8 x 8 matrices the log domain's exps dominate instead: its forward is torch's fused log-softmax, and its
+backward rebuilds the matrices by those n x batch scalings too, with no exp over them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
 # Half-step order: dim 0 sums over rows i (column sums, T_c), then dim 1 sums over columns j (row sums, T_r).
 _HALF_STEPS = (0, 1)
+
+
+class _NoSave:
+    """Stands in for autograd's ctx when no gradient is needed: nothing is kept."""
+
+    def save_for_backward(self, *tensors):
+        pass
 
 
 class _PlainSinkhorn(torch.autograd.Function):
@@ -78,34 +88,44 @@ class _PlainSinkhorn(torch.autograd.Function):
 
 
 class _LogSinkhorn(torch.autograd.Function):
-    """Log-domain Sinkhorn on [n, n, B]; backward through f' = f - logsumexp(f) is g_f = g' - softmax(f) sum(g')."""
+    """Log-domain Sinkhorn on [n, n, B]: each half-step is f' = log_softmax(f) along the normalised axis (torch's
+    fused kernel: one pass of exp, which is most of the time), whose gradient is g_f = g' - P' sum(g') with
+    P' = exp(f') the half-step's output as a matrix.
+
+    The backward pass needs no exp over the matrices: P' of the half-step before is this one's times
+    exp(lse) (lse = f - f', constant along the axis), n x B numbers per half-step. From the second half-step on
+    its input is a log-softmax (<= 0), so lse <= log n and exp(lse) cannot overflow, for any logits; an
+    underflow makes an entry below float's smallest normal 0, an absolute error of that size. Only the output
+    and those n x B factors are kept."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, n_iters: int) -> torch.Tensor:
+        keep = not isinstance(ctx, _NoSave)
         f = logits
-        lses = []
+        scales = []
         for i in range(n_iters):
             for dim in _HALF_STEPS:
-                m = f.amax(dim, keepdim=True)
-                lse = (f - m).exp_().sum(dim, keepdim=True).log_().add_(m)
-                f = f - lse if i == 0 and dim == 0 else f.sub_(lse)  # never modify the caller's logits
-                lses.append(lse)
-        out = f.exp()
-        ctx.save_for_backward(out, f, *lses)
+                out = F.log_softmax(f, dim)
+                if keep and (i or dim):
+                    # lse = max f + log(sum exp(f - max f)), and the largest output is exactly -log(sum ...):
+                    # read off where both are small, not at an entry far below the max (a cancellation)
+                    scales.append(f.amax(dim, keepdim=True).sub_(out.amax(dim, keepdim=True)).exp_())
+                f = out
+        out = f.exp_()
+        if keep:
+            ctx.save_for_backward(out, *scales)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        out, f, *lses = ctx.saved_tensors
-        g = grad.contiguous() * out
-        softmax = out
-        for k in range(len(lses) - 1, -1, -1):
-            dim = _HALF_STEPS[k % 2]
-            g.addcmul_(softmax, g.sum(dim, keepdim=True), value=-1.0)
+        out, *scales = ctx.saved_tensors
+        g = grad.contiguous() * out  # the gradient with respect to the last half-step's output f
+        p = out  # exp of the current half-step's output; the saved output itself is never modified
+        for k in range(len(scales), -1, -1):
+            g.addcmul_(p, g.sum(_HALF_STEPS[k % 2], keepdim=True), value=-1.0)
             if k:
-                f = f + lses[k] if k == len(lses) - 1 else f.add_(lses[k])  # the input of this half-step
-                softmax = f.exp()
+                p = p * scales[k - 1] if p is out else p.mul_(scales[k - 1])
         return g, None
 
 
@@ -115,13 +135,6 @@ def _check(logits: torch.Tensor, n_iters: int, square_dims: tuple[int, int]) -> 
         raise ValueError(f"sinkhorn_knopp needs square matrices; got shape {tuple(logits.shape)}")
     if n_iters < 1:
         raise ValueError(f"n_iters must be >= 1; got {n_iters}")
-
-
-class _NoSave:
-    """Stands in for autograd's ctx when no gradient is needed: nothing is kept."""
-
-    def save_for_backward(self, *tensors):
-        pass
 
 
 def sinkhorn_knopp_batch_last(logits: torch.Tensor, n_iters: int = 20, log_domain: bool = True) -> torch.Tensor:
