@@ -49,7 +49,8 @@ def fmt_time(t) -> str:
 # The extras worth a column in the README table; the JSON keeps them all.
 README_EXTRAS = ("col_error", "their_col_error", "max_abs_diff_vs_deepseek", "hyper_connections_vs_plain",
                  "cells_per_s", "cells_per_s_baseline", "train_cells_per_s", "peak_mb", "peak_mb_st_lora", "compile_s",
-                 "import_s")
+                 "import_s", "extra_ms_blocks_slower", "extra_ms_mhc_own_work", "extra_ms_optimiser", "copies_alone_ms",
+                 "beyond_the_copies_ms")
 
 
 def _fmt_json_time(t: dict | None) -> str:

@@ -4,6 +4,7 @@ Rows:
 - one LoRA fine-tuning step (forward, backward, AdamW) of the default demo model (hidden 128, 4 layers, 8 sets
   of 32 cells) with mHC (dynamic, the default; and static) against the same step without; target <= 1.10x.
   mHC and plain steps are timed alternately, so a busy machine slows both alike.
+- where that step's extra time goes, and how much other memory between blocks slows them (bench/step_breakdown.py).
 - whole 5-epoch fine-tunes of the demo base on burn/sham (``python -m core train model.init_from=demo ...``):
   LoRA, LoRA+mHC, LoRA+velocity, LoRA+mHC+velocity; wall time (target <= 60 s) and training cells/s.
 - peak memory (max RSS) of a whole training process, LoRA+mHC against LoRA; targets <= 2 GB and <= 1.2x.
@@ -30,8 +31,9 @@ VARIANTS = {
 }
 
 
-def _step_fn(extra: list[str]):
-    """A closure doing one optimisation step of the demo fine-tune on a fixed batch of sets."""
+def demo_step_parts(extra: list[str]):
+    """(module, model, optimizer, batch): the demo fine-tune's LoRA model from the cached demo base with ``extra``
+    overrides, its optimiser, and one fixed batch of training sets."""
     import torch
 
     from core.config import load_config
@@ -53,7 +55,14 @@ def _step_fn(extra: list[str]):
     model, _, _ = build_for_training(cfg, data.table.z.shape[1], data.pert_map, mapping.control_pert, base_path=base)
     module = STModule(model, {"config": cfg.to_dict(), "pert_map": data.pert_map, "control": mapping.control_pert,
                               "embed_dim": int(data.table.z.shape[1]), "batch_map": {}, "lora_applied": True})
-    optimizer = module.configure_optimizers()
+    return module, model, module.configure_optimizers(), batch
+
+
+def _step_fn(extra: list[str]):
+    """A closure doing one optimisation step of the demo fine-tune on a fixed batch of sets."""
+    import torch
+
+    module, model, optimizer, batch = demo_step_parts(extra)
 
     def step():
         total, _, _ = module.losses(batch, 10)
@@ -150,7 +159,9 @@ def _memory_rows() -> list[Row]:
 
 def run(quick: bool) -> list[Row]:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    rows = _step_rows(quick) + _finetune_rows(quick) + _memory_rows()
+    from bench.step_breakdown import run as breakdown_rows
+
+    rows = _step_rows(quick) + breakdown_rows(quick) + _finetune_rows(quick) + _memory_rows()
     for row in rows:
         row.extra["load_average_at_start"] = load
     return rows

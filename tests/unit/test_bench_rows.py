@@ -126,3 +126,26 @@ def test_app_large_file_rows_run_in_the_browser_on_the_quick_file(tmp_path, monk
         "page switch Data -> Inspect", "page switch Inspect -> Train", "page switch Train -> Data"]
     assert all(r.timing.repeats == 1 and r.timing.median_s > 0 and r.met in (True, False) for r in rows)
     assert rows[0].extra["file_mb"] >= 0
+
+
+@pytest.mark.slow
+def test_the_mhc_step_breakdown_rows_run_quick_and_their_parts_add_up(demo_adata):
+    from bench import step_breakdown
+
+    breakdown, probe = step_breakdown.run(quick=True)
+    plain, mhc = breakdown.extra["plain_ms"], breakdown.extra["mhc_ms"]
+    for phases in (plain, mhc):
+        # the blocks' clock sits inside forward and backward, and measures something in each
+        assert 0 < phases["blocks_forward"] < phases["forward"]
+        assert 0 < phases["blocks_backward"] < phases["backward"]
+        assert phases["optimiser"] > 0
+    # the three parts of mHC's extra time are the phase medians' differences, nothing dropped
+    parts = sum(breakdown.extra[k] for k in ("extra_ms_blocks_slower", "extra_ms_mhc_own_work", "extra_ms_optimiser"))
+    whole = sum(mhc[k] for k in ("forward", "backward", "optimiser")) - sum(plain[k] for k in
+                                                                            ("forward", "backward", "optimiser"))
+    assert parts == pytest.approx(whole, abs=0.05)
+    assert breakdown.baseline is not None and breakdown.timing is not None
+    # the probe copies the demo's streams (256 tokens x 4 streams x 128 floats) before each of the 4 blocks, twice
+    assert "512 KB" in probe.name and probe.extra["copies_per_step"] == 8
+    assert probe.extra["beyond_the_copies_ms"] == pytest.approx(
+        probe.extra["step_slower_ms"] - probe.extra["copies_alone_ms"], abs=0.02)
