@@ -12,7 +12,8 @@ Two rows time the phases instead:
   size) before every block, forward and backward, against the plain step: how much a block slows when that much
   other memory passed through the core's cache since its last use, beyond the copies' own cost.
 
-The hooks add a view per block to both steps alike; ratios and differences are read within one row.
+The breakdown's hooks add a view per block to both of its steps alike, and the probe's two steps carry none;
+ratios and differences are read within one row.
 Shapes: N tokens, n streams, C hidden size.
 """
 
@@ -97,16 +98,20 @@ class _Phased:
     width: int
 
 
-def _phased_step(extra: list[str], touch_floats: int = 0) -> _Phased:
-    """bench_training's demo step (its batch and model) with ``extra`` overrides; with ``touch_floats``, a copy of
-    that many floats before every block in forward and backward instead of the block clock."""
-    from bench.bench_training import demo_step_parts
+def _phased_step(extra: list[str], touch_floats: int = 0, block_clock: bool = True) -> _Phased:
+    """bench_training's demo step (its batch and model) with ``extra`` overrides, timed by phase; with
+    ``block_clock``, the blocks' own time too; with ``touch_floats``, a copy of that many floats before every block
+    in forward and backward."""
+    from bench.bench_training import demo_step, demo_step_parts
 
     module, model, optimizer, batch = demo_step_parts(extra)
-    params = [p for p in model.parameters() if p.requires_grad]
     blocks = _blocks(model)
-    phased = _Phased(None, {"forward": 0.0, "backward": 0.0, "optimiser": 0.0}, _Clock(), [0],
+    phases = {"forward": 0.0, "backward": 0.0, "optimiser": 0.0}
+    phased = _Phased(demo_step(module, model, optimizer, batch, phases), phases, _Clock(), [0],
                      batch["z_control"].shape[0] * batch["z_control"].shape[1], blocks[0].self_attn.q_proj.in_features)
+    if block_clock:
+        for block in blocks:
+            phased.clock.wrap(block)
     if touch_floats:
         source, target = torch.randn(touch_floats), torch.empty(touch_floats)
         for block in blocks:
@@ -114,26 +119,6 @@ def _phased_step(extra: list[str], touch_floats: int = 0) -> _Phased:
                 phased.copies[0] += 2
                 return _inner(_Touch.apply(hidden_states, source, target), *args, **kwargs)
             block.forward = touched
-    else:
-        for block in blocks:
-            phased.clock.wrap(block)
-    phases = phased.phases
-
-    def step():
-        t0 = time.perf_counter()
-        total, _, _ = module.losses(batch, 10)
-        t1 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        t2 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        t3 = time.perf_counter()
-        phases["forward"] += t1 - t0
-        phases["backward"] += t2 - t1
-        phases["optimiser"] += t3 - t2
-
-    phased.step = step
     return phased
 
 
@@ -182,9 +167,9 @@ def breakdown_row(quick: bool) -> Row:
 
 def cache_probe_row(quick: bool) -> Row:
     repeats, per_sample = _sizes(quick)
-    plain = _phased_step([])
+    plain = _phased_step([], block_clock=False)  # neither arm carries the block clock's hooks
     floats = plain.tokens * N_STREAMS * plain.width
-    touched = _phased_step([], touch_floats=floats)
+    touched = _phased_step([], touch_floats=floats, block_clock=False)
     timings = interleaved({"plain": plain.step, "touched": touched.step}, repeats=repeats,
                           steps_per_sample=per_sample)
     touched.copies[0] = 0
