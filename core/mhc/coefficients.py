@@ -23,8 +23,6 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from core.mhc.kernels import stream_mix_backward
-
 BLOCK = 64  # tokens per pass: every inner loop runs over a block's tokens, so it vectorises
 EXP_LIMIT = 40.0  # |x| the exp below serves; sigmoid(-40) = 4e-18, so its argument is clamped there
 _TAYLOR = tuple(1.0 / math.factorial(k) for k in range(16))
@@ -326,52 +324,3 @@ class MixingCoefficients(torch.autograd.Function):
 def mixing_coefficients(logits: torch.Tensor, head: torch.Tensor | None, n: int, iters: int, bound: float):
     """See :class:`MixingCoefficients`; logits float32 or float64 on the CPU."""
     return MixingCoefficients.apply(logits, head, n, iters, bound)
-
-
-class FusedStreamMix(torch.autograd.Function):
-    """A dynamic mHC layer's read of its streams, from x [N, n c] to the block input u [N, 1, c], the mixed streams
-    [N, r, c] and the write-out weights [N, r, 1], in one node: RMS norm and projection (two products), the
-    coefficient kernel, and one batched product y = A x per token (core/mhc/kernels.py has the same pieces as
-    separate nodes). Autograd would add the two gradients that reach x (through the projection and through the
-    mix) as a separate pass over n c per token; here they are accumulated into one buffer.
-
-    ``gates`` [m] and ``bias`` [m] are the per-logit gate (alpha) and bias; ``head`` as in MixingCoefficients.
-    Also returns h_pre [N, n], h_post [N, n], h_res [N, n, n], without gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, x, phi, gates, bias, head, n: int, iters: int, bound: float, eps: float):
-        width = x.shape[-1]
-        xf = x.to(phi.dtype)  # the coefficients' precision is phi's (float32 from the layer, float64 in gradcheck)
-        inv_rms = torch.rsqrt(torch.linalg.vector_norm(xf, dim=-1).square_().div_(width).add_(eps))
-        proj = xf @ phi.t()
-        a, post, h_pre, h_post, h_res = _forward(proj, inv_rms, gates, bias, head, n, iters, bound)
-        a_x = a.to(x.dtype)
-        y = torch.bmm(a_x, x.view(x.shape[0], n, -1))
-        ctx.save_for_backward(x, phi, proj, inv_rms, gates, bias, head, a_x)
-        ctx.sizes = (n, iters, float(bound))
-        ctx.mark_non_differentiable(h_pre, h_post, h_res)
-        # the block input is handed on contiguous: a strided one costs more inside the block than this copy
-        return y[:, :1].contiguous(), y[:, 1:], post.to(x.dtype), h_pre, h_post, h_res
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_u, grad_mixed, grad_post, *_):
-        x, phi, proj, inv_rms, gates, bias, head, a = ctx.saved_tensors
-        n, iters, bound = ctx.sizes
-        tokens, width = x.shape
-        grad_a, grad_x = stream_mix_backward(a, x.view(tokens, n, -1), grad_u, grad_mixed)
-        grad_x = grad_x.view(tokens, width).to(phi.dtype)
-        grad_proj, grad_bias, grad_gates, grad_scale, grad_head = _backward(
-            proj, inv_rms, gates, bias, head, n, iters, bound, width, grad_a, grad_post)
-        xf = x.to(phi.dtype)
-        grad_phi = grad_proj.t() @ xf
-        grad_x.addmm_(grad_proj, phi).addcmul_(xf, grad_scale.unsqueeze(-1))
-        return (grad_x.to(x.dtype), grad_phi, grad_gates, grad_bias,
-                grad_head if ctx.needs_input_grad[4] else None, None, None, None, None)
-
-
-def fused_stream_mix(x, phi, gates, bias, head, n: int, iters: int, bound: float, eps: float):
-    """See :class:`FusedStreamMix`; x [N, n c] on the CPU (any float dtype), phi [m, n c], gates and bias [m] in
-    the coefficients' dtype (float32, or float64)."""
-    return FusedStreamMix.apply(x, phi, gates, bias, head, n, iters, bound, eps)

@@ -30,9 +30,11 @@ own residual is folded into the mixing matrix, so one batched matrix product per
 [H_pre; H_res - H_post H_pre^T], yields both the block input and the mixed streams, and one rank-1 update adds the
 block output. The last layer of a stack multiplies by the read-out first (one row instead of n); the first
 uses that its streams are E h, so A x = (A E) h. Every form is the same arithmetic as eq. 3. On the CPU the
-per-token coefficients come from one compiled pass (core/mhc/coefficients.py), and a dynamic layer inside a stack
-reads its streams (norm, projection, coefficients, mix) in one autograd node; other devices, mHC-lite and
-torch.compile take the torch path (``use_kernel = False`` forces it; the tests hold the two to each other).
+per-token coefficients come from one compiled pass (core/mhc/coefficients.py), and a dynamic layer with float32
+streams reads and writes them through compiled kernels too (core/mhc/streams.py: one pass for the norm and the
+block input, one for the next streams); other devices, mHC-lite and torch.compile take the torch path
+(``use_kernel = False`` forces it; the tests hold the two to each other), as do static mappings and other dtypes
+for the mixing itself.
 
 Hidden states: HF's ``output_hidden_states`` records each block's own input and output ([b, t, c]); at
 initialisation these equal the unwrapped model's.
@@ -49,9 +51,10 @@ from torch import nn
 
 from core.config import MhcConfig
 from core.errors import ConfigError
-from core.mhc.coefficients import fused_stream_mix, mixing_coefficients
+from core.mhc.coefficients import mixing_coefficients
 from core.mhc.kernels import StreamMix
 from core.mhc.mappings import RES_LOGIT_BOUND, RMS_EPS, mHCMappings, tilted_weights, without_autocast
+from core.mhc.streams import GradientLink, stream_read, stream_write
 
 # Where each supported architecture keeps its list of blocks (GPT-2, LLaMA and relatives, BERT).
 _LAYER_LISTS = ("h", "layers", "encoder.layer")
@@ -140,16 +143,22 @@ class mHCTransformerLayer(nn.Module):
         return (self.use_kernel and tokens.device.type == "cpu" and self.hc.projection == "sinkhorn"
                 and not torch.compiler.is_compiling())
 
-    def _fused_read(self, tokens: torch.Tensor):
-        """Block input, mixed streams and write-out weights of a dynamic layer inside a stack (its input is the
-        streams themselves), through core/mhc/coefficients.FusedStreamMix."""
+    def _stream_read(self, tokens: torch.Tensor):
+        """Block input [N, c], mixing rows, write-out weights and the gradient link of a dynamic layer on the
+        kernel path (core/mhc/streams.py). Inside a stack the rows are A [N, 1 + r, n] for the streams themselves;
+        a stack's first layer, whose streams are E h (E the fixed expansion), gets A E [N, 1 + r, 1] to apply to h."""
         hc = self.hc
-        with without_autocast(tokens.device.type):
-            block_input, mixed, post, h_pre, h_post, h_res = fused_stream_mix(
+        with without_autocast(tokens.device.type):  # the kernels' inputs share the streams' dtype
+            if self.expand:
+                a, post = self._kernel_mixing_rows(tokens)
+                rows = (a @ hc.expansion).unsqueeze(-1)
+                return rows[:, 0] * tokens, rows, post, None
+            link = GradientLink()
+            block_input, rows, post, h_pre, h_post, h_res = stream_read(
                 tokens, hc.phi.float(), hc.gates(), hc.bias(), self._read_out_weights(), self.n_streams,
-                hc.sinkhorn_iters, RES_LOGIT_BOUND, RMS_EPS)
+                hc.sinkhorn_iters, RES_LOGIT_BOUND, RMS_EPS, link)
         self._remember(h_pre, h_post, h_res)
-        return block_input, mixed, post
+        return block_input, rows, post, link
 
     def _read(self, tokens: torch.Tensor, use_kernel: bool):
         """Block input [N, 1, c], mixed streams [N, r, c] and write-out weights ([N, r, 1]; static: [r, 1]), from
@@ -176,19 +185,26 @@ class mHCTransformerLayer(nn.Module):
         lead = hidden_states.shape[:-1]
         tokens = hidden_states.reshape(-1, hidden_states.shape[-1])  # [N, c] (first layer of a stack) or [N, n c]
         use_kernel = self._use_kernel(tokens)
-        if use_kernel and self.dynamic and not self.expand:
-            block_input, mixed, post = self._fused_read(tokens)
+        # the stream kernels work in the coefficients' dtype, float32; other streams (bfloat16) mix through torch
+        streams_on_kernel = use_kernel and self.dynamic and tokens.dtype == torch.float32
+        if streams_on_kernel:
+            tokens = tokens.contiguous()
+            block_input, rows, post, link = self._stream_read(tokens)
         else:
             block_input, mixed, post = self._read(tokens, use_kernel)
 
         output = self.block(block_input.reshape(*lead, c), *args, **kwargs)
         block_output, extras = (output[0], output[1:]) if isinstance(output, tuple) else (output, None)
 
-        block_output = block_output.reshape(-1, 1, c)
-        if not self.dynamic:
-            post = post.expand(tokens.shape[0], *post.shape)
-        streams = torch.baddbmm(mixed, post, block_output)  # mixed + H_post^T block(u), per token
-        result = streams.reshape(*lead, streams.shape[-2] * c)
+        if streams_on_kernel:
+            streams = stream_write(tokens, rows, post, block_output.reshape(-1, c).to(tokens.dtype).contiguous(),
+                                   link)
+        else:
+            block_output = block_output.reshape(-1, 1, c)
+            if not self.dynamic:
+                post = post.expand(tokens.shape[0], *post.shape)
+            streams = torch.baddbmm(mixed, post, block_output)  # mixed + H_post^T block(u), per token
+        result = streams.reshape(*lead, -1)
         return (result, *extras) if extras is not None else result
 
 

@@ -123,7 +123,7 @@ def test_the_torch_path_serves_mhc_lite_and_other_devices():
     assert layer._use_kernel(torch.zeros(2, 32)) and not layer._use_kernel(torch.zeros(2, 32, device="meta"))
 
 
-def _fused_inputs(tokens, seed, dtype=torch.float64):
+def _stream_inputs(tokens, seed, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     m, width = 2 * N_STREAMS + N_STREAMS ** 2, N_STREAMS * 3
     x = torch.randn(tokens, width, generator=g, dtype=dtype)
@@ -134,46 +134,75 @@ def _fused_inputs(tokens, seed, dtype=torch.float64):
     return x, phi, gates, bias, head
 
 
-def _fused_reference(x, phi, gates, bias, head):
-    """RMS norm, projection, logits, coefficients and the per-token mix as plain autograd code."""
+def _block(u):
+    """A stand-in for the wrapped block: nonlinear, so that H_pre and H_post get gradients (with an identity block
+    x_next = H_res x, and theirs cancel)."""
+    return torch.tanh(u) * 1.5 + 0.1 * u.square()
+
+
+def _layer_reference(x, phi, gates, bias, head):
+    """A dynamic layer inside a stack as plain autograd code: RMS norm, projection, logits, coefficients, the block
+    input, the block, the next streams."""
     inv_rms = torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6)
     logits = bias + gates * (x @ phi.t()) * inv_rms
     a, post, _ = _reference(logits, head)
-    y = a @ x.view(x.shape[0], N_STREAMS, -1)
-    return y[:, :1], y[:, 1:], post
+    streams = x.view(x.shape[0], N_STREAMS, -1)
+    u = (a[:, :1] @ streams).squeeze(1)
+    out = a[:, 1:] @ streams + post * _block(u).unsqueeze(1)
+    return u, a, post, out.flatten(1)
+
+
+def _layer_on_kernels(x, phi, gates, bias, head=None, linked=True):
+    from core.mhc.streams import GradientLink, stream_read, stream_write
+
+    link = GradientLink() if linked else None
+    u, a, post, *_ = stream_read(x, phi, gates, bias, head, N_STREAMS, ITERS, BOUND, 1e-6, link)
+    return u, a, post, stream_write(x, a, post, _block(u), link)
 
 
 @pytest.mark.parametrize("with_head", [False, True])
-def test_fused_read_equals_plain_autograd_and_passes_gradcheck(with_head):
-    from core.mhc.coefficients import fused_stream_mix
-
-    x, phi, gates, bias, head = (t.requires_grad_() for t in _fused_inputs(BLOCK + 3, 4))
+def test_stream_kernels_equal_plain_autograd_and_pass_gradcheck(with_head):
+    x, phi, gates, bias, head = (t.requires_grad_() for t in _stream_inputs(BLOCK + 3, 4))
     head_arg = head if with_head else None
-    got = fused_stream_mix(x, phi, gates, bias, head_arg, N_STREAMS, ITERS, BOUND, 1e-6)[:3]
-    want = _fused_reference(x, phi, gates, bias, head_arg)
+    got = _layer_on_kernels(x, phi, gates, bias, head_arg)
+    want = _layer_reference(x, phi, gates, bias, head_arg)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-12)
     inputs = (x, phi, gates, bias, head) if with_head else (x, phi, gates, bias)
     g = torch.Generator().manual_seed(5)
     grads_out = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in want]
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-12)
-    for a, b in zip(torch.autograd.grad(got, inputs, grads_out), torch.autograd.grad(want, inputs, grads_out)):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
-
-    def fused(x, phi, gates, bias, head=None):
-        return fused_stream_mix(x, phi, gates, bias, head, N_STREAMS, ITERS, BOUND, 1e-6)[:3]
+    want_grads = torch.autograd.grad(want, inputs, grads_out)
+    for linked in (True, False):  # the write's gradient of x handed over through the link, or added by autograd
+        got_grads = torch.autograd.grad(_layer_on_kernels(*inputs[:4], head_arg, linked=linked), inputs, grads_out)
+        for a, b in zip(got_grads, want_grads):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
     small = [x.detach()[:4].clone().requires_grad_(), *inputs[1:]]
-    assert torch.autograd.gradcheck(fused, small)
+    assert torch.autograd.gradcheck(_layer_on_kernels, small)
 
 
-def test_fused_read_takes_bfloat16_streams_and_gives_their_dtype_back():
-    from core.mhc.coefficients import fused_stream_mix
+def test_stream_write_of_a_stacks_first_layer_is_the_rows_times_h():
+    from core.mhc.streams import stream_write
 
-    x, phi, gates, bias, _ = _fused_inputs(16, 6, torch.float32)
-    x16 = x.bfloat16().requires_grad_()
-    u, mixed, post, *_ = fused_stream_mix(x16, phi, gates, bias, None, N_STREAMS, ITERS, BOUND, 1e-6)
-    assert u.dtype == mixed.dtype == post.dtype == torch.bfloat16
-    ref_u, ref_mixed, _ = _fused_reference(x16.detach().float(), phi, gates, bias, None)
-    torch.testing.assert_close(mixed.float(), ref_mixed, rtol=2e-2, atol=2e-2)
-    (u.float().sum() + mixed.float().square().sum()).backward()
-    assert x16.grad.dtype == torch.bfloat16 and torch.isfinite(x16.grad.float()).all()
+    g = torch.Generator().manual_seed(7)
+    h, y = (torch.randn(9, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    rows = torch.randn(9, 1 + N_STREAMS, 1, generator=g, dtype=torch.float64, requires_grad=True)
+    post = torch.rand(9, N_STREAMS, 1, generator=g, dtype=torch.float64, requires_grad=True)
+    want = (rows[:, 1:] * h.unsqueeze(1) + post * y.unsqueeze(1)).flatten(1)
+    torch.testing.assert_close(stream_write(h, rows, post, y), want, rtol=1e-13, atol=1e-13)
+    assert torch.autograd.gradcheck(stream_write, (h, rows, post, y))
+
+
+def test_a_bfloat16_model_mixes_its_streams_through_torch_and_stays_bfloat16():
+    import copy
+
+    model = _llama(True)
+    model16 = copy.deepcopy(model).bfloat16()
+    x = torch.randn(2, 5, 32)
+    want = model(inputs_embeds=x).last_hidden_state
+    got = model16(inputs_embeds=x.bfloat16()).last_hidden_state
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.detach(), rtol=5e-2, atol=5e-2)
+    got.float().square().mean().backward()
+    grads = [p.grad for p in model16.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.bfloat16 and torch.isfinite(g.float()).all() for g in grads)
