@@ -74,11 +74,11 @@ def test_kernel_rows_are_exactly_stochastic_and_float32_stays_float32():
     torch.testing.assert_close(h_res.sum(-1), torch.ones(300, N_STREAMS), rtol=0, atol=1e-6)
 
 
-def _llama(dynamic):
+def _llama(dynamic, **fields):
     torch.manual_seed(0)
     model = LlamaModel(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                                    num_key_value_heads=4, vocab_size=10))
-    apply_mhc_to_transformer(model, 32, dynamic=dynamic)
+    apply_mhc_to_transformer(model, 32, dynamic=dynamic, **fields)
     with torch.no_grad():  # away from the initial values, where several terms vanish
         for layer in find_mhc_layers(model):
             for p in layer.hc.parameters():
@@ -88,9 +88,12 @@ def _llama(dynamic):
     return model
 
 
-@pytest.mark.parametrize("dynamic", [True, False])
-def test_wrapped_model_gives_the_torch_paths_outputs_gradients_and_mappings(dynamic):
-    model = _llama(dynamic)
+@pytest.mark.parametrize("dynamic, fields", [(True, {}), (False, {}), (True, {"n_streams": 3}),
+                                            (True, {"n_streams": 2, "layer_indices": [0, 2]})])
+def test_wrapped_model_gives_the_torch_paths_outputs_gradients_and_mappings(dynamic, fields):
+    """The default stack, static mappings, three streams, and two one-layer stacks (each layer both first and
+    last)."""
+    model = _llama(dynamic, **fields)
     x = torch.randn(3, 7, 32)
     results = []
     for use_kernel in (True, False):
