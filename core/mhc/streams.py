@@ -7,7 +7,7 @@ same buffer takes 12 us when it is already cached). Torch spends about 22 of the
 the norm, the projection and the mix read the streams separately, the mix writes rows the write-out reads again,
 and autograd adds the two gradients that reach the streams in a pass of its own. Here the forward reads the
 streams once for the norm and the block input (besides the projection's product), writes the next streams in one
-pass after the block, and the backward writes each gradient once, about 13 passes in all.
+pass after the block, and the backward writes each gradient once, about 14 passes in all.
 
 - ``stream_read``: x [N, n c] -> block input u = H_pre x [N, c], the mixing rows A = [H_pre; R (H_res - H_post
   H_pre^T)] [N, 1 + r, n] and the write-out weights R H_post [N, r, 1] (core/mhc/coefficients.py has the rows'
@@ -135,7 +135,7 @@ class GradientLink:
 
 
 def _arrays(*tensors):
-    return [t.detach().numpy() for t in tensors]
+    return [_numpy(t) for t in tensors]
 
 
 def _zero(dtype: torch.dtype):
