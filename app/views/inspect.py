@@ -9,9 +9,11 @@ from app.guard import shown_errors
 from app.plain import plain
 from core.evaluation.mhc_drift import describe_most_moved, mapping_drift, most_moved
 from core.figures import mhc as mhc_figures
+from core.figures.mhc_drift import drift_at_step_figure, stream_divergence_figure
+from core.figures.mhc_history import training_history_figure
 from core.runs import ACTIVE_STATES, list_runs, read_status
 
-# while the run trains: new snapshots and metrics arrive every few steps, and a redraw is ~10 figures
+# while the run trains: new snapshots and metrics arrive every few steps, and a redraw is ~6 figures
 POLL_S = 2.0
 TABS = ["mHC mappings (H_res, H_pre, H_post)", "Δz vs velocity", "Genes"]
 
@@ -37,30 +39,22 @@ def _mhc_tab(run: dict, path) -> None:
     step = steps[0] if len(steps) == 1 else st.select_slider(
         "Training step of the snapshot", options=steps, value=steps[-1], key="inspect_step")
     snapshot = snapshots[steps.index(step)]
+    # Related panels share a figure (5 charts, not 9): the browser's cost of this tab grows with its charts.
     show_figure(mhc_figures.h_res_heatmaps(snapshot), f"{name}_h_res_step{step}", key="h_res")
-    left, right = st.columns(2)
-    with left:
-        show_figure(mhc_figures.sum_error_bars(snapshot), f"{name}_h_res_sum_error_step{step}", key="sum_error")
-    with right:
-        show_figure(mhc_figures.composite_gain_figure(snapshot), f"{name}_composite_gain_step{step}",
-                    key="composite_gain")
+    show_figure(mhc_figures.step_summary_figure(snapshot), f"{name}_h_res_sum_error_and_gain_step{step}",
+                key="step_summary")
     show_figure(mhc_figures.h_pre_post_bars(snapshot), f"{name}_h_pre_post_step{step}", key="pre_post")
-    show_figure(mhc_figures.sum_error_over_steps(snapshots), f"{name}_h_res_sum_error_over_steps",
-                key="sum_error_steps")
     st.subheader("How far mHC has moved from its init")
     drift, at = mapping_drift(snapshots), steps.index(step)
     if at > 0:  # at the first snapshot every change is zero by definition
         st.info(plain(describe_most_moved(most_moved(drift, at))))
-        show_figure(mhc_figures.h_res_drift_heatmaps(drift, at), f"{name}_h_res_drift_step{step}", key="h_res_drift")
-        show_figure(mhc_figures.pre_post_drift_heatmap(drift, at), f"{name}_pre_post_drift_step{step}",
-                    key="pre_post_drift")
-    show_figure(mhc_figures.drift_over_steps(drift), f"{name}_drift_over_steps", key="drift_steps")
-    show_figure(mhc_figures.gradient_ratio_over_steps(cache.run_metrics(path)), f"{name}_h_res_gradient_over_lora",
-                key="grad_ratio")
+        show_figure(drift_at_step_figure(drift, at), f"{name}_drift_step{step}", key="drift_at_step")
+    show_figure(training_history_figure(snapshots, drift, cache.run_metrics(path)), f"{name}_mhc_over_training",
+                key="mhc_history")
     if st.toggle("Measure how far the streams have diverged (a forward pass of the best checkpoint and of "
                  "the init on validation control cells)", key="inspect_divergence"):
         with shown_errors("measuring the streams' divergence"):
-            show_figure(mhc_figures.stream_divergence_figure(cache.stream_divergence(path)),
+            show_figure(stream_divergence_figure(cache.stream_divergence(path)),
                         f"{name}_stream_divergence", key="divergence")
 
 

@@ -87,12 +87,14 @@ def test_inspect_shows_every_h_res_snapshot_value(app):
     app.select_slider(key="inspect_step").set_value(0).run()
     heatmaps = [t for t in by_title(app, "H_res at step 0").data if t.type == "heatmap"]
     np.testing.assert_allclose([np.asarray(t.z) for t in heatmaps], H_RES_STEP_0)
-    gain = by_title(app, "Composite gain")
-    np.testing.assert_allclose(gain.data[0].y, [1.0, 1.0], atol=1e-6)
+    summary = by_title(app, "Doubly-stochastic error and composite gain at step 0")
+    gain = [t for t in summary.data if t.xaxis == "x2"]
+    np.testing.assert_allclose([t.y for t in gain], [[1.0, 1.0], [1.0, 1.0]], atol=1e-6)
     # flat at 1 because every H_res is doubly stochastic: the figure says so rather than leave it to guess
-    assert gain.layout.title.text.endswith("1 by construction")
-    assert "every H_res is doubly stochastic" in gain.layout.annotations[0].text
-    assert len(app.get("download_button")) >= 3 * 5  # PNG, SVG and HTML for each figure
+    notes = [a.text for a in summary.layout.annotations]
+    assert "Composite gain over depth: 1 by construction" in notes
+    assert any("every H_res is doubly stochastic" in n for n in notes)
+    assert len(app.get("download_button")) >= 3 * 4  # PNG, SVG and HTML for each figure
 
 
 def test_inspect_without_mhc_says_why(app):

@@ -15,7 +15,7 @@ from core.evaluation.mhc_drift import (
     run_stream_divergence,
 )
 from core.evaluation.mhc_drift import stream_divergence as divergence_of
-from core.figures.mhc import gradient_ratio_over_steps
+from core.figures.mhc_history import gradient_ratio_over_steps
 from core.mhc.layer import apply_mhc_to_transformer, find_mhc_layers
 from core.runs import read_metrics
 from tests.integration.test_training import runs, small_path  # noqa: F401  (fixtures)
@@ -95,7 +95,7 @@ def test_a_real_lora_mhc_run_reports_drift_and_divergence(runs):  # noqa: F811
 
 
 def test_divergence_figure_draws_both_measures_for_init_and_trained():
-    from core.figures.mhc import stream_divergence_figure
+    from core.figures.mhc_drift import stream_divergence_figure
 
     values = {"init": {"layer_indices": np.array([0, 1]), "mean_cosine": np.array([1.0, 0.9995]),
                        "relative_spread": np.array([0.29, 0.31])},
