@@ -117,6 +117,29 @@ def sum_error_bars(snapshot: dict) -> go.Figure:
     return apply_style(fig, title=f"Doubly-stochastic error of H_res at step {_step(snapshot)}")
 
 
+def sum_error_traces(snapshots: list[dict]) -> list[go.Scatter]:
+    """The worst row and column sum error over layers at each snapshot's step, as two lines."""
+    steps = [int(np.asarray(s["step"])) for s in snapshots]
+    errors = [sum_errors(s["h_res"]) for s in snapshots]
+    return [
+        go.Scatter(x=steps, y=[max(e[0].max(), ERROR_FLOOR) for e in errors], mode="lines+markers",
+                   name="max |row sum − 1|", line=dict(color=ROLE_COLOURS["row"])),
+        go.Scatter(x=steps, y=[max(e[1].max(), ERROR_FLOOR) for e in errors], mode="lines+markers",
+                   name="max |column sum − 1|", line=dict(color=ROLE_COLOURS["col"], dash="dash")),
+    ]
+
+
+def sum_error_over_steps(snapshots: list[dict]) -> go.Figure:
+    """Worst row and column sum error over layers, at each saved step: does training stay on the manifold?"""
+    snapshots = [s for s in snapshots if np.asarray(s.get("h_res", [])).size]
+    if not snapshots:
+        return message_figure("This run has no mHC snapshots.", title="H_res sum error over training")
+    fig = go.Figure(sum_error_traces(snapshots))
+    fig.update_xaxes(title_text="training step")
+    fig.update_yaxes(type="log", dtick=1, exponentformat="power", title_text="worst deviation over layers")
+    return apply_style(fig, title="Doubly-stochastic error of H_res over training")
+
+
 def _composite_gain(snapshot: dict) -> tuple[list[go.Scatter], float, float]:
     """(the forward and backward gain over depth as lines, the top of their y axis, their largest |gain - 1|)."""
     forward, backward = composite_gains(snapshot["h_res"])
@@ -213,8 +236,6 @@ def h_pre_post_bars(snapshot: dict) -> go.Figure:
 def mhc_figures(snapshots: list[dict], index: int = -1) -> dict[str, go.Figure]:
     """Every mHC figure of a run, for snapshot ``index`` (default: the last), one quantity a figure (the files
     ``python -m core figures`` and the Export page write)."""
-    from core.figures.mhc_history import sum_error_over_steps  # it builds on this module
-
     if not snapshots:
         empty = message_figure("This run saved no mHC snapshots (mHC off).", title="mHC")
         return {"h_res": empty}

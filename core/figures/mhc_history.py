@@ -1,6 +1,6 @@
-"""mHC over training: at every saved step, how closely H_res stays doubly stochastic, how far each mapping has moved
-from its init (``core.evaluation.mhc_drift.mapping_drift``), and how large H_res's gradient is beside LoRA's
-(metrics.jsonl columns grad_h_res_<layer> and grad_lora).
+"""mHC over training: at every saved step, how closely H_res stays doubly stochastic (``core.figures.mhc``'s
+``sum_error_over_steps``), how far each mapping has moved from its init (``core.evaluation.mhc_drift.mapping_drift``),
+and how large H_res's gradient is beside LoRA's (metrics.jsonl columns grad_h_res_<layer> and grad_lora).
 
 Each quantity has a figure of its own (notebooks, tests) and ``training_history_figure`` stacks all three on one
 training-step axis, which the Inspect page draws: one chart instead of three is a third of the browser's work per
@@ -13,8 +13,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.figures.mhc import ERROR_FLOOR, sum_errors
-from core.figures.style import OKABE_ITO, ROLE_COLOURS, apply_style, message_figure
+from core.figures.mhc import sum_error_traces
+from core.figures.style import OKABE_ITO, apply_style, message_figure
 
 MAPPING_TITLES = {"h_res": "H_res", "h_pre": "H_pre", "h_post": "H_post"}
 NO_GRADIENTS = "This run logged no mHC gradients (mHC off, or a run older than this panel)."
@@ -23,17 +23,6 @@ GRADIENT_AXIS = "mean |∇ H_res logits| / mean |∇ LoRA|"
 
 def _layer_colour(position: int) -> str:
     return OKABE_ITO[position % len(OKABE_ITO)]
-
-
-def _sum_error_traces(snapshots: list[dict]) -> list[go.Scatter]:
-    steps = [int(np.asarray(s["step"])) for s in snapshots]
-    errors = [sum_errors(s["h_res"]) for s in snapshots]
-    return [
-        go.Scatter(x=steps, y=[max(e[0].max(), ERROR_FLOOR) for e in errors], mode="lines+markers",
-                   name="max |row sum − 1|", line=dict(color=ROLE_COLOURS["row"])),
-        go.Scatter(x=steps, y=[max(e[1].max(), ERROR_FLOOR) for e in errors], mode="lines+markers",
-                   name="max |column sum − 1|", line=dict(color=ROLE_COLOURS["col"], dash="dash")),
-    ]
 
 
 def _drift_traces(drift: dict, mapping: str, show_legend: bool) -> list[go.Scatter]:
@@ -62,17 +51,6 @@ def _gradient_traces(metrics, show_legend: bool) -> list[go.Scatter]:
                                  mode="lines+markers", name=layer, legendgroup=layer, showlegend=show_legend,
                                  line=dict(color=_layer_colour(k))))
     return traces
-
-
-def sum_error_over_steps(snapshots: list[dict]) -> go.Figure:
-    """Worst row and column sum error over layers, at each saved step: does training stay on the manifold?"""
-    snapshots = [s for s in snapshots if np.asarray(s.get("h_res", [])).size]
-    if not snapshots:
-        return message_figure("This run has no mHC snapshots.", title="H_res sum error over training")
-    fig = go.Figure(_sum_error_traces(snapshots))
-    fig.update_xaxes(title_text="training step")
-    fig.update_yaxes(type="log", dtick=1, exponentformat="power", title_text="worst deviation over layers")
-    return apply_style(fig, title="Doubly-stochastic error of H_res over training")
 
 
 def drift_over_steps(drift: dict) -> go.Figure:
@@ -111,7 +89,7 @@ def training_history_figure(snapshots: list[dict], drift: dict, metrics) -> go.F
               "H_res gradient relative to LoRA's, per layer"]
     fig = make_subplots(rows=3, cols=3, specs=specs, subplot_titles=titles, vertical_spacing=0.11,
                         horizontal_spacing=0.05)
-    for trace in _sum_error_traces(snapshots):
+    for trace in sum_error_traces(snapshots):
         fig.add_trace(trace, row=1, col=1)
     fig.update_yaxes(type="log", dtick=1, exponentformat="power", title_text="deviation from 1", row=1, col=1)
     for col, mapping in enumerate(MAPPING_TITLES, start=1):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.figures import arrows, compare, mhc, mhc_history, style, training, velocity
+from core.figures import arrows, compare, mhc, style, training, velocity
 from core.figures.run import per_cell_alignment
 
 
@@ -147,7 +147,7 @@ def test_sum_error_over_steps_takes_the_worst_layer():
     late = _snapshot(step=50)
     late["h_res"] = late["h_res"].copy()
     late["h_res"][1, 0, 0] += 0.01  # row 0 and column 0 of layer 1 are now off by 0.01
-    fig = mhc_history.sum_error_over_steps([early, late])
+    fig = mhc.sum_error_over_steps([early, late])
     rows = fig.data[0]
     assert list(rows.x) == [0, 50]
     assert rows.y[0] == pytest.approx(mhc.ERROR_FLOOR, rel=1, abs=1e-12)
