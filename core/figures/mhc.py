@@ -16,7 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.figures.style import OKABE_ITO, ROLE_COLOURS, SEQUENTIAL, apply_style, message_figure
+from core.figures.style import OKABE_ITO, ROLE_COLOURS, SEQUENTIAL, apply_style, axis_ref, message_figure
 
 # Sums that are exact to float precision would vanish on a log axis; errors are drawn at least this large.
 ERROR_FLOOR = 1e-9
@@ -79,7 +79,7 @@ def h_res_heatmaps(snapshot: dict, columns: int = 4) -> go.Figure:
             hovertemplate="out %{y} ← in %{x}: %{z:.4f}<extra>" + labels[k] + "</extra>",
         ), row=r, col=c)
         # Square cells: the y-axis is tied to its x-axis; "domain" keeps the tick labels against the cells.
-        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{k + 1 if k else ''}", constrain="domain",
+        fig.update_yaxes(autorange="reversed", scaleanchor=axis_ref(fig.get_subplot(r, c).xaxis), constrain="domain",
                          row=r, col=c)
         fig.update_xaxes(side="bottom", constrain="domain", row=r, col=c)
     step = _step(snapshot)
@@ -102,8 +102,9 @@ def _sum_error_bar_traces(snapshot: dict) -> list[go.Bar]:
     ]
 
 
-SUM_ERROR_AXIS = dict(type="log", dtick=1, exponentformat="power",
-                      title_text=f"deviation from 1 (floor {ERROR_FLOOR:g})")
+# sum errors span decades down to ERROR_FLOOR: one tick a decade, written as powers of ten
+LOG_DECADES = dict(type="log", dtick=1, exponentformat="power")
+SUM_ERROR_AXIS = dict(LOG_DECADES, title_text=f"deviation from 1 (floor {ERROR_FLOOR:g})")
 
 
 def sum_error_bars(snapshot: dict) -> go.Figure:
@@ -136,7 +137,7 @@ def sum_error_over_steps(snapshots: list[dict]) -> go.Figure:
         return message_figure("This run has no mHC snapshots.", title="H_res sum error over training")
     fig = go.Figure(sum_error_traces(snapshots))
     fig.update_xaxes(title_text="training step")
-    fig.update_yaxes(type="log", dtick=1, exponentformat="power", title_text="worst deviation over layers")
+    fig.update_yaxes(**LOG_DECADES, title_text="worst deviation over layers")
     return apply_style(fig, title="Doubly-stochastic error of H_res over training")
 
 

@@ -2,8 +2,8 @@
 as signed heatmaps, and how far the streams have diverged (``stream_divergence``).
 
 Each change is drawn on a colour scale symmetric about 0 whose range is its own largest |Delta| (not the mapping's
-range), so a small move still reads. ``drift_at_step_figure`` puts Delta H_res and Delta H_pre, Delta H_post in
-one figure (the Inspect page's), each group with its own scale.
+range), so a small move still reads. ``drift_at_step_figure`` (the Inspect page's) puts Delta H_res and Delta H_pre,
+Delta H_post in one figure, each group with its own scale.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.figures.style import OKABE_ITO, apply_style, message_figure
+from core.figures.style import OKABE_ITO, apply_style, axis_ref, message_figure
 
 DIVERGING = "RdBu_r"  # blue below 0, white at 0, red above: a signed change reads at a glance
 PRE_POST_TITLES = ["ΔH_pre (read-in)", "ΔH_post (write-out)"]
@@ -26,20 +26,16 @@ def _symmetric_bound(values) -> float:
     return top if top > 0 else 1e-12
 
 
-def _axis_ref(axis) -> str:
-    return axis.plotly_name.replace("axis", "")  # "xaxis3" -> "x3", as traces and scaleanchor name it
-
-
-def _delta_heatmap(values, x, y, bound: float, hover: str, show_scale: bool, colorbar: dict | None = None,
+def _delta_heatmap(values, x, y, bound: float, hover: str, show_scale: bool, colorbar: dict,
                    text_size: int | None = None) -> go.Heatmap:
     return go.Heatmap(
         z=values, x=x, y=y, zmin=-bound, zmax=bound, zmid=0.0, colorscale=DIVERGING,
         text=np.round(values, 3), texttemplate="%{text:.3f}", textfont=dict(size=text_size) if text_size else None,
         showscale=show_scale, hovertemplate=hover,
-        colorbar=dict(title=dict(text="Δ weight", side="right"), thickness=12, **(colorbar or {})))
+        colorbar=dict(title=dict(text="Δ weight", side="right"), thickness=12, **colorbar))
 
 
-def _add_h_res_grid(fig, delta, layers, bound: float, cells, colorbar: dict | None = None) -> None:
+def _add_h_res_grid(fig, delta, layers, bound: float, cells, colorbar: dict) -> None:
     """One square heatmap of Delta H_res [n, n] per layer, in the subplots ``cells`` [(row, col)] of ``fig``."""
     ticks = [f"s{i}" for i in range(delta.shape[-1])]
     for k, (r, c) in enumerate(cells):
@@ -48,46 +44,18 @@ def _add_h_res_grid(fig, delta, layers, bound: float, cells, colorbar: dict | No
                                      show_scale=k == 0, colorbar=colorbar, text_size=11), row=r, col=c)
         # square cells: the y-axis is tied to its x-axis; "domain" keeps the tick labels against the cells
         subplot = fig.get_subplot(r, c)
-        fig.update_yaxes(autorange="reversed", scaleanchor=_axis_ref(subplot.xaxis), constrain="domain",
+        fig.update_yaxes(autorange="reversed", scaleanchor=axis_ref(subplot.xaxis), constrain="domain",
                          showline=False, ticks="", row=r, col=c)
         fig.update_xaxes(side="bottom", constrain="domain", showline=False, ticks="", row=r, col=c)
 
 
-def _add_pre_post(fig, pre, post, layers, bound: float, cells, colorbar: dict | None = None) -> None:
+def _add_pre_post(fig, pre, post, layers, bound: float, cells, colorbar: dict) -> None:
     ticks = [f"s{i}" for i in range(pre.shape[-1])]
     for k, ((r, c), values, name) in enumerate(zip(cells, (pre, post), ("ΔH_pre", "ΔH_post"))):
         fig.add_trace(_delta_heatmap(values, ticks, layers, bound,
                                      "%{y}, stream %{x}: Δ %{z:.4f}<extra>" + name + "</extra>",
                                      show_scale=k == 0, colorbar=colorbar), row=r, col=c)
         fig.update_yaxes(autorange="reversed", row=r, col=c)
-
-
-def _at(drift: dict, index: int):
-    layers = [f"layer {int(i)}" for i in drift["layer_indices"]]
-    return (np.asarray(drift["delta_h_res"])[index], np.asarray(drift["delta_h_pre"])[index],
-            np.asarray(drift["delta_h_post"])[index], layers, int(drift["steps"][index]), int(drift["steps"][0]))
-
-
-def h_res_drift_heatmaps(drift: dict, index: int = -1, columns: int = 4) -> go.Figure:
-    """Delta H_res = H_res(step) - H_res(init) of every layer at snapshot ``index`` (default: the last)."""
-    delta, _, _, layers, step, start = _at(drift, index)
-    columns = min(columns, len(layers))
-    rows = math.ceil(len(layers) / columns)
-    bound = _symmetric_bound(delta)
-    fig = make_subplots(rows=rows, cols=columns, subplot_titles=layers, horizontal_spacing=0.06,
-                        vertical_spacing=0.14 if rows > 1 else 0.1)
-    _add_h_res_grid(fig, delta, layers, bound, [(k // columns + 1, k % columns + 1) for k in range(len(layers))])
-    title = f"ΔH_res from init (step {start}) to step {step}; largest |Δ| {bound:.3g}"
-    return apply_style(fig, title=title, height=max(320, 260 * rows + 80))
-
-
-def pre_post_drift_heatmap(drift: dict, index: int = -1) -> go.Figure:
-    """Delta H_pre and Delta H_post (layers x streams) at snapshot ``index``, one symmetric scale for both."""
-    _, pre, post, layers, step, _ = _at(drift, index)
-    bound = _symmetric_bound(np.concatenate([pre.ravel(), post.ravel()]))
-    fig = make_subplots(rows=1, cols=2, subplot_titles=PRE_POST_TITLES)
-    _add_pre_post(fig, pre, post, layers, bound, [(1, 1), (1, 2)])
-    return apply_style(fig, title=f"ΔH_pre and ΔH_post from init to step {step}; largest |Δ| {bound:.3g}")
 
 
 def _colorbar_beside(fig, cells) -> dict:
@@ -99,8 +67,10 @@ def _colorbar_beside(fig, cells) -> dict:
 
 def drift_at_step_figure(drift: dict, index: int = -1, columns: int = 4) -> go.Figure:
     """Delta H_res of every layer (a grid, ``columns`` wide) above Delta H_pre and Delta H_post, from the first
-    snapshot to snapshot ``index``: the two figures above in one, each group on its own symmetric scale."""
-    delta, pre, post, layers, step, start = _at(drift, index)
+    snapshot to snapshot ``index``, each group on its own symmetric scale (H_pre and H_post share one)."""
+    delta, pre, post = (np.asarray(drift[f"delta_{m}"])[index] for m in ("h_res", "h_pre", "h_post"))
+    layers = [f"layer {int(i)}" for i in drift["layer_indices"]]
+    step, start = int(drift["steps"][index]), int(drift["steps"][0])
     n_layers = len(layers)
     columns = max(2, min(columns, n_layers))
     grid_rows = math.ceil(n_layers / columns)

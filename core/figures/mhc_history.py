@@ -2,9 +2,9 @@
 ``sum_error_over_steps``), how far each mapping has moved from its init (``core.evaluation.mhc_drift.mapping_drift``),
 and how large H_res's gradient is beside LoRA's (metrics.jsonl columns grad_h_res_<layer> and grad_lora).
 
-Each quantity has a figure of its own (notebooks, tests) and ``training_history_figure`` stacks all three on one
-training-step axis, which the Inspect page draws: one chart instead of three is a third of the browser's work per
-chart, and one zoom on the steps moves every panel.
+``training_history_figure`` stacks all three on one training-step axis, which the Inspect page draws: one chart
+instead of three is a third of the browser's work per chart, and one zoom on the steps moves every panel. The sum
+error and the gradient ratio also have figures of their own (``python -m core figures``, the Export page, tests).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.figures.mhc import sum_error_traces
-from core.figures.style import OKABE_ITO, apply_style, message_figure
+from core.figures.mhc import LOG_DECADES, sum_error_traces
+from core.figures.style import OKABE_ITO, apply_style, axis_ref, message_figure
 
 MAPPING_TITLES = {"h_res": "H_res", "h_pre": "H_pre", "h_post": "H_post"}
 NO_GRADIENTS = "This run logged no mHC gradients (mHC off, or a run older than this panel)."
@@ -53,17 +53,6 @@ def _gradient_traces(metrics, show_legend: bool) -> list[go.Scatter]:
     return traces
 
 
-def drift_over_steps(drift: dict) -> go.Figure:
-    """max |Delta| from init of H_res, H_pre and H_post, per layer, at every snapshot step."""
-    fig = make_subplots(rows=1, cols=3, subplot_titles=list(MAPPING_TITLES.values()), shared_yaxes=True)
-    for col, mapping in enumerate(MAPPING_TITLES, start=1):
-        for trace in _drift_traces(drift, mapping, show_legend=col == 1):
-            fig.add_trace(trace, row=1, col=col)
-    fig.update_xaxes(title_text="training step")
-    fig.update_yaxes(title_text="max |Δ| from init", row=1, col=1)
-    return apply_style(fig, title="How far each mapping has moved from its init")
-
-
 def gradient_ratio_over_steps(metrics) -> go.Figure:
     """Per layer, mean |gradient| of the H_res logits over LoRA's at every training step (written by runs with
     mHC at step 1 and every mHC snapshot), on a log axis: does H_res learn beside LoRA?"""
@@ -77,7 +66,7 @@ def gradient_ratio_over_steps(metrics) -> go.Figure:
 
 
 def training_history_figure(snapshots: list[dict], drift: dict, metrics) -> go.Figure:
-    """The three figures above in one, on one training-step axis: the sum error (top), each mapping's max |Delta|
+    """The three quantities in one figure, on one training-step axis: the sum error (top), each mapping's max |Delta|
     from init per layer (middle: H_res, H_pre, H_post on one y scale), H_res's gradient over LoRA's (bottom).
     A layer has one colour and one legend entry in the middle and bottom rows."""
     snapshots = [s for s in snapshots if np.asarray(s.get("h_res", [])).size]
@@ -91,12 +80,12 @@ def training_history_figure(snapshots: list[dict], drift: dict, metrics) -> go.F
                         horizontal_spacing=0.05)
     for trace in sum_error_traces(snapshots):
         fig.add_trace(trace, row=1, col=1)
-    fig.update_yaxes(type="log", dtick=1, exponentformat="power", title_text="deviation from 1", row=1, col=1)
+    fig.update_yaxes(**LOG_DECADES, title_text="deviation from 1", row=1, col=1)
     for col, mapping in enumerate(MAPPING_TITLES, start=1):
         for trace in _drift_traces(drift, mapping, show_legend=col == 1):
             fig.add_trace(trace, row=2, col=col)
     fig.update_yaxes(title_text="max |Δ| from init", row=2, col=1)
-    first_drift_y = fig.get_subplot(2, 1).yaxis.plotly_name.replace("axis", "")
+    first_drift_y = axis_ref(fig.get_subplot(2, 1).yaxis)
     for col in (2, 3):  # one y scale for the three mappings: their moves read against each other
         fig.update_yaxes(matches=first_drift_y, showticklabels=False, row=2, col=col)
     gradients = _gradient_traces(metrics, show_legend=False)
@@ -108,8 +97,7 @@ def training_history_figure(snapshots: list[dict], drift: dict, metrics) -> go.F
     else:  # an empty trace: plotly.js draws no axes for a subplot without one, and the note needs them
         fig.add_trace(go.Scatter(x=[], y=[], showlegend=False, hoverinfo="skip"), row=3, col=1)
         fig.add_annotation(text=NO_GRADIENTS, showarrow=False, x=0.5, y=0.5,
-                           xref=f"{bottom.xaxis.plotly_name.replace('axis', '')} domain",
-                           yref=f"{bottom.yaxis.plotly_name.replace('axis', '')} domain",
+                           xref=f"{axis_ref(bottom.xaxis)} domain", yref=f"{axis_ref(bottom.yaxis)} domain",
                            font=dict(size=13, color="#444444"))
         fig.update_yaxes(showticklabels=False, ticks="", row=3, col=1)
     # every panel is over the same training steps: one zoom moves them all (an axis may not match itself)

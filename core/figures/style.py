@@ -115,6 +115,11 @@ def faint(hex_colour: str, alpha: float = 0.25) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def axis_ref(axis) -> str:
+    """How traces, annotations and ``matches`` name a subplot's axis: "xaxis3" -> "x3"."""
+    return axis.plotly_name.replace("axis", "")
+
+
 def message_figure(text: str, title: str | None = None) -> go.Figure:
     """An empty figure that says why there is nothing to plot (velocity off, no mHC, no metrics yet)."""
     fig = go.Figure()
