@@ -5,6 +5,11 @@ JSON line. Both sides: the same weights (Arc's freshly built model, imported by 
 sets, the same energy distance (geomloss), forward + backward + optimiser step; Arc's is its own
 ``training_step`` with Adam (what its configure_optimizers uses), ours the model's forward, our
 distributional loss and AdamW. Steps are timed alternately so a busy machine slows both alike.
+
+``--mhc``: both models get the same dynamic mHC (core/mhc, default settings) around their LLaMA blocks, Arc's
+through its own ``transformer_backbone``, and the same mHC weights: whether our step's lead over Arc's holds when a
+run uses mHC. The JSON's ``max_abs_diff`` is the largest difference between the two models' predictions on the
+batch before any step (eval mode), the check that both arms compute the same function.
 """
 
 from __future__ import annotations
@@ -39,6 +44,39 @@ def arc_model(hidden: int, layers: int, heads: int, dim: int, set_len: int):
     return StateTransitionPerturbationModel(**hp), hp
 
 
+def with_same_mhc(arc, ours, hidden: int) -> None:
+    """Wraps both backbones' blocks with default (dynamic) mHC in place and gives ours Arc's mHC weights."""
+    from core.config import MhcConfig
+    from core.mhc.layer import apply_mhc_to_transformer
+
+    apply_mhc_to_transformer(arc.transformer_backbone, hidden, MhcConfig())
+    apply_mhc_to_transformer(ours.backbone, hidden, MhcConfig())
+    copy_mhc_weights(arc.transformer_backbone, ours.backbone)
+
+
+def copy_mhc_weights(source, target) -> None:
+    """Every mHC parameter of ``source``'s wrapped layers (the mappings and read-out, not the blocks) into
+    ``target``'s, layer by layer; both wrapped alike."""
+    from core.mhc.layer import find_mhc_layers
+
+    with torch.no_grad():
+        for theirs, mine in zip(find_mhc_layers(source), find_mhc_layers(target), strict=True):
+            own = dict(mine.named_parameters())
+            for name, p in theirs.named_parameters():
+                if not name.startswith("block."):
+                    own[name].copy_(p)
+
+
+def predictions_differ(arc, ours, arc_batch, control, pert) -> float:
+    """Largest |difference| of the two models' predictions on the batch, in eval mode, no gradient."""
+    arc.eval(), ours.eval()
+    with torch.no_grad():
+        theirs = arc(arc_batch).reshape(-1)
+        mine = ours(control, pert).reshape(-1)
+    arc.train(), ours.train()
+    return float((theirs - mine).abs().max())
+
+
 def main() -> None:
     quick = "--quick" in sys.argv
     hidden = int(sys.argv[sys.argv.index("--hidden") + 1]) if "--hidden" in sys.argv else 128
@@ -58,6 +96,16 @@ def main() -> None:
         from core.training.module import adamw, distributional_loss
 
         ours, _, _ = load_arc(folder)
+    if "--mhc" in sys.argv:
+        with_same_mhc(arc, ours, hidden)
+    loss_fn = distributional_loss("energy", 0.05)
+    control = torch.randn(n_sets, set_len, dim)
+    target = torch.randn(n_sets, set_len, dim)
+    pert = torch.randint(0, 8, (n_sets,))
+    onehot = torch.nn.functional.one_hot(pert, 8).float()[:, None, :].expand(n_sets, set_len, 8)
+    arc_batch = {"ctrl_cell_emb": control.reshape(-1, dim), "pert_emb": onehot.reshape(-1, 8),
+                 "pert_cell_emb": target.reshape(-1, dim)}
+    max_abs_diff = predictions_differ(arc, ours, arc_batch, control, pert)
     ours.train()
     if "--compile" in sys.argv:  # training.compile=true: the same in-place compile a run does
         import atexit
@@ -72,13 +120,6 @@ def main() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
 
         compile_model(ours, "cpu")
-    loss_fn = distributional_loss("energy", 0.05)
-    control = torch.randn(n_sets, set_len, dim)
-    target = torch.randn(n_sets, set_len, dim)
-    pert = torch.randint(0, 8, (n_sets,))
-    onehot = torch.nn.functional.one_hot(pert, 8).float()[:, None, :].expand(n_sets, set_len, 8)
-    arc_batch = {"ctrl_cell_emb": control.reshape(-1, dim), "pert_emb": onehot.reshape(-1, 8),
-                 "pert_cell_emb": target.reshape(-1, dim)}
     arc_opt = torch.optim.Adam(arc.parameters(), lr=1e-4)
     our_opt = adamw([p for p in ours.parameters() if p.requires_grad], lr=1e-4)  # what our trainer uses
 
@@ -112,7 +153,8 @@ def main() -> None:
     print(json.dumps({name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "repeats": len(v)}
                       for name, v in samples.items()} | {"size": dict(hidden=hidden, layers=layers, dim=dim,
                                                                       set_len=set_len, sets=n_sets),
-                                                          "compile_s": compile_s}))
+                                                          "compile_s": compile_s,
+                                                          "max_abs_diff": max_abs_diff}))
 
 
 if __name__ == "__main__":
