@@ -55,25 +55,21 @@ def with_same_mhc(arc, ours, hidden: int) -> None:
 
 
 def copy_mhc_weights(source, target) -> None:
-    """Every mHC parameter of ``source``'s wrapped layers (the mappings and read-out, not the blocks) into
-    ``target``'s, layer by layer; both wrapped alike."""
-    from core.mhc.layer import find_mhc_layers
+    """Every mHC parameter of ``source`` (the mappings and read-outs, not the blocks) into ``target``'s, in
+    ``mhc_parameters`` order; both wrapped alike."""
+    from core.mhc.layer import mhc_parameters
 
     with torch.no_grad():
-        for theirs, mine in zip(find_mhc_layers(source), find_mhc_layers(target), strict=True):
-            own = dict(mine.named_parameters())
-            for name, p in theirs.named_parameters():
-                if not name.startswith("block."):
-                    own[name].copy_(p)
+        for theirs, mine in zip(mhc_parameters(source), mhc_parameters(target), strict=True):
+            mine.copy_(theirs)
 
 
 def predictions_differ(arc, ours, arc_batch, control, pert) -> float:
-    """Largest |difference| of the two models' predictions on the batch, in eval mode, no gradient."""
+    """Largest |difference| of the two models' predictions on the batch, in eval mode (left so), no gradient."""
     arc.eval(), ours.eval()
     with torch.no_grad():
         theirs = arc(arc_batch).reshape(-1)
         mine = ours(control, pert).reshape(-1)
-    arc.train(), ours.train()
     return float((theirs - mine).abs().max())
 
 
@@ -106,7 +102,7 @@ def main() -> None:
     arc_batch = {"ctrl_cell_emb": control.reshape(-1, dim), "pert_emb": onehot.reshape(-1, 8),
                  "pert_cell_emb": target.reshape(-1, dim)}
     max_abs_diff = predictions_differ(arc, ours, arc_batch, control, pert)
-    ours.train()
+    arc.train(), ours.train()
     if "--compile" in sys.argv:  # training.compile=true: the same in-place compile a run does
         import atexit
         import os

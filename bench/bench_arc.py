@@ -18,9 +18,10 @@ from bench.harness import Row, Timing
 
 WORKER = Path(__file__).with_name("arc_step_worker.py")
 TARGET = 0.8
-_OURS = {"eager": "ours, imported Arc model", "compiled": "ours, compiled with training.compile",
-         "mhc": "ours with dynamic mHC, imported Arc model"}
-_ARC = {"eager": "", "compiled": "", "mhc": " with the same mHC"}
+# how a row runs: (our arm's label, what Arc's arm adds, the worker's flags)
+_HOW = {"eager": ("ours, imported Arc model", "", []),
+        "compiled": ("ours, compiled with training.compile", "", ["--compile"]),
+        "mhc": ("ours with dynamic mHC, imported Arc model", " with the same mHC", ["--mhc"])}
 
 
 def run(quick: bool) -> list[Row]:
@@ -31,11 +32,12 @@ def run(quick: bool) -> list[Row]:
     cases = ((64, "eager"), (64, "compiled"), (64, "mhc")) if quick else (
         (128, "eager"), (512, "eager"), (128, "compiled"), (128, "mhc"))
     for hidden, how in cases:
-        name = f"ST training step ({_OURS[how]}) vs arc-state's training_step{_ARC[how]}, hidden {hidden}"
+        ours_label, arc_label, how_flags = _HOW[how]
+        name = f"ST training step ({ours_label}) vs arc-state's training_step{arc_label}, hidden {hidden}"
         if not python:
             rows.append(Row("arc", name, None, extra={"skipped": "run with --peers (a Python with arc-state 0.11.1)"}))
             continue
-        flags = (["--quick"] if quick else []) + {"eager": [], "compiled": ["--compile"], "mhc": ["--mhc"]}[how]
+        flags = (["--quick"] if quick else []) + how_flags
         out = subprocess.run([python, str(WORKER), "--hidden", str(hidden), *flags],
                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         result = json.loads(out)
@@ -43,7 +45,7 @@ def run(quick: bool) -> list[Row]:
         extra = {"size": result["size"], "max_abs_diff": result["max_abs_diff"]}
         if how == "compiled":
             extra["compile_s"] = round(result["compile_s"], 1)
-        row = Row("arc", name, ours, baseline_name="arc-state training_step" + _ARC[how], baseline=arc,
+        row = Row("arc", name, ours, baseline_name="arc-state training_step" + arc_label, baseline=arc,
                   target=f"<= {TARGET}x", extra=extra)
         row.met = row.ratio <= TARGET
         rows.append(row)
